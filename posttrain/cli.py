@@ -1,0 +1,87 @@
+"""The `posttrain` command line: `posttrain <command> [--config x.yaml] [key=value ...]`.
+
+Every recipe command is registered with :func:`recipe_command`: its options are the fields of
+its config dataclass, given as dotted ``key=value`` overrides after an optional YAML file, and
+its ``--help`` lists every field with its default and docstring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from posttrain.config import ConfigError, describe, load_config
+
+app = typer.Typer(
+    name="posttrain",
+    help="Post-training for causal language models: SFT, reward models, PPO, DPO, evaluation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+
+
+def _fields_help(config_cls: type) -> str:
+    rows = describe(config_cls)
+    # \b keeps click from rewrapping the block.
+    lines = ["\b", "Config keys (set in the YAML file or as key=value):"]
+    for name, default, doc in rows:
+        lines.append(f"  {name} = {default}")
+        if doc:
+            lines.extend(f"      {line}" for line in doc.splitlines())
+    return "\n".join(lines)
+
+
+def recipe_command(name: str, config_cls: type, target: str, summary: str) -> None:
+    """Register `posttrain <name>`: load ``config_cls`` from --config + overrides, call ``target``.
+
+    ``target`` is "module:function", imported only when the command runs, so that
+    `posttrain --help` stays fast.
+    """
+
+    def command(
+        ctx: typer.Context,
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
+    ) -> None:
+        try:
+            cfg = load_config(config_cls, config, ctx.args)
+        except ConfigError as e:
+            console.print(f"[red]config error:[/red] {e}")
+            raise typer.Exit(2)
+        module, func = target.split(":")
+        run: Callable[[Any], Any] = getattr(importlib.import_module(module), func)
+        run(cfg)
+
+    command.__doc__ = summary
+    app.command(
+        name,
+        help=summary,
+        epilog=_fields_help(config_cls),
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    )(command)
+
+
+def _register() -> None:
+    """Recipes register themselves here; each import is of a light config module only."""
+    from posttrain import commands  # noqa: F401  (side effect: recipe_command calls)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _register()
+    try:
+        app()
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/yellow]")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,11 @@
+"""Every `posttrain` command, registered with its config class and the function that runs it.
+
+Config classes live in light modules (no torch import) so `posttrain --help` is instant;
+the recipe itself is imported only when its command runs.
+"""
+
+from posttrain.cli import recipe_command
+from posttrain.recipes import config as rc
+
+recipe_command("demo", rc.DemoConfig, "posttrain.demo:run_demo",
+               "Run the end-to-end journey on the embedded world, stage by stage.")

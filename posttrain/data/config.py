@@ -1,0 +1,26 @@
+"""Config section for reading training data and turning it into token ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+
+@dataclass
+class DataConfig:
+    train: list[str] = field(default_factory=list)
+    """Training data: JSONL or Parquet files, a `datasets` folder saved with save_to_disk, or a hub dataset name."""
+    eval: list[str] = field(default_factory=list)
+    """Held-out data, in the same forms as `train`."""
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "ranking", "unpaired", "text"] = "auto"
+    """Record layout; auto detects it from the fields of each record."""
+    split: str = "train"
+    """Split to read from a `datasets` folder or hub dataset."""
+    skip_invalid: bool = False
+    """Skip bad records (counted and reported) instead of stopping at the first one with an error."""
+    max_length: int = 1024
+    """Longest example in tokens; longer ones are truncated or dropped, see `overflow`."""
+    overflow: Literal["truncate", "drop", "error"] = "truncate"
+    """What to do with an example longer than max_length: truncate it, drop it (counted), or stop with an error."""
+    loss_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    """Tokens that carry the loss: every assistant turn, only the last assistant turn, or every token."""

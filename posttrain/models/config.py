@@ -1,0 +1,39 @@
+"""Config sections for loading models and adapters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False
+    """Train a LoRA adapter (peft) instead of all weights; merged into the base on export."""
+    r: int = 16
+    """Rank of the LoRA update matrices."""
+    alpha: int = 32
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.0
+    """Dropout on the LoRA input."""
+    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
+    """Module names to adapt, e.g. [q_proj, v_proj]; 'all-linear' adapts every linear layer but the LM head."""
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "world"
+    """Local Hugging Face folder or hub name of the model; 'world' is the embedded world's base model."""
+    tokenizer: str | None = None
+    """Tokenizer folder or hub name if it differs from the model's."""
+    dtype: str = "auto"
+    """Weights dtype: auto (fp32 on CPU, bf16 on GPUs that support it), float32, bfloat16 or float16."""
+    device: str = "auto"
+    """Device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."""
+    trust_remote_code: bool = False
+    """Run code shipped with a hub model. Off unless you trust its authors."""
+    attn_implementation: str | None = None
+    """Attention kernel passed to transformers (eager, sdpa, flash_attention_2); None lets transformers choose."""
+    chat_template: str | None = None
+    """Jinja chat template (or a path to a .jinja file) to use instead of the tokenizer's; ChatML if the tokenizer has none."""
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    """LoRA adapter settings."""
