@@ -24,8 +24,11 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
+CONFIGS: dict[str, type] = {}
+"""Config class of every registered recipe command, by command name."""
 
 
 def _fields_help(config_cls: type) -> str:
@@ -45,6 +48,8 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
     ``target`` is "module:function", imported only when the command runs, so that
     `posttrain --help` stays fast.
     """
+
+    CONFIGS[name] = config_cls
 
     def command(
         ctx: typer.Context,
@@ -66,6 +71,22 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
         epilog=_fields_help(config_cls),
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     )(command)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    """Post-training for causal language models: SFT, reward models, PPO, DPO, evaluation."""
+    if version:
+        from posttrain import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit()
 
 
 def _register() -> None:
