@@ -9,3 +9,5 @@ from posttrain.recipes import config as rc
 
 recipe_command("demo", rc.DemoConfig, "posttrain.demo:run_demo",
                "Run the end-to-end journey on the embedded world, stage by stage.")
+recipe_command("pretrain", rc.PretrainConfig, "posttrain.recipes.pretrain:run_pretrain",
+               "Pretrain a causal LM on text (next-token prediction), from scratch or from a checkpoint.")

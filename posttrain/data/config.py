@@ -12,8 +12,8 @@ class DataConfig:
     """Training data: JSONL or Parquet files, a `datasets` folder saved with save_to_disk, or a hub dataset name."""
     eval: list[str] = field(default_factory=list)
     """Held-out data, in the same forms as `train`."""
-    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "ranking", "unpaired", "text"] = "auto"
-    """Record layout; auto detects it from the fields of each record."""
+    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "ranking", "unpaired", "text", "prompt"] = "auto"
+    """Record layout; auto detects it from the fields of each record (see posttrain/data/formats.py)."""
     split: str = "train"
     """Split to read from a `datasets` folder or hub dataset."""
     skip_invalid: bool = False

@@ -26,7 +26,7 @@ class ModelConfig:
     tokenizer: str | None = None
     """Tokenizer folder or hub name if it differs from the model's."""
     dtype: str = "auto"
-    """Weights dtype: auto (fp32 on CPU, bf16 on GPUs that support it), float32, bfloat16 or float16."""
+    """Weights dtype: auto (fp32 on CPU and MPS, bf16 on CUDA GPUs that support it, else fp16), float32, bfloat16 or float16."""
     device: str = "auto"
     """Device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, mps."""
     trust_remote_code: bool = False

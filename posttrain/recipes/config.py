@@ -7,6 +7,7 @@ algorithm settings are kept apart from infrastructure settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from posttrain.data.config import DataConfig
 from posttrain.models.config import ModelConfig
@@ -21,3 +22,45 @@ class DemoConfig:
     """Seed of the world and of every stage."""
     quick: bool = False
     """Tiny sizes everywhere: a smoke test of the whole journey in about a minute."""
+
+
+@dataclass
+class ArchConfig:
+    hidden_size: int = 256
+    """Width of the residual stream."""
+    num_layers: int = 4
+    """Transformer blocks."""
+    num_heads: int = 4
+    """Attention heads (hidden_size must be divisible by it)."""
+    intermediate_size: int = 0
+    """Width of the SwiGLU feed-forward layer; 0 means 4 * hidden_size."""
+    max_positions: int = 2048
+    """Context length written into the model config (RoPE learns no positions, so it may exceed seq_len)."""
+    tie_word_embeddings: bool = True
+    """Share the input embedding and the output projection (saves vocab * hidden parameters)."""
+
+
+@dataclass
+class PretrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model to continue pretraining (when from_scratch is false) and/or whose tokenizer to use (tokenizer: model)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Text documents: JSONL/Parquet with a "text" field or .txt files (blank-line separated); the embedded world's corpus when train is empty."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/pretrain"))
+    """Optimization, schedule, checkpoints and logging."""
+    from_scratch: bool = True
+    """Initialise a new Llama-style model of size `arch` instead of loading model.name_or_path's weights."""
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    """Size of the new model when from_scratch is true (its vocabulary is the tokenizer's)."""
+    seq_len: int = 256
+    """Tokens per training sequence: documents are joined with eos and cut into chunks of this length."""
+    tokenizer: Literal["train", "model"] = "train"
+    """train: fit a byte-level BPE on the training documents; model: use the tokenizer of model.tokenizer / model.name_or_path."""
+    vocab_size: int = 4096
+    """Vocabulary size of the BPE trained when tokenizer is 'train' (special tokens included)."""
+    split_digits: bool = True
+    """With a trained BPE, put every digit in its own token, so numbers are learned digit by digit."""
+    world_seed: int = 0
+    """Seed of the embedded world whose corpus is used when data.train is empty."""
+    eval_fraction: float = 0.0
+    """Fraction of the training documents held out for evaluation when data.eval is empty (0: none)."""

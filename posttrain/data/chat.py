@@ -1,0 +1,340 @@
+"""Chat rendering: messages -> ``input_ids`` plus a loss mask over the assistant's tokens.
+
+The tokenizer's chat template is the source of truth. A conversation is rendered to text by
+``tokenizer.apply_chat_template(..., tokenize=False)`` and that whole text is tokenized once, so
+the ids are exactly what ``apply_chat_template(..., tokenize=True)`` gives and what the model
+sees at inference. The loss mask is found without knowing the template:
+
+1. For each assistant message, render the conversation up to it twice: once with its content
+   replaced by a placeholder (which locates where the template puts the content, and what it
+   writes after it), once for real (which gives the content as the template renders it, e.g.
+   stripped).
+2. That gives a character span per assistant turn (see *What carries the loss* below).
+3. The fast tokenizer's offsets map character spans to tokens.
+
+What carries the loss (``loss_on="assistant"``), per assistant turn:
+
+- the content as the template renders it, **plus the end-of-turn marker** the template writes
+  right after it (``<|im_end|>`` for ChatML, `` </s>`` for Llama-2, ``</s>`` for Zephyr), so the
+  model learns to stop. The marker is everything the template writes after the content in that
+  turn, minus trailing whitespace: the newline between turns is never generated, so never trained.
+- the role header the template writes before the content (``<|im_start|>assistant\\n``) is prompt.
+- A token is in the loss if any of its characters are in a span. So a token that straddles the
+  start of the content, like Llama-2's ``" Hello"`` after ``[/INST]`` (the template's space fused
+  with the first word by the tokenizer), is trained: the model must predict it to say "Hello".
+  The masked tokens then decode to the span plus at most the part of its first and last tokens
+  that lies outside it.
+
+``loss_on="last_assistant"`` keeps only the last assistant turn's span; ``"all"`` trains every token.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Iterable, Literal
+
+from posttrain.data.templates import CHAT_TEMPLATES, resolve_chat_template
+
+logger = logging.getLogger("posttrain.data")
+
+LossOn = Literal["assistant", "last_assistant", "all"]
+Message = dict[str, Any]
+
+CHATML_MARKERS = ["<|im_start|>", "<|im_end|>"]
+# Stands in for an assistant message's content to locate it in the rendered text. Any string
+# the template passes through unchanged works; this one will not occur in real data.
+_PLACEHOLDER = "@@posttrain-assistant-content-7c1e@@"
+
+
+class ExampleTooLongError(ValueError):
+    """A conversation longer than ``data.max_length`` while ``data.overflow`` is ``error``."""
+
+
+class ChatTemplateError(ValueError):
+    """A chat template whose assistant turns cannot be located in the text it renders."""
+
+
+@dataclass
+class Example:
+    """One tokenized training example."""
+
+    input_ids: list[int]
+    """Token ids, (seq,)."""
+    loss_mask: list[bool]
+    """(seq,) True where the token is a target of the loss."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    @property
+    def num_loss_tokens(self) -> int:
+        return sum(self.loss_mask)
+
+
+@dataclass
+class PromptResponse(Example):
+    """A prompt followed by a response, as for preference pairs and reward models."""
+
+    response_start: int = 0
+    """Index of the first response token; ``input_ids[:response_start]`` is the prompt."""
+
+
+# --------------------------------------------------------------------------------- templates
+
+
+def ensure_chat_template(tokenizer, override: str | None = None) -> list[str]:
+    """Give ``tokenizer`` the chat template to train with, in place; return the tokens it added.
+
+    ``override`` (a name in ``posttrain.data.templates.CHAT_TEMPLATES``, a ``.jinja`` path, or Jinja
+    text) wins; otherwise the tokenizer's own template is kept; otherwise ChatML is set. The
+    template is stored on the tokenizer, so ``save_pretrained`` exports it with the model.
+
+    ChatML needs ``<|im_start|>`` and ``<|im_end|>`` as single special tokens. Where the tokenizer
+    lacks them they are added, and returned: the caller must then call
+    ``model.resize_token_embeddings(len(tokenizer))`` (the new rows are untrained).
+    """
+    if override:
+        tokenizer.chat_template = resolve_chat_template(override)
+    elif tokenizer.chat_template:
+        return []
+    else:
+        tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
+        logger.info("tokenizer has no chat template; using ChatML")
+    if tokenizer.chat_template in (CHAT_TEMPLATES["llama2"], CHAT_TEMPLATES["zephyr"]) and (
+        tokenizer.bos_token is None or tokenizer.eos_token is None
+    ):
+        raise ValueError(
+            f"the chat template {override!r} writes the tokenizer's bos and eos tokens, but this tokenizer has "
+            f"bos={tokenizer.bos_token!r} eos={tokenizer.eos_token!r}. Use a tokenizer that defines both, "
+            "or set model.chat_template=chatml."
+        )
+    if tokenizer.chat_template != CHAT_TEMPLATES["chatml"]:
+        return []
+    return _add_special_tokens(tokenizer, CHATML_MARKERS)
+
+
+def _add_special_tokens(tokenizer, tokens: list[str]) -> list[str]:
+    """Make ``tokens`` special (never split); return those that are new to the vocabulary."""
+    missing = [t for t in tokens if t not in tokenizer.added_tokens_encoder]
+    if not missing:
+        return []
+    vocab = tokenizer.get_vocab()
+    new = [t for t in missing if t not in vocab]
+    tokenizer.add_special_tokens({"extra_special_tokens": missing}, replace_extra_special_tokens=False)
+    if new:
+        logger.warning(
+            "added special tokens %s for the ChatML template; resize the model's embeddings "
+            "(model.resize_token_embeddings(len(tokenizer))) before training",
+            ", ".join(new),
+        )
+    return new
+
+
+# --------------------------------------------------------------------------------- rendering
+
+
+def render_text(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
+    """The conversation as the tokenizer's chat template writes it."""
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices: Iterable[int]) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` in ``text`` (the rendered conversation) of the assistant
+    messages at ``indices``: each covers the rendered content and the end-of-turn marker."""
+    spans = []
+    for i in indices:
+        probe = render_text(tokenizer, messages[:i] + [{**messages[i], "content": _PLACEHOLDER}])
+        real = render_text(tokenizer, messages[: i + 1])
+        if probe.count(_PLACEHOLDER) != 1:
+            raise ChatTemplateError(
+                f"message {i}: the chat template writes an assistant message's content "
+                f"{probe.count(_PLACEHOLDER)} times, not once, so its tokens cannot be located. "
+                "Set model.chat_template to a template that writes it once (e.g. chatml)."
+            )
+        start = probe.index(_PLACEHOLDER)
+        head, tail = probe[:start], probe[start + len(_PLACEHOLDER):]
+        end = len(real) - len(tail) + len(tail.rstrip())
+        consistent = (
+            real.startswith(head)
+            and real.endswith(tail)
+            and len(head) + len(tail) <= len(real)
+            and text.startswith(real[:end])
+        )
+        if not consistent:
+            raise ChatTemplateError(
+                f"message {i}: the chat template renders this assistant turn differently depending on "
+                "its content or on the messages after it, so its tokens cannot be located. "
+                "Use data.loss_on=all, or set model.chat_template to a template that renders each turn "
+                "independently (e.g. chatml)."
+            )
+        spans.append((start, end))
+    return spans
+
+
+def token_mask_from_char_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
+    """(seq,) True for each token whose characters ``offsets[t] = (start, end)`` overlap a span.
+
+    Overlap, not containment: a token straddling a span boundary is in (see the module docstring).
+    ``spans`` must be sorted and disjoint, and token offsets in text order, as tokenizers give them.
+    """
+    mask = [False] * len(offsets)
+    j = 0
+    for t, (start, end) in enumerate(offsets):
+        while j < len(spans) and spans[j][1] <= start:
+            j += 1
+        if j == len(spans):
+            break
+        mask[t] = start < spans[j][1] and end > spans[j][0]
+    return mask
+
+
+def _tokenize_with_offsets(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise TypeError(
+            f"{type(tokenizer).__name__} is a slow (Python) tokenizer; rendering needs character offsets, "
+            "which only fast tokenizers give. Load it with AutoTokenizer.from_pretrained(..., use_fast=True)."
+        )
+    # add_special_tokens=False: the template writes bos itself; apply_chat_template tokenizes the same way.
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def _render_with_offsets(tokenizer, messages, loss_on, add_generation_prompt):
+    """(text, input_ids, offsets, loss_mask) of one conversation."""
+    if loss_on not in ("assistant", "last_assistant", "all"):
+        raise ValueError(f"loss_on={loss_on!r}: expected assistant, last_assistant or all")
+    text = render_text(tokenizer, messages, add_generation_prompt)
+    input_ids, offsets = _tokenize_with_offsets(tokenizer, text)
+    if loss_on == "all":
+        return text, input_ids, offsets, [True] * len(input_ids)
+    indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    if loss_on == "last_assistant":
+        indices = indices[-1:]
+    spans = assistant_char_spans(tokenizer, messages, text, indices)
+    return text, input_ids, offsets, token_mask_from_char_spans(offsets, spans)
+
+
+def render_chat(tokenizer, messages: list[Message], loss_on: LossOn = "assistant",
+                add_generation_prompt: bool = False) -> Example:
+    """Render ``messages`` (``[{"role", "content"}, ...]``) with the tokenizer's chat template.
+
+    ``input_ids`` equal ``apply_chat_template(messages, add_generation_prompt=...)``; ``loss_mask``
+    marks the assistant turns chosen by ``loss_on`` (see the module docstring for exactly which
+    tokens). With ``add_generation_prompt`` the trailing assistant header is appended, untrained.
+    """
+    _, input_ids, _, loss_mask = _render_with_offsets(tokenizer, messages, loss_on, add_generation_prompt)
+    return Example(input_ids, loss_mask)
+
+
+def render_prompt_response(tokenizer, prompt_messages: list[Message], response_messages: list[Message]) -> PromptResponse:
+    """Render a prompt conversation followed by its response messages (usually one assistant turn).
+
+    ``input_ids`` are those of the whole conversation. ``response_start`` is the first token with
+    characters past the prompt as rendered with its generation prompt; ``loss_mask`` marks the
+    response's assistant turns (content + end-of-turn marker) as in ``render_chat``, nothing of the
+    prompt. Two responses to one prompt (chosen/rejected) share ``input_ids[:response_start]``
+    unless the tokenizer fuses the prompt's last characters with a response's first, which the
+    straddling rule then gives to the response.
+    """
+    if not response_messages:
+        raise ValueError("render_prompt_response: response_messages is empty; give at least one message")
+    messages = list(prompt_messages) + list(response_messages)
+    prompt_text = render_text(tokenizer, list(prompt_messages), add_generation_prompt=True) if prompt_messages else ""
+    text, input_ids, offsets, loss_mask = _render_with_offsets(tokenizer, messages, "assistant", False)
+    if not text.startswith(prompt_text):
+        raise ChatTemplateError(
+            "the chat template renders the prompt differently once a response follows it, so the response "
+            "cannot be located. Set model.chat_template to a template without that behaviour (e.g. chatml)."
+        )
+    response_start = next((t for t, (_, end) in enumerate(offsets) if end > len(prompt_text)), len(offsets))
+    loss_mask = [m and t >= response_start for t, m in enumerate(loss_mask)]
+    return PromptResponse(input_ids, loss_mask, response_start)
+
+
+# --------------------------------------------------------------------------------- datasets
+
+
+@dataclass
+class TokenizeReport:
+    """What ``tokenize_conversations`` kept, cut and dropped."""
+
+    max_length: int
+    """The length limit the counts refer to."""
+    seen: int = 0
+    """Conversations read."""
+    kept: int = 0
+    """Examples returned."""
+    truncated: int = 0
+    """Kept examples cut to ``max_length`` tokens."""
+    dropped_too_long: int = 0
+    """Dropped because longer than ``max_length`` (``overflow=drop``)."""
+    dropped_truncated_no_loss: int = 0
+    """Dropped because truncation to ``max_length`` left no loss tokens."""
+    dropped_no_loss: int = 0
+    """Dropped because they have no loss tokens at all (e.g. no assistant message)."""
+    tokens: int = 0
+    """Tokens in the kept examples."""
+    loss_tokens: int = 0
+    """Loss tokens in the kept examples."""
+
+    @property
+    def dropped(self) -> int:
+        return self.dropped_too_long + self.dropped_truncated_no_loss + self.dropped_no_loss
+
+    def summary(self) -> str:
+        return (
+            f"tokenized {self.seen} conversations into {self.kept} examples "
+            f"({self.tokens} tokens, {self.loss_tokens} in the loss); "
+            f"{self.truncated} truncated to max_length={self.max_length}; dropped {self.dropped}: "
+            f"{self.dropped_too_long} longer than max_length, "
+            f"{self.dropped_truncated_no_loss} with no loss tokens left after truncation, "
+            f"{self.dropped_no_loss} with no loss tokens"
+        )
+
+
+def fit_to_length(example: Example, index: int, max_length: int, overflow: str, report: TokenizeReport) -> Example | None:
+    """Apply the overflow policy to one example; count what happens in ``report``; None if dropped."""
+    if example.num_loss_tokens == 0:
+        report.dropped_no_loss += 1
+        return None
+    if len(example) <= max_length:
+        return example
+    if overflow == "error":
+        raise ExampleTooLongError(
+            f"conversation {index} (0-based) is {len(example)} tokens, longer than data.max_length={max_length}. "
+            "Raise data.max_length, or set data.overflow=truncate or data.overflow=drop."
+        )
+    if overflow == "drop":
+        report.dropped_too_long += 1
+        return None
+    if overflow != "truncate":
+        raise ValueError(f"data.overflow={overflow!r}: expected truncate, drop or error")
+    cut = Example(example.input_ids[:max_length], example.loss_mask[:max_length])
+    if cut.num_loss_tokens == 0:
+        report.dropped_truncated_no_loss += 1
+        return None
+    report.truncated += 1
+    return cut
+
+
+def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], data_cfg) -> tuple[list[Example], TokenizeReport]:
+    """Render and tokenize each conversation (a list of message dicts, or a record with
+    ``.as_dicts()``) with ``data_cfg.loss_on``, then apply ``data_cfg.max_length`` / ``overflow``.
+
+    Returns the examples and a report of what was truncated and dropped (also logged).
+    """
+    report = TokenizeReport(max_length=data_cfg.max_length)
+    examples = []
+    for index, conversation in enumerate(conversations):
+        messages = conversation.as_dicts() if hasattr(conversation, "as_dicts") else conversation
+        report.seen += 1
+        example = render_chat(tokenizer, messages, loss_on=data_cfg.loss_on)
+        example = fit_to_length(example, index, data_cfg.max_length, data_cfg.overflow, report)
+        if example is not None:
+            examples.append(example)
+            report.kept += 1
+            report.tokens += len(example)
+            report.loss_tokens += example.num_loss_tokens
+    logger.info(report.summary())
+    return examples, report

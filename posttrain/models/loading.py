@@ -1,0 +1,311 @@
+"""Load tokenizers and causal LMs from a local Hugging Face folder or a hub name.
+
+One place decides how a model is loaded, so every recipe loads the same way:
+
+- names go through :func:`resolve_model_path` ("world" is the embedded world's base model);
+- weights come from safetensors only (``.bin`` files are pickles and can run code);
+- ``trust_remote_code`` is off unless the config turns it on;
+- device and dtype come from :func:`resolve_device` / :func:`resolve_dtype`;
+- LoRA (peft) is applied when ``cfg.lora.enabled``; a folder holding a peft adapter is loaded
+  on top of its base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from posttrain.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from posttrain.models.config import ModelConfig
+
+WORLD = "world"
+"""``name_or_path`` that stands for the embedded world's shipped base model."""
+
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+_DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+class ModelLoadError(ConfigError):
+    """A model or tokenizer that cannot be loaded; the message says which and what to do."""
+
+
+# --------------------------------------------------------------------------- device and dtype
+
+
+def resolve_device(name: str = "auto") -> "torch.device":
+    """The torch device for ``name``: auto (the current CUDA device if there is one, else cpu),
+    cpu, cuda, cuda:N or mps.
+
+    "auto" never picks mps: several kernels are still missing or slow there, so ask for it by name.
+    Under ``accelerate`` each process has already set its current CUDA device, so "auto" gives
+    every process its own GPU.
+    """
+    import torch
+
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"model.device: unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"model.device: {name!r} asked for, but torch sees no CUDA GPU; use device=cpu or auto")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"model.device: {name!r} asked for, but MPS is not available here; use device=cpu or auto")
+    return device
+
+
+def resolve_dtype(name: str, device: "torch.device | str") -> "torch.dtype":
+    """The weights dtype for ``name`` on ``device``.
+
+    auto: float32 on CPU and MPS (bf16 matmuls are many times slower on most CPUs); bfloat16 on
+    CUDA GPUs that support it (Ampere and newer); float16 on older CUDA GPUs. Training all
+    weights in float16 without loss scaling is unstable: prefer LoRA (adapters stay float32) or
+    dtype=float32 with ``train.mixed_precision=fp16`` there.
+    Explicit names: float32/fp32, bfloat16/bf16, float16/fp16.
+    """
+    import torch
+
+    device = torch.device(device)
+    if name == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in _DTYPES:
+        raise ConfigError(f"model.dtype: unknown dtype {name!r}; use auto, float32, bfloat16 or float16")
+    return getattr(torch, _DTYPES[name])
+
+
+# --------------------------------------------------------------------------- names and folders
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """A local folder (absolute path) or a hub name for ``name_or_path``.
+
+    "world" is the embedded world's base model. An existing folder wins over a hub name of the
+    same spelling. Something that can only be a path (absolute, ``./``, ``~``, more than one
+    ``/``) and does not exist is an error here; a possible hub name ("org/name") is returned
+    as is and checked when it is loaded.
+    """
+    if name_or_path == WORLD:
+        try:
+            from posttrain.world import base_model_path
+        except ImportError:
+            raise ModelLoadError(
+                "model.name_or_path: 'world' names the embedded world's base model, but this install "
+                "has no posttrain.world.base_model_path; pass a local model folder or a hub name instead"
+            ) from None
+        return str(base_model_path())
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return str(path.resolve())
+    if path.exists():
+        raise ModelLoadError(f"model.name_or_path: {name_or_path} is a file; expected a Hugging Face model folder")
+    if not _could_be_hub_name(name_or_path):
+        raise ModelLoadError(
+            f"model.name_or_path: no folder at {path.resolve()} (and '{name_or_path}' is not a hub name "
+            "of the form 'org/name'); check the path"
+        )
+    return name_or_path
+
+
+def _could_be_hub_name(name: str) -> bool:
+    return (
+        not name.startswith((".", "/", "~", "\\"))
+        and name.count("/") <= 1
+        and "\\" not in name
+        and all(part for part in name.split("/"))
+    )
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _not_loadable(what: str, name: str, error: Exception) -> ModelLoadError:
+    """Turn transformers' error for a hub name into one that says what to do."""
+    if _hub_offline():
+        reason = (
+            f"'{name}' is neither a local folder nor reachable on the hub: HF_HUB_OFFLINE=1 and it is not "
+            "in the local hub cache. Pass the path of a downloaded model folder"
+        )
+    else:
+        reason = f"'{name}' is not a local folder and could not be loaded from the hub ({error})"
+    return ModelLoadError(f"{what}: {reason}.")
+
+
+def _is_adapter_folder(path: Path) -> bool:
+    return (path / "adapter_config.json").is_file() and not (path / "config.json").is_file()
+
+
+def check_safetensors_folder(path: str | Path) -> None:
+    """Raise unless the local model folder ``path`` holds its weights as safetensors.
+
+    ``.bin``/``.pt`` checkpoints are pickles, which can run code when loaded, so they are refused;
+    the message shows the one-line conversion.
+    """
+    path = Path(path)
+    names = [p.name for p in path.iterdir()]
+    if any(n.endswith(".safetensors") for n in names):
+        return
+    pickles = sorted(n for n in names if n.endswith(_PICKLE_SUFFIXES))
+    if pickles:
+        raise ModelLoadError(
+            f"model.name_or_path: {path} holds its weights as pickle files ({', '.join(pickles[:3])}), which "
+            "posttrain does not load because unpickling can run code. If you trust the file, convert it once:\n"
+            "  python -c \"from transformers import AutoModelForCausalLM as M; "
+            f"M.from_pretrained('{path}', use_safetensors=False).save_pretrained('{path}-safetensors')\"\n"
+            f"and point model.name_or_path at {path}-safetensors"
+        )
+    raise ModelLoadError(f"model.name_or_path: {path} holds no model weights (expected model.safetensors)")
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def load_tokenizer(cfg: "ModelConfig"):
+    """The tokenizer of ``cfg.tokenizer`` (or of the model), ready for batching and chat.
+
+    - pad token: when the tokenizer has none, eos is used as pad. Padding is always located
+      with the attention mask, so pad == eos is harmless.
+    - chat template: ``posttrain.data.chat.ensure_chat_template`` applies ``cfg.chat_template``
+      or fills in ChatML when the tokenizer ships no template.
+    """
+    from transformers import AutoTokenizer
+
+    name = cfg.tokenizer or cfg.name_or_path
+    where = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
+    path = resolve_model_path(name)
+    if Path(path).is_dir() and _is_adapter_folder(Path(path)) and not (Path(path) / "tokenizer_config.json").exists():
+        path = resolve_model_path(_adapter_base(Path(path)))
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=cfg.trust_remote_code)
+    except OSError as e:
+        if Path(path).is_dir():
+            raise ModelLoadError(f"{where}: cannot read a tokenizer from {path}: {e}") from None
+        raise _not_loadable(where, name, e) from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise ModelLoadError(
+                f"{where}: the tokenizer of {path} has neither a pad nor an eos token; add a pad token to it "
+                "(tokenizer.add_special_tokens({'pad_token': ...}) and resize the model's embeddings) first"
+            )
+        tokenizer.pad_token = tokenizer.eos_token
+    _apply_chat_template(tokenizer, cfg.chat_template)
+    return tokenizer
+
+
+def _apply_chat_template(tokenizer, override: str | None) -> None:
+    try:
+        from posttrain.data.chat import ensure_chat_template
+    except ModuleNotFoundError as e:
+        if e.name != "posttrain.data.chat":
+            raise
+        if override is not None:
+            raise ModelLoadError(
+                "model.chat_template is set, but posttrain.data.chat (which applies it) is not installed"
+            ) from None
+        return
+    ensure_chat_template(tokenizer, override)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def load_causal_lm(cfg: "ModelConfig", for_training: bool = True):
+    """An ``AutoModelForCausalLM`` for ``cfg``, on ``cfg.device`` in ``cfg.dtype``.
+
+    for_training=True: train mode; a fresh LoRA adapter is added when ``cfg.lora.enabled`` (only
+    the adapter is trainable then). for_training=False (reference, reward, generation-only
+    models): eval mode, every parameter frozen, no adapter.
+
+    A folder holding a peft adapter (adapter_config.json, no config.json) is loaded on top of its
+    base model; training continues that adapter when ``cfg.lora.enabled`` (its own r/alpha/targets
+    are kept), otherwise it is merged into the base.
+    """
+    import torch
+
+    path = resolve_model_path(cfg.name_or_path)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if Path(path).is_dir() and _is_adapter_folder(Path(path)):
+        model = _load_adapter_folder(cfg, Path(path), dtype, for_training)
+    else:
+        model = _load_base(cfg, path, dtype)
+        if for_training and cfg.lora.enabled:
+            from posttrain.models.lora import apply_lora
+
+            model = apply_lora(model, cfg.lora)
+    model.to(device)
+    if for_training:
+        model.train()
+        if dtype == torch.float16 and not cfg.lora.enabled:
+            warnings.warn(
+                "training every weight in float16 is unstable without loss scaling; use dtype=float32 with "
+                "train.mixed_precision=fp16, or LoRA", stacklevel=2,
+            )
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def _load_base(cfg: "ModelConfig", path: str, dtype: "torch.dtype"):
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    local = Path(path).is_dir()
+    if local:
+        check_safetensors_folder(path)
+    try:
+        return AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except OSError as e:
+        if local:
+            raise ModelLoadError(f"model.name_or_path: cannot load a causal LM from {path}: {e}") from None
+        if not _hub_offline() and "safetensors" in str(e):
+            raise ModelLoadError(
+                f"model.name_or_path: hub model '{path}' has no safetensors weights, and posttrain loads no "
+                "pickle (.bin) checkpoints; download it, convert it with save_pretrained, and pass the folder"
+            ) from None
+        raise _not_loadable("model.name_or_path", path, e) from None
+
+
+def _adapter_base(path: Path) -> str:
+    base = json.loads((path / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if not base:
+        raise ModelLoadError(f"model.name_or_path: {path}/adapter_config.json names no base_model_name_or_path")
+    return base
+
+
+def _load_adapter_folder(cfg: "ModelConfig", path: Path, dtype: "torch.dtype", for_training: bool):
+    from peft import PeftModel
+
+    check_safetensors_folder(path)
+    base = _load_base(cfg, resolve_model_path(_adapter_base(path)), dtype)
+    keep_adapter = for_training and cfg.lora.enabled
+    model = PeftModel.from_pretrained(base, str(path), is_trainable=keep_adapter)
+    return model if keep_adapter else model.merge_and_unload()
+
+
+def unwrap_model(model):
+    """The model inside DDP / DataParallel / DeepSpeed / torch.compile wrappers (peft is kept)."""
+    from accelerate.utils import extract_model_from_parallel
+
+    return extract_model_from_parallel(model, keep_torch_compile=False)

@@ -1,0 +1,225 @@
+"""Pretraining: next-token prediction on plain text, from scratch or continuing a checkpoint.
+
+    posttrain pretrain --config configs/pretrain/world-tiny.yaml
+
+Data: text documents from ``data.train`` (JSONL/Parquet with a "text" field, .txt files), or
+the embedded world's corpus when ``data.train`` is empty. Every document is tokenized, followed
+by eos, and the stream is cut into chunks of ``seq_len`` tokens, GPT-2/3 style: a chunk may hold
+the end of one document and the start of the next, and attention crosses the eos between them
+(no padding, every token is a target; the model learns that eos starts something new). The tail
+of the stream shorter than ``seq_len`` is dropped and reported. ``data.max_length``,
+``data.overflow`` and ``data.loss_on`` (for chat data) play no part here.
+
+Model: a new Llama-style model of size ``arch`` (``from_scratch: true``) over a byte-level BPE
+trained on the training documents (``tokenizer: train``) or an existing tokenizer; or
+``model.name_or_path`` loaded to continue pretraining.
+
+Loss: cross-entropy summed over the target tokens of each micro-batch and divided by the target
+tokens of the whole step (see ``posttrain.training.loop``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from posttrain.recipes.config import PretrainConfig
+from posttrain.training.loop import (
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run,
+    shard, total_steps, train_step,
+)
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sampler import StepSampler
+
+
+# --- loss --------------------------------------------------------------------------------
+
+def lm_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """Next-token cross-entropy summed over every target token of ``input_ids`` (B, T)."""
+    logits = model(input_ids=input_ids).logits  # (B, T, V)
+    # Position t predicts token t+1: the last position has no target, the first token is no target.
+    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum")
+    return loss, {}
+
+
+def count_targets(input_ids: torch.Tensor) -> int:
+    return input_ids.shape[0] * (input_ids.shape[1] - 1)
+
+
+# --- data --------------------------------------------------------------------------------
+
+@dataclass
+class PackReport:
+    documents: int
+    tokens: int
+    """Tokens of the documents plus one eos each."""
+    chunks: int
+    dropped_tokens: int
+    """Tokens at the end of the stream that did not fill a chunk."""
+
+    def summary(self) -> str:
+        return (f"{self.documents} documents, {self.tokens} tokens -> {self.chunks} sequences; "
+                f"{self.dropped_tokens} tokens at the end did not fill a sequence and were dropped")
+
+
+def pack_documents(token_lists: list[list[int]], seq_len: int, eos_id: int) -> tuple[torch.Tensor, PackReport]:
+    """Join documents, each followed by ``eos_id``, and cut the stream into rows of ``seq_len``.
+
+    Returns (chunks (N, seq_len) int64, report); the last ``tokens % seq_len`` tokens are dropped.
+    """
+    if seq_len < 2:
+        raise ValueError(f"seq_len must be at least 2 (one input and one target), got {seq_len}")
+    stream = np.fromiter((t for ids in token_lists for t in (*ids, eos_id)), dtype=np.int64)
+    n_chunks = len(stream) // seq_len
+    chunks = torch.from_numpy(stream[: n_chunks * seq_len].reshape(n_chunks, seq_len).copy())
+    report = PackReport(len(token_lists), len(stream), n_chunks, len(stream) - n_chunks * seq_len)
+    return chunks, report
+
+
+def read_documents(paths: list[str], cfg: PretrainConfig) -> list[str]:
+    from posttrain.data.readers import read_many
+
+    fmt = "text" if cfg.data.format == "auto" else cfg.data.format
+    result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid)
+    return [record.text for record in result.expect("text")]
+
+
+def world_documents(seed: int) -> list[str]:
+    try:
+        from posttrain.world.corpus import generate_corpus
+    except ModuleNotFoundError as e:
+        if e.name != "posttrain.world.corpus":
+            raise
+        raise TrainingError("data.train is empty and the embedded world's corpus is not installed; "
+                            "pass text files with data.train=[corpus.jsonl]") from None
+    return [doc if isinstance(doc, str) else doc.text for doc in generate_corpus(seed)]
+
+
+def split_documents(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
+    """(train, eval) documents: data.train / data.eval, else the world; eval_fraction holds some out."""
+    docs = read_documents(cfg.data.train, cfg) if cfg.data.train else world_documents(cfg.world_seed)
+    if cfg.data.eval:
+        return docs, read_documents(cfg.data.eval, cfg)
+    n_eval = int(len(docs) * cfg.eval_fraction)
+    if n_eval == 0:
+        return docs, []
+    order = np.random.default_rng(cfg.train.seed).permutation(len(docs))
+    held_out = set(order[:n_eval].tolist())
+    return ([d for i, d in enumerate(docs) if i not in held_out],
+            [d for i, d in enumerate(docs) if i in held_out])
+
+
+def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
+    return tokenizer(docs, add_special_tokens=False)["input_ids"] if docs else []
+
+
+# --- tokenizer and model -------------------------------------------------------------------
+
+def prepare_tokenizer(cfg: PretrainConfig, ctx: RunContext, train_docs: list[str]):
+    """The tokenizer of ``cfg.model``, or a BPE trained on ``train_docs`` and kept in run_dir/tokenizer.
+
+    The trained one is written by the main process and read back by all, so every process (and
+    a resumed run, which reads the saved one instead of training again) has the same vocabulary.
+    """
+    if cfg.tokenizer == "model":
+        from posttrain.models.loading import load_tokenizer
+
+        return load_tokenizer(cfg.model)
+    from transformers import AutoTokenizer
+
+    from posttrain.models.tiny import train_bpe_tokenizer
+
+    folder = ctx.run_dir / "tokenizer"
+    if ctx.is_main and not (ctx.resume_from and folder.exists()):
+        train_bpe_tokenizer(train_docs, cfg.vocab_size, split_digits=cfg.split_digits).save_pretrained(folder)
+    ctx.accelerator.wait_for_everyone()
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
+    if not cfg.from_scratch:
+        from posttrain.models.loading import load_causal_lm
+
+        if cfg.tokenizer != "model":
+            raise TrainingError("from_scratch is false but tokenizer is 'train': a loaded model needs its "
+                                "own tokenizer; set tokenizer=model")
+        return load_causal_lm(cfg.model)
+    from posttrain.models.tiny import tiny_llama
+
+    arch = cfg.arch
+    model = tiny_llama(len(tokenizer), hidden_size=arch.hidden_size, num_layers=arch.num_layers,
+                       num_heads=arch.num_heads, intermediate_size=arch.intermediate_size or None,
+                       max_positions=max(arch.max_positions, cfg.seq_len), seed=cfg.train.seed,
+                       tie_word_embeddings=arch.tie_word_embeddings)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.config.bos_token_id = tokenizer.bos_token_id
+    model.config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def run_pretrain(cfg: PretrainConfig) -> Path:
+    """Command-line entry: a run that cannot go on ends with its message and exit status 1."""
+    try:
+        return pretrain(cfg)
+    except TrainingError as e:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        raise SystemExit(1) from None
+
+
+def pretrain(cfg: PretrainConfig) -> Path:
+    """Train, checkpoint, export ``run_dir/final``; return its path."""
+    ctx = setup_run(cfg)
+    train_docs, eval_docs = split_documents(cfg)
+    tokenizer = prepare_tokenizer(cfg, ctx, train_docs)
+    chunks, report = pack_documents(tokenize(tokenizer, train_docs), cfg.seq_len, tokenizer.eos_token_id)
+    eval_chunks, _ = pack_documents(tokenize(tokenizer, eval_docs), cfg.seq_len, tokenizer.eos_token_id)
+    ctx.print(f"train data: {report.summary()}")
+
+    tc = cfg.train
+    sampler = StepSampler(len(chunks), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
+    total = total_steps(tc, sampler.steps_per_epoch)
+    if sampler.dropped_per_epoch:
+        ctx.print(f"{sampler.dropped_per_epoch} of {len(chunks)} sequences do not fill the last global "
+                  f"batch of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+
+    model = build_model(cfg, tokenizer)
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, total)
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()
+
+    def eval_batches():
+        rows = shard(list(range(len(eval_chunks))), ctx)
+        return (eval_chunks[rows[i:i + tc.batch_size]].to(ctx.device) for i in range(0, len(rows), tc.batch_size))
+
+    timer = Timer()
+    with ProgressBar(ctx, total, start=state.step, description="pretrain") as bar:
+        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+            if state.step >= total:
+                break
+            batches = [chunks[ids].to(ctx.device) for ids in micro]
+            result = train_step(ctx, model, optimizer, scheduler, batches, lm_loss_sum, count_targets,
+                                step=state.step + 1)
+            state.advance(epoch, index)
+            tokens_per_s = result.units / max(timer.lap(), 1e-9)
+            if state.step % tc.log_every == 0 or state.step == total:
+                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                                             "tokens": result.units, "tokens_per_s": tokens_per_s, "epoch": epoch})
+            bar.update(state.step, loss=result.loss, lr=result.lr, tok_s=tokens_per_s)
+            if len(eval_chunks) and ((tc.eval_every and state.step % tc.eval_every == 0) or state.step == total):
+                scores = evaluate(ctx, model, eval_batches(), lm_loss_sum, count_targets)
+                ctx.metrics.log(state.step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
+            ckpt.maybe_save(state)
+    ckpt.maybe_save(state, final=True)
+    return finish_run(ctx, model, tokenizer)

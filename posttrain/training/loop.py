@@ -1,0 +1,411 @@
+"""Building blocks of every recipe's training loop, on top of ``accelerate``.
+
+A recipe owns its loop and wires these together::
+
+    ctx = setup_run(cfg)                       # accelerator, seed, run_dir, config.yaml, metrics
+    model, optimizer = ctx.accelerator.prepare(model, build_optimizer(model, cfg.train))
+    scheduler = build_scheduler(optimizer, cfg.train, total)
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()                     # honours train.resume
+    for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+        result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_fn, state.step + 1)
+        state.advance(epoch, index)
+        ctx.metrics.log(state.step, {...}); ckpt.maybe_save(state)
+    finish_run(ctx, model, tokenizer)          # run_dir/final: a plain HF folder
+
+**Normalization.** ``loss_fn(model, micro_batch)`` returns the loss *summed* over its units
+(target tokens for language-model losses, pairs or examples for pairwise ones) and
+``count_fn(micro_batch)`` says how many units the micro-batch has. :func:`train_step` counts
+the units of the whole step over every micro-batch and every process *before* the forward
+passes, and backpropagates ``loss_sum * world_size / global_units`` from each micro-batch:
+DDP averages gradients over processes, so the update is the gradient of the mean loss per unit
+of the whole global batch, whatever its split into processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import torch
+from rich.console import Console
+
+from posttrain.config import save_config
+from posttrain.training import checkpoint as ck
+from posttrain.training.checkpoint import TrainState
+from posttrain.training.config import TrainConfig
+from posttrain.training.metrics import MetricsLogger
+
+LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""(model, micro_batch) -> (loss summed over the micro-batch's units, {metric: sum over units})."""
+CountFn = Callable[[Any], int]
+"""micro_batch -> its number of normalization units (e.g. target tokens)."""
+
+
+class TrainingError(RuntimeError):
+    """A run that cannot go on; the message says why and what to try."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss or the gradient norm of a step is NaN or infinite."""
+
+
+# --- run setup -----------------------------------------------------------------------------
+
+@dataclass
+class RunContext:
+    """What every part of a run needs: the accelerator, the run folder, the metrics logger."""
+
+    cfg: TrainConfig
+    accelerator: Any
+    run_dir: Path
+    metrics: MetricsLogger
+    resume_from: Path | None
+    console: Console = field(default_factory=lambda: Console(stderr=True))
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def world_size(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    @property
+    def global_batch(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.world_size
+
+    def print(self, message: str) -> None:
+        """Print on the main process only."""
+        if self.is_main:
+            self.console.print(message)
+
+
+def _use_cpu(cfg: Any) -> bool:
+    device = getattr(getattr(cfg, "model", None), "device", "auto")
+    return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
+
+
+def setup_run(cfg: Any) -> RunContext:
+    """Start a run for recipe config ``cfg`` (which has a ``train`` section).
+
+    Creates the ``Accelerator`` (CPU unless a GPU is there and ``model.device`` allows it; under
+    ``torchrun`` it joins the process group, gloo on CPU), seeds every generator, resolves
+    ``train.resume``, removes half-written checkpoints, writes ``run_dir/config.yaml`` and opens
+    the metrics (cut back to the checkpoint being resumed).
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    train: TrainConfig = cfg.train
+    accelerator = Accelerator(cpu=_use_cpu(cfg), mixed_precision=train.mixed_precision)
+    set_seed(train.seed)
+    run_dir = Path(train.run_dir)
+    console = Console(stderr=True)
+    ckpt_dir = run_dir / "checkpoints"
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for path in ck.remove_partial(ckpt_dir):
+            console.print(f"[yellow]removed half-written checkpoint {path} (a save was interrupted)[/yellow]")
+    accelerator.wait_for_everyone()
+    resume_from = resolve_resume(train, ckpt_dir)
+    resume_step = ck.read_state(resume_from)["step"] if resume_from else 0
+    if accelerator.is_main_process:
+        save_config(cfg, run_dir / "config.yaml")
+    metrics = MetricsLogger(run_dir, enabled=accelerator.is_main_process,
+                            tensorboard=train.tensorboard, resume_step=resume_step)
+    accelerator.wait_for_everyone()
+    return RunContext(train, accelerator, run_dir, metrics, resume_from, console)
+
+
+def resolve_resume(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
+    """The checkpoint to continue from according to ``train.resume``, or None to start fresh."""
+    latest = ck.latest_checkpoint(ckpt_dir)
+    if cfg.resume == "auto":
+        return latest
+    if cfg.resume == "never":
+        if latest is not None:
+            raise TrainingError(
+                f"train.resume=never but {ckpt_dir} already holds checkpoints (newest: {latest.name}); "
+                f"use train.resume=auto to continue that run, or choose another train.run_dir")
+        return None
+    path = Path(cfg.resume)
+    if not (path / "state.json").exists():
+        raise TrainingError(f"train.resume={cfg.resume!r}: no checkpoint there (expected a folder "
+                            f"with state.json, like {ckpt_dir}/step-000050), or use auto / never")
+    return path
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes when max_steps is -1."""
+    return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+
+
+# --- one optimizer step ----------------------------------------------------------------------
+
+@dataclass
+class StepResult:
+    """What one optimizer step did, reduced over every process."""
+
+    loss: float
+    """Loss per unit over the whole global batch."""
+    grad_norm: float
+    """Global gradient norm before clipping."""
+    lr: float
+    """Learning rate the step used."""
+    units: int
+    """Normalization units (e.g. target tokens) in the global batch."""
+    metrics: dict[str, float]
+    """Each metric of the loss function, per unit of the global batch."""
+
+
+def reduce_sum(ctx: RunContext, values: list[float] | torch.Tensor) -> torch.Tensor:
+    """Sum ``values`` (float64) over every process."""
+    tensor = torch.as_tensor(values, dtype=torch.float64, device=ctx.device)
+    if ctx.world_size == 1:
+        return tensor
+    return ctx.accelerator.reduce(tensor, reduction="sum")
+
+
+def _gather_objects(ctx: RunContext, obj: Any) -> list[Any]:
+    if ctx.world_size == 1:
+        return [obj]
+    out: list[Any] = [None] * ctx.world_size
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def train_step(
+    ctx: RunContext,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    micro_batches: list[Any],
+    loss_fn: LossFn,
+    count_fn: CountFn,
+    step: int,
+) -> StepResult:
+    """Forward/backward every micro-batch, clip, update; raise on a non-finite loss before updating.
+
+    ``step`` is the number of the step being taken (1-based), for messages. Gradients are
+    synchronized across processes only on the last micro-batch.
+    """
+    accelerator = ctx.accelerator
+    model.train()
+    local_units = sum(count_fn(mb) for mb in micro_batches)
+    global_units = int(reduce_sum(ctx, [local_units]).item())
+    if global_units == 0:
+        raise TrainingError(f"step {step}: the batch has no units to train on (e.g. every target "
+                            f"token is masked); check the data and its loss mask")
+    scale = ctx.world_size / global_units
+    loss_sum = torch.zeros((), dtype=torch.float64, device=ctx.device)
+    metric_sums: dict[str, torch.Tensor] = {}
+    for i, micro_batch in enumerate(micro_batches):
+        is_last = i == len(micro_batches) - 1
+        with nullcontext() if is_last else accelerator.no_sync(model):
+            loss, metrics = loss_fn(model, micro_batch)
+            accelerator.backward(loss * scale)
+        loss_sum += loss.detach().double()
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + torch.as_tensor(value).detach().double().to(ctx.device)
+    keys = sorted(metric_sums)
+    totals = reduce_sum(ctx, torch.stack([loss_sum, *(metric_sums[k] for k in keys)]))
+    loss_value = totals[0].item() / global_units
+    lr = scheduler.get_last_lr()[0]
+    if not math.isfinite(loss_value):
+        raise NonFiniteLossError(_non_finite_message(ctx, step, "loss", loss_value, lr))
+    max_norm = ctx.cfg.max_grad_norm if ctx.cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    if not math.isfinite(grad_norm) and accelerator.scaler is None:  # fp16 scaling skips inf steps itself
+        raise NonFiniteLossError(_non_finite_message(ctx, step, "gradient norm", grad_norm, lr))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    metrics_out = {k: totals[i + 1].item() / global_units for i, k in enumerate(keys)}
+    return StepResult(loss_value, grad_norm, lr, global_units, metrics_out)
+
+
+def _non_finite_message(ctx: RunContext, step: int, what: str, value: float, lr: float) -> str:
+    latest = ck.latest_checkpoint(ctx.checkpoint_dir)
+    where = (f"the last good checkpoint is {latest}; train.resume=auto continues from it"
+             if latest else "no checkpoint was written yet")
+    return (f"step {step}: the {what} is {value}, so the run stopped before applying this update; "
+            f"{where}. Try a lower train.lr (this step used {lr:.3g}), a longer train.warmup_steps, "
+            f"gradient clipping (train.max_grad_norm > 0), mixed_precision=no, and check the data of "
+            f"this step for empty, corrupt or extremely long examples.")
+
+
+@torch.no_grad()
+def evaluate(ctx: RunContext, model: torch.nn.Module, batches: Iterable[Any],
+             loss_fn: LossFn, count_fn: CountFn) -> dict[str, float]:
+    """Loss and metrics per unit over ``batches`` (this process's share), summed over processes."""
+    was_training = model.training
+    model.eval()
+    units, loss_sum, metric_sums = 0, 0.0, {}
+    for batch in batches:
+        loss, metrics = loss_fn(model, batch)
+        units += count_fn(batch)
+        loss_sum += loss.double().item()
+        for key, value in metrics.items():
+            metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
+    model.train(was_training)
+    # Processes may hold different numbers of batches, so sum python objects rather than
+    # tensors whose shapes would have to agree.
+    parts = _gather_objects(ctx, (units, loss_sum, metric_sums))
+    total_units = sum(p[0] for p in parts)
+    if total_units == 0:
+        return {}
+    out = {"loss": sum(p[1] for p in parts) / total_units}
+    for key in parts[0][2]:
+        out[key] = sum(p[2].get(key, 0.0) for p in parts) / total_units
+    return out
+
+
+def shard(items: list[Any], ctx: RunContext) -> list[Any]:
+    """This process's share of ``items`` (every world_size-th, from its rank), e.g. for evaluation."""
+    return items[ctx.rank::ctx.world_size]
+
+
+# --- checkpoints ---------------------------------------------------------------------------
+
+class Checkpointer:
+    """Saves and restores a run's model, optimizer, scheduler, RNG and data position atomically."""
+
+    def __init__(self, ctx: RunContext, model: torch.nn.Module, optimizer: Any, scheduler: Any):
+        self.ctx, self.model, self.optimizer, self.scheduler = ctx, model, optimizer, scheduler
+        self.last_saved_step: int | None = None
+
+    @property
+    def _scaler(self):
+        return self.ctx.accelerator.scaler
+
+    def restore(self) -> TrainState:
+        """Load ``ctx.resume_from`` if there is one; return the state to continue from."""
+        ctx = self.ctx
+        if ctx.resume_from is None:
+            return TrainState()
+        unwrapped = ctx.accelerator.unwrap_model(self.model)
+        state, payload, rng_states = ck.load_checkpoint(ctx.resume_from, unwrapped, self.optimizer,
+                                                        self.scheduler, self._scaler)
+        if payload.get("global_batch", ctx.global_batch) != ctx.global_batch:
+            raise TrainingError(
+                f"{ctx.resume_from} was written with a global batch of {payload['global_batch']} examples "
+                f"but this run has {ctx.global_batch} (batch_size x grad_accum x processes); the data "
+                f"position would not match. Resume with the same global batch or start a new run_dir.")
+        if len(rng_states) != ctx.world_size:
+            ctx.print(f"[yellow]{ctx.resume_from} holds random states of {len(rng_states)} processes, "
+                      f"this run has {ctx.world_size}: dropout and sampling will differ from an "
+                      f"uninterrupted run[/yellow]")
+        ck.set_rng_state(rng_states[ctx.rank % len(rng_states)])
+        self.last_saved_step = state.step
+        ctx.print(f"resumed from {ctx.resume_from} at step {state.step}")
+        return state
+
+    def maybe_save(self, state: TrainState, final: bool = False) -> Path | None:
+        """Save if ``state.step`` is a multiple of ``train.save_every``, or if ``final``."""
+        ctx = self.ctx
+        every = ctx.cfg.save_every
+        due = final or (every > 0 and state.step % every == 0)
+        if not due or state.step == self.last_saved_step:
+            return None
+        rng_states = _gather_objects(ctx, ck.rng_state())
+        path = None
+        if ctx.is_main:
+            path = ck.save_checkpoint(
+                ctx.checkpoint_dir, state, ctx.accelerator.unwrap_model(self.model), self.optimizer,
+                self.scheduler, rng_states, scaler=self._scaler,
+                meta={"global_batch": ctx.global_batch, "world_size": ctx.world_size})
+            ck.prune(ctx.checkpoint_dir, ctx.cfg.keep_checkpoints)
+        ctx.accelerator.wait_for_everyone()
+        self.last_saved_step = state.step
+        return path
+
+
+
+# --- progress and the end of a run -----------------------------------------------------------
+
+class ProgressBar:
+    """A rich progress bar on the main process, with the latest loss, lr and throughput.
+
+    Off when ``train.progress`` is false or stderr is not a terminal; then a plain line is
+    printed about every tenth of the run instead, so logs still show the run moving.
+    """
+
+    def __init__(self, ctx: RunContext, total: int, start: int = 0, description: str = "train"):
+        self.ctx, self.total, self.start = ctx, total, start
+        self.live = ctx.is_main and ctx.cfg.progress and ctx.console.is_terminal
+        self.every = max(1, total // 10)
+        self._progress = None
+        self._task = None
+        self.description = description
+
+    def __enter__(self) -> "ProgressBar":
+        if self.live:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.ctx.console)
+            self._progress.start()
+            self._task = self._progress.add_task(self.description, total=self.total,
+                                                 completed=self.start, info="")
+        return self
+
+    def update(self, step: int, **fields: float) -> None:
+        info = "  ".join(f"{k} {_fmt(v)}" for k, v in fields.items())
+        if self._progress is not None:
+            self._progress.update(self._task, completed=step, info=info)
+        elif self.ctx.is_main and (step % self.every == 0 or step == self.total):
+            self.ctx.console.print(f"{self.description} step {step}/{self.total}  {info}", highlight=False)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _fmt(value: float) -> str:
+    if isinstance(value, int) or (abs(value) >= 100 and float(value).is_integer()):
+        return f"{int(value)}"
+    return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+
+
+def finish_run(ctx: RunContext, model: torch.nn.Module, tokenizer: Any) -> Path:
+    """Export ``run_dir/final`` (safetensors, tokenizer, chat template) and close the metrics."""
+    from posttrain.models.export import export_model
+
+    out = ctx.run_dir / "final"
+    ctx.accelerator.wait_for_everyone()
+    if ctx.is_main:
+        export_model(ctx.accelerator.unwrap_model(model), tokenizer, out)
+        ctx.print(f"final model written to {out}")
+    ctx.metrics.close()
+    ctx.accelerator.wait_for_everyone()
+    return out
+
+
+class Timer:
+    """Seconds since the last ``lap()``, for throughput numbers."""
+
+    def __init__(self):
+        self._t = time.perf_counter()
+
+    def lap(self) -> float:
+        now = time.perf_counter()
+        elapsed, self._t = now - self._t, now
+        return elapsed

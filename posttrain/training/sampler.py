@@ -1,0 +1,90 @@
+"""Which examples each process trains on at each step: a deterministic function of seed, epoch and rank.
+
+Every epoch is a fresh permutation of the example indices drawn from ``(seed, epoch)`` alone, so
+a resumed run finds the exact batches it has not seen yet from ``(epoch, batch_in_epoch)``; no
+iterator state needs saving. A *global batch* (one optimizer step) holds
+``batch_size * grad_accum * world_size`` examples; process ``rank`` takes a disjoint slice of
+it, so 2 processes x batch 4 train on exactly the examples of 1 process x batch 8.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Iterator
+
+import numpy as np
+
+
+@lru_cache(maxsize=4)
+def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> tuple[int, ...]:
+    """The order in which epoch ``epoch`` visits the examples."""
+    if not shuffle:
+        return tuple(range(num_examples))
+    return tuple(np.random.default_rng([seed, epoch]).permutation(num_examples).tolist())
+
+
+@dataclass(frozen=True)
+class StepSampler:
+    """Splits each epoch into global batches, each global batch into this process's micro-batches.
+
+    The tail of an epoch that does not fill a global batch is left out of that epoch (a
+    different tail every epoch, since the order changes); ``dropped_per_epoch`` says how many.
+    """
+
+    num_examples: int
+    """Examples in the dataset."""
+    batch_size: int
+    """Examples per micro-batch on each process."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    world_size: int = 1
+    """Processes training together."""
+    rank: int = 0
+    """This process."""
+    seed: int = 0
+    """Seed of the data order."""
+    shuffle: bool = True
+    """Shuffle every epoch; False keeps the data order (for debugging)."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError(f"batch_size ({self.batch_size}) and grad_accum ({self.grad_accum}) must be >= 1")
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"the data has {self.num_examples} examples but one optimizer step needs "
+                f"{self.global_batch} (batch_size {self.batch_size} x grad_accum {self.grad_accum} x "
+                f"{self.world_size} processes); add data or lower train.batch_size / train.grad_accum")
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_size * self.grad_accum * self.world_size
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.num_examples // self.global_batch
+
+    @property
+    def dropped_per_epoch(self) -> int:
+        return self.num_examples - self.steps_per_epoch * self.global_batch
+
+    def micro_batches(self, epoch: int, index: int) -> list[list[int]]:
+        """This process's ``grad_accum`` micro-batches (example indices) of global batch ``index``."""
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"batch {index} outside epoch of {self.steps_per_epoch} batches")
+        order = epoch_order(self.num_examples, self.seed, epoch, self.shuffle)
+        start = index * self.global_batch
+        step_ids = np.asarray(order[start:start + self.global_batch])
+        # (grad_accum, world_size, batch_size): micro-batch k of rank r is step_ids[k, r].
+        grid = step_ids.reshape(self.grad_accum, self.world_size, self.batch_size)
+        return [grid[k, self.rank].tolist() for k in range(self.grad_accum)]
+
+    def iterate(self, epoch: int = 0, index: int = 0) -> Iterator[tuple[int, int, list[list[int]]]]:
+        """(epoch, batch index, micro-batches) from position (epoch, index) on, without end."""
+        while True:
+            if index >= self.steps_per_epoch:
+                epoch, index = epoch + 1, 0
+            yield epoch, index, self.micro_batches(epoch, index)
+            index += 1
