@@ -34,7 +34,7 @@ def _full_forward_token_logps(model, prompt_ids, completion_ids):
 
 def test_greedy_does_not_depend_on_batch_composition(model, tiny_tokenizer):
     token_prompts = [tiny_tokenizer(p)["input_ids"] for p in PROMPTS]
-    assert len({len(p) for p in token_prompts}) == len(PROMPTS)  # mixed lengths: real left padding
+    assert len({len(p) for p in token_prompts}) >= 4  # mixed lengths: real left padding
     together = generate(model, tiny_tokenizer, PROMPTS, max_new_tokens=10, batch_size=len(PROMPTS))
     alone = [generate(model, tiny_tokenizer, [p], max_new_tokens=10)[0] for p in token_prompts]
     in_threes = generate(model, tiny_tokenizer, token_prompts[::-1], max_new_tokens=10, batch_size=3)[::-1]

@@ -34,6 +34,6 @@ class ModelConfig:
     attn_implementation: str | None = None
     """Attention kernel passed to transformers (eager, sdpa, flash_attention_2); None lets transformers choose."""
     chat_template: str | None = None
-    """Jinja chat template (or a path to a .jinja file) to use instead of the tokenizer's; ChatML if the tokenizer has none."""
+    """Chat template to use instead of the tokenizer's: a name (chatml, llama2, zephyr), a .jinja file or the template text; ChatML if the tokenizer has none."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings."""
