@@ -45,6 +45,8 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     model.config.pad_token_id = tiny_tokenizer.pad_token_id
     model.config.eos_token_id = tiny_tokenizer.eos_token_id
     model.config.bos_token_id = tiny_tokenizer.bos_token_id
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.generation_config, key, getattr(model.config, key))
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer.save_pretrained(path)
     return path

@@ -260,3 +260,23 @@ def test_export_puts_back_a_folder_left_aside_by_a_crash(tmp_path, tiny_model, t
         export_model(tiny_model, tiny_tokenizer, out)
     assert sorted(os.listdir(tmp_path)) == ["final"] and (out / "note.txt").read_text() == "old"
     assert Path(out / "model.safetensors").exists()
+
+
+def test_tokens_added_to_the_tokenizer_get_trainable_embeddings(tmp_path, tiny_model_dir, tiny_tokenizer):
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.add_tokens(["<|tool|>", "<|result|>"], special_tokens=True)
+    new_ids = tokenizer.convert_tokens_to_ids(["<|tool|>", "<|result|>"])
+    cfg = ModelConfig(name_or_path=str(tiny_model_dir), device="cpu", lora=_lora_cfg())
+    model = load_causal_lm(cfg, tokenizer=tokenizer)
+    assert model.config.vocab_size == len(tokenizer) == len(tiny_tokenizer) + 2
+
+    batch = tokenizer(["<|tool|> Add 12 and 7 <|result|> 19"], return_tensors="pt")
+    assert set(new_ids) <= set(batch["input_ids"][0].tolist())
+    initial_rows = copy.deepcopy(model).merge_and_unload().get_input_embeddings().weight[new_ids].detach()
+    _train_a_few_steps(model, batch)
+    policy_logits = _logits(model, batch)
+    exported = _plain(export_model(model, tokenizer, tmp_path / "final"))
+    assert exported.get_input_embeddings().num_embeddings == len(tokenizer)
+    torch.testing.assert_close(_logits(exported, batch), policy_logits, atol=1e-5, rtol=0)
+    # The new rows were trained (and exported), not left where resizing put them.
+    assert (exported.get_input_embeddings().weight[new_ids] - initial_rows).abs().max() > 1e-3

@@ -244,7 +244,7 @@ def _neutral_defaults(model, config) -> Iterator[None]:
     # a config with nothing but token ids so the model's defaults cannot leak in.
     hf = _hf_model(model)
     saved = hf.generation_config
-    hf.generation_config = saved or config.__class__(
+    hf.generation_config = config.__class__(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id
     )
     try:

@@ -13,6 +13,7 @@ One place decides how a model is loaded, so every recipe loads the same way:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import warnings
 from pathlib import Path
@@ -24,6 +25,8 @@ if TYPE_CHECKING:
     import torch
 
     from posttrain.models.config import ModelConfig
+
+logger = logging.getLogger("posttrain.models")
 
 WORLD = "world"
 """``name_or_path`` that stands for the embedded world's shipped base model."""
@@ -227,12 +230,16 @@ def _apply_chat_template(tokenizer, override: str | None) -> None:
 # --------------------------------------------------------------------------- model
 
 
-def load_causal_lm(cfg: "ModelConfig", for_training: bool = True):
+def load_causal_lm(cfg: "ModelConfig", for_training: bool = True, tokenizer=None):
     """An ``AutoModelForCausalLM`` for ``cfg``, on ``cfg.device`` in ``cfg.dtype``.
 
     for_training=True: train mode; a fresh LoRA adapter is added when ``cfg.lora.enabled`` (only
     the adapter is trainable then). for_training=False (reference, reward, generation-only
     models): eval mode, every parameter frozen, no adapter.
+
+    Pass the ``tokenizer`` from :func:`load_tokenizer` when it may have gained tokens (ChatML
+    markers added by ``ensure_chat_template``): the embeddings then grow to match, and with LoRA
+    the new rows are trained too (peft ``trainable_token_indices``), so the markers are learnable.
 
     A folder holding a peft adapter (adapter_config.json, no config.json) is loaded on top of its
     base model; training continues that adapter when ``cfg.lora.enabled`` (its own r/alpha/targets
@@ -247,10 +254,11 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True):
         model = _load_adapter_folder(cfg, Path(path), dtype, for_training)
     else:
         model = _load_base(cfg, path, dtype)
+        new_token_ids = fit_embeddings(model, tokenizer) if tokenizer is not None else []
         if for_training and cfg.lora.enabled:
             from posttrain.models.lora import apply_lora
 
-            model = apply_lora(model, cfg.lora)
+            model = apply_lora(model, cfg.lora, trainable_token_ids=new_token_ids)
     model.to(device)
     if for_training:
         model.train()
@@ -263,6 +271,24 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True):
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+def fit_embeddings(model, tokenizer) -> list[int]:
+    """Grow the model's embeddings (and tied LM head) to ``len(tokenizer)``; return the new token ids.
+
+    New rows are drawn around the mean of the old ones (transformers' mean resizing): untrained.
+    A model with at least as many rows as the tokenizer has tokens is left alone.
+    """
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) <= rows:
+        return []
+    new_ids = list(range(rows, len(tokenizer)))
+    model.resize_token_embeddings(len(tokenizer))
+    logger.warning(
+        "the tokenizer has %d tokens the model has no embedding for (%s); added them, untrained",
+        len(new_ids), ", ".join(tokenizer.convert_ids_to_tokens(new_ids[:5])),
+    )
+    return new_ids
 
 
 def _load_base(cfg: "ModelConfig", path: str, dtype: "torch.dtype"):

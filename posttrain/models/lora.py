@@ -25,11 +25,13 @@ def is_peft_model(model) -> bool:
     return isinstance(unwrap_model(model), PeftModel)
 
 
-def apply_lora(model, lora_cfg: "LoraConfig"):
+def apply_lora(model, lora_cfg: "LoraConfig", trainable_token_ids: list[int] | None = None):
     """Wrap ``model`` in a fresh peft LoRA adapter; only the adapter's parameters stay trainable.
 
     ``target_modules == ["all-linear"]`` adapts every linear layer except the LM head (peft's
     "all-linear"); otherwise the listed module names (e.g. q_proj, v_proj) are adapted.
+    ``trainable_token_ids``: rows of the input embedding (tied LM head included) trained as well,
+    for tokens just added to the vocabulary; they are merged on export like the adapter.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -44,6 +46,7 @@ def apply_lora(model, lora_cfg: "LoraConfig"):
         target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else targets,
         task_type="CAUSAL_LM",
         bias="none",
+        trainable_token_indices=list(trainable_token_ids) if trainable_token_ids else None,
     )
     return get_peft_model(model, peft_cfg)
 
