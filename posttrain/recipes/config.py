@@ -62,5 +62,37 @@ class PretrainConfig:
     """With a trained BPE, put every digit in its own token, so numbers are learned digit by digit."""
     world_seed: int = 0
     """Seed of the embedded world whose corpus is used when data.train is empty."""
-    eval_fraction: float = 0.0
-    """Fraction of the training documents held out for evaluation when data.eval is empty (0: none)."""
+    world_size_mb: float = 4.0
+    """Megabytes of the world's training corpus to generate when data.train is empty."""
+    world_eval_mb: float = 0.2
+    """Megabytes of held-out world text (a separate stream of documents) to evaluate on when data.train and data.eval are empty; 0: no evaluation."""
+
+
+@dataclass
+class EvalConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model to evaluate; 'world' is the embedded world's shipped base model."""
+    run_dir: str = "runs/eval"
+    """Where results.json, predictions.jsonl and config.yaml are written."""
+    seed: int = 0
+    """Seed of the world, its task suite and the few-shot draws."""
+    families: list[str] = field(default_factory=list)
+    """Task families to evaluate (rows of the table); empty means all of posttrain.world.tasks.FAMILIES."""
+    strategies: list[str] = field(default_factory=lambda: ["zero_shot", "few_shot", "cot", "zero_shot_cot", "mc"])
+    """Columns: zero_shot, few_shot, cot, zero_shot_cot, and mc (log-prob multiple choice, summed and length-normalized)."""
+    n_per_family: int = 200
+    """Examples per family; about 200 puts a 5-point difference outside noise (50 only resolves ~7+ points)."""
+    shots: int = 3
+    """Solved examples in few_shot and cot prompts, drawn per example from the family's train split."""
+    mc_shots: int = 0
+    """Solved examples before multiple-choice prompts (0: zero-shot)."""
+    split: Literal["heldout", "train"] = "heldout"
+    """Which split of each family to evaluate on."""
+    prompt_format: Literal["plain", "chat"] = "plain"
+    """plain: the corpus' "Q: ...\\nA:" text, for base models; chat: the same turns through the tokenizer's chat template."""
+    max_prompt_tokens: int = 256
+    """Longest prompt in tokens (the base model's training context); shots are dropped, farthest first, to fit."""
+    batch_size: int = 32
+    """Prompts per generation / scoring batch (results do not depend on it)."""
+    max_new_tokens: int = 128
+    """Cap on generated tokens; each cell generates its longest canonical solution plus a margin, up to this."""

@@ -80,37 +80,32 @@ def pack_documents(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
     return chunks, report
 
 
-def read_documents(paths: list[str], cfg: PretrainConfig) -> list[str]:
+def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> list[str]:
     from posttrain.data.readers import read_many
 
     fmt = "text" if cfg.data.format == "auto" else cfg.data.format
     result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid)
+    ctx.print(result.report.summary())  # says what was skipped (data.skip_invalid), and why
     return [record.text for record in result.expect("text")]
 
 
-def world_documents(seed: int) -> list[str]:
-    try:
-        from posttrain.world.corpus import generate_corpus
-    except ModuleNotFoundError as e:
-        if e.name != "posttrain.world.corpus":
-            raise
-        raise TrainingError("data.train is empty and the embedded world's corpus is not installed; "
-                            "pass text files with data.train=[corpus.jsonl]") from None
-    return [doc if isinstance(doc, str) else doc.text for doc in generate_corpus(seed)]
+def world_documents(cfg: PretrainConfig, split: str, size_mb: float) -> list[str]:
+    from posttrain.world.corpus import generate_corpus
+
+    return generate_corpus(cfg.world_seed, size_mb, split=split)
 
 
-def split_documents(cfg: PretrainConfig) -> tuple[list[str], list[str]]:
-    """(train, eval) documents: data.train / data.eval, else the world; eval_fraction holds some out."""
-    docs = read_documents(cfg.data.train, cfg) if cfg.data.train else world_documents(cfg.world_seed)
+def load_documents(cfg: PretrainConfig, ctx: RunContext) -> tuple[list[str], list[str]]:
+    """(train, eval) documents: data.train / data.eval, or the world's "train" / "heldout" streams."""
+    if cfg.data.train:
+        train = read_documents(cfg.data.train, cfg, ctx)
+    else:
+        train = world_documents(cfg, "train", cfg.world_size_mb)
     if cfg.data.eval:
-        return docs, read_documents(cfg.data.eval, cfg)
-    n_eval = int(len(docs) * cfg.eval_fraction)
-    if n_eval == 0:
-        return docs, []
-    order = np.random.default_rng(cfg.train.seed).permutation(len(docs))
-    held_out = set(order[:n_eval].tolist())
-    return ([d for i, d in enumerate(docs) if i not in held_out],
-            [d for i, d in enumerate(docs) if i in held_out])
+        return train, read_documents(cfg.data.eval, cfg, ctx)
+    if cfg.data.train:
+        return train, []
+    return train, world_documents(cfg, "heldout", cfg.world_eval_mb) if cfg.world_eval_mb > 0 else []
 
 
 def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:
@@ -170,18 +165,20 @@ def run_pretrain(cfg: PretrainConfig) -> Path:
     except TrainingError as e:
         from rich.console import Console
 
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False)
+        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
         raise SystemExit(1) from None
 
 
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train, checkpoint, export ``run_dir/final``; return its path."""
     ctx = setup_run(cfg)
-    train_docs, eval_docs = split_documents(cfg)
+    train_docs, eval_docs = load_documents(cfg, ctx)
     tokenizer = prepare_tokenizer(cfg, ctx, train_docs)
     chunks, report = pack_documents(tokenize(tokenizer, train_docs), cfg.seq_len, tokenizer.eos_token_id)
     eval_chunks, _ = pack_documents(tokenize(tokenizer, eval_docs), cfg.seq_len, tokenizer.eos_token_id)
     ctx.print(f"train data: {report.summary()}")
+    if eval_docs:
+        ctx.print(f"eval data: {len(eval_docs)} documents -> {len(eval_chunks)} sequences")
 
     tc = cfg.train
     sampler = StepSampler(len(chunks), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
@@ -221,5 +218,6 @@ def pretrain(cfg: PretrainConfig) -> Path:
                 scores = evaluate(ctx, model, eval_batches(), lm_loss_sum, count_targets)
                 ctx.metrics.log(state.step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
             ckpt.maybe_save(state)
+            timer.lap()  # evaluation and checkpoint time is not training throughput
     ckpt.maybe_save(state, final=True)
     return finish_run(ctx, model, tokenizer)

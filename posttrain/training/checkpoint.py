@@ -16,6 +16,7 @@ Torch files are read back with ``weights_only=True`` (no pickled code runs).
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import shutil
@@ -169,10 +170,17 @@ def save_checkpoint(
     payload = {**asdict(state), **(meta or {})}
     # state.json last: its presence marks a complete folder even before the rename.
     (tmp / "state.json").write_text(json.dumps(payload, indent=2), encoding="utf-8")
-    if final.exists():  # a re-save of the same step (e.g. a resumed run that ends where it began)
+    _fsync_files(tmp)  # else a power cut could publish the folder before its contents reach the disk
+    if final.exists():  # a re-save of the same step (a run resumed from an older checkpoint)
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+def _fsync_files(folder: Path) -> None:
+    for path in folder.iterdir():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
 
 
 def load_checkpoint(

@@ -39,7 +39,7 @@ class TrainConfig:
     save_every: int = 50
     """Write a checkpoint every this many steps; 0 only at the end."""
     keep_checkpoints: int = 2
-    """Most recent checkpoints to keep on disk."""
+    """Most recent checkpoints to keep on disk; 0 keeps them all."""
     resume: str = "auto"
     """auto: continue from the newest checkpoint in run_dir if there is one; never: start fresh; or a checkpoint path."""
     tensorboard: bool = True

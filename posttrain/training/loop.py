@@ -94,7 +94,8 @@ class RunContext:
     def print(self, message: str) -> None:
         """Print on the main process only."""
         if self.is_main:
-            self.console.print(message)
+            # soft_wrap: no line breaks inserted, so paths in messages stay whole for copy and grep.
+            self.console.print(message, soft_wrap=True)
 
 
 def _use_cpu(cfg: Any) -> bool:
@@ -122,7 +123,8 @@ def setup_run(cfg: Any) -> RunContext:
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         for path in ck.remove_partial(ckpt_dir):
-            console.print(f"[yellow]removed half-written checkpoint {path} (a save was interrupted)[/yellow]")
+            console.print(f"[yellow]removed half-written checkpoint {path} (a save was interrupted)[/yellow]",
+                          soft_wrap=True)
     accelerator.wait_for_everyone()
     resume_from = resolve_resume(train, ckpt_dir)
     resume_step = ck.read_state(resume_from)["step"] if resume_from else 0
@@ -372,7 +374,8 @@ class ProgressBar:
         if self._progress is not None:
             self._progress.update(self._task, completed=step, info=info)
         elif self.ctx.is_main and (step % self.every == 0 or step == self.total):
-            self.ctx.console.print(f"{self.description} step {step}/{self.total}  {info}", highlight=False)
+            self.ctx.console.print(f"{self.description} step {step}/{self.total}  {info}", highlight=False,
+                                   soft_wrap=True)
 
     def __exit__(self, *exc) -> None:
         if self._progress is not None:
@@ -380,8 +383,8 @@ class ProgressBar:
 
 
 def _fmt(value: float) -> str:
-    if isinstance(value, int) or (abs(value) >= 100 and float(value).is_integer()):
-        return f"{int(value)}"
+    if isinstance(value, int) or abs(value) >= 100:
+        return f"{value:.0f}"
     return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
 
 
