@@ -17,6 +17,7 @@ import typer
 from rich.console import Console
 
 from posttrain.config import ConfigError, describe, load_config
+from posttrain.errors import UserError
 
 app = typer.Typer(
     name="posttrain",
@@ -62,7 +63,11 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
             raise typer.Exit(2)
         module, func = target.split(":")
         run: Callable[[Any], Any] = getattr(importlib.import_module(module), func)
-        run(cfg)
+        try:
+            run(cfg)
+        except UserError as e:
+            console.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(1)
 
     command.__doc__ = summary
     app.command(
@@ -105,4 +110,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run as `python -m posttrain.cli`, this file is __main__ while posttrain.commands registers
+    # on the imported posttrain.cli; start that one.
+    from posttrain.cli import main as _main
+
+    _main()

@@ -9,7 +9,7 @@ from posttrain.recipes import config as rc
 
 recipe_command("demo", rc.DemoConfig, "posttrain.demo:run_demo",
                "Run the end-to-end journey on the embedded world, stage by stage.")
-recipe_command("pretrain", rc.PretrainConfig, "posttrain.recipes.pretrain:run_pretrain",
+recipe_command("pretrain", rc.PretrainConfig, "posttrain.recipes.pretrain:pretrain",
                "Pretrain a causal LM on text (next-token prediction), from scratch or from a checkpoint.")
 recipe_command("eval", rc.EvalConfig, "posttrain.evaluation.run:run_eval",
                "Prompt a model on the world's task families: zero-shot, few-shot, CoT and multiple choice.")

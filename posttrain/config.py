@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 
 import yaml
 
+from posttrain.errors import UserError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be applied; the message says where and why."""
 
 

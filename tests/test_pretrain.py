@@ -203,10 +203,14 @@ def test_nan_loss_stops_with_a_clear_message_and_leaves_a_resumable_checkpoint(
 
     monkeypatch.setattr(recipe, "lm_loss_sum", poisoned)
     run_dir = tmp_path / "nan"
-    with pytest.raises(SystemExit) as stopped:
-        recipe.run_pretrain(load_config(PretrainConfig, None, _args(docs, run_dir)))
-    assert stopped.value.code == 1
-    message = capsys.readouterr().err
+    from typer.testing import CliRunner
+
+    from posttrain.cli import _register, app
+
+    _register()
+    result = CliRunner().invoke(app, ["pretrain", *_args(docs, run_dir)])
+    assert result.exit_code == 1, result.output
+    message = result.stderr
     assert f"step {bad_step}: the loss is nan" in message
     assert "step-000010" in message and "lower train.lr" in message and "check the data" in message
     assert max(_losses(run_dir)) == bad_step - 1

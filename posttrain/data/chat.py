@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
 from posttrain.data.templates import CHAT_TEMPLATES, resolve_chat_template
+from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain.data")
 
@@ -47,11 +48,11 @@ CHATML_MARKERS = ["<|im_start|>", "<|im_end|>"]
 _PLACEHOLDER = "@@posttrain-assistant-content-7c1e@@"
 
 
-class ExampleTooLongError(ValueError):
+class ExampleTooLongError(UserError, ValueError):
     """A conversation longer than ``data.max_length`` while ``data.overflow`` is ``error``."""
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(UserError, ValueError):
     """A chat template whose assistant turns cannot be located in the text it renders."""
 
 

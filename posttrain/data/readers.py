@@ -40,6 +40,7 @@ from typing import Any
 
 from posttrain.data.formats import FORMATS, FieldError, parse_record
 from posttrain.data.records import Record
+from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain.data")
 
@@ -56,7 +57,7 @@ def _where(path: str, number: int | None, unit: str) -> str:
     return f"{path}:{number}" if unit == "line" else f"{path}: {unit} {number}"
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad input data: says which source, which line (or row), which field, and what is wrong.
 
     ``line`` is a 1-based line for JSONL and text files, a 0-based index for Parquet rows,

@@ -158,17 +158,6 @@ def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
 
 # --- the run -------------------------------------------------------------------------------
 
-def run_pretrain(cfg: PretrainConfig) -> Path:
-    """Command-line entry: a run that cannot go on ends with its message and exit status 1."""
-    try:
-        return pretrain(cfg)
-    except TrainingError as e:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-        raise SystemExit(1) from None
-
-
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train, checkpoint, export ``run_dir/final``; return its path."""
     ctx = setup_run(cfg)

@@ -35,6 +35,7 @@ import torch
 from rich.console import Console
 
 from posttrain.config import save_config
+from posttrain.errors import UserError
 from posttrain.training import checkpoint as ck
 from posttrain.training.checkpoint import TrainState
 from posttrain.training.config import TrainConfig
@@ -46,7 +47,7 @@ CountFn = Callable[[Any], int]
 """micro_batch -> its number of normalization units (e.g. target tokens)."""
 
 
-class TrainingError(RuntimeError):
+class TrainingError(UserError, RuntimeError):
     """A run that cannot go on; the message says why and what to try."""
 
 
