@@ -21,7 +21,13 @@ class DemoConfig:
     seed: int = 0
     """Seed of the world and of every stage."""
     quick: bool = False
-    """Tiny sizes everywhere: a smoke test of the whole journey in about a minute."""
+    """Tiny sizes everywhere: a smoke test of the whole journey in a few minutes."""
+    pretrain: bool = False
+    """Pretrain the base model here (configs/pretrain/world.yaml) instead of using the shipped one."""
+    eval_n: int = 100
+    """Held-out examples per task family in each evaluation (200 resolves 5-point differences, 100 about 7)."""
+    stages: list[str] = field(default_factory=list)
+    """Run only these stages (world, base, prompting, sft); empty runs them all."""
 
 
 @dataclass
