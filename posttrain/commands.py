@@ -13,3 +13,5 @@ recipe_command("pretrain", rc.PretrainConfig, "posttrain.recipes.pretrain:pretra
                "Pretrain a causal LM on text (next-token prediction), from scratch or from a checkpoint.")
 recipe_command("eval", rc.EvalConfig, "posttrain.evaluation.run:run_eval",
                "Prompt a model on the world's task families: zero-shot, few-shot, CoT and multiple choice.")
+recipe_command("sft", rc.SFTConfig, "posttrain.recipes.sft:sft",
+               "Supervised fine-tuning on conversations: assistant-token loss, packing, LoRA, data mixing and rehearsal.")

@@ -102,3 +102,51 @@ class EvalConfig:
     """Prompts per generation / scoring batch (results do not depend on it)."""
     max_new_tokens: int = 128
     """Cap on generated tokens; each cell generates its longest canonical solution plus a margin, up to this."""
+
+
+@dataclass
+class SFTConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Model to fine-tune ('world': the embedded world's base model); model.lora.enabled trains a LoRA adapter instead of every weight."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    """Conversations (messages, Alpaca, ShareGPT or prompt/completion records); each data.train entry is one source of the mixture. Empty train: the embedded world's task data."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/sft", lr=1e-4))
+    """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size examples, packed or padded."""
+    packing: bool = True
+    """Padding-free packing: the micro-batch's examples side by side in rows, positions restarting per example, no attention across them. False pads each micro-batch to its longest example."""
+    pack_length: int = 0
+    """Tokens per packed row, at least the micro-batch's longest example; 0: exactly that, so a packed batch is never wider than the padded one and has fewer rows. Flash attention packs everything into one row instead."""
+    group_by_length: bool = True
+    """Without packing: batch examples of similar length together (less padding); each step still draws its examples at random."""
+    source_weights: dict[str, float] = field(default_factory=dict)
+    """Share of each weighted source in the mixture's examples, by source name (a data.train entry, or a world task family)."""
+    source_epochs: dict[str, float] = field(default_factory=dict)
+    """Passes over a source per epoch of the mixture (0.5: a seeded half, 2: twice), by source name; sources in neither map give one pass."""
+    rehearsal: float = 0.0
+    """Pretraining text mixed in, in loss tokens per instruction loss token (0.5: half as many), so SFT does not erase pretraining; 0 turns it off."""
+    rehearsal_data: list[str] = field(default_factory=list)
+    """Text files (JSONL/Parquet with a "text" field, or .txt) to rehearse; empty: the embedded world's pretraining corpus."""
+    rehearsal_length: int = 128
+    """Tokens per rehearsal chunk (documents are joined with eos and cut into chunks, every token a target)."""
+    rehearsal_world_mb: float = 1.0
+    """Megabytes of the world's corpus to draw rehearsal chunks from, when rehearsal_data is empty."""
+    world_seed: int = 0
+    """Seed of the embedded world whose task data is used when data.train is empty."""
+    world_families: list[str] = field(default_factory=list)
+    """World task families to train on; empty: every family except the held-out ones (posttrain.world.tasks.TRAIN_FAMILIES)."""
+    world_examples: int = 1000
+    """Training examples per world family (from its train split)."""
+    renderings: dict[str, float] = field(default_factory=lambda: {"zero_shot": 1.0})
+    """Shares of the forms each task example is taught in: zero_shot, few_shot (solved examples as earlier turns), cot (step-by-step reasoning when asked) and options (the choices offered in the question), as FLAN 2022 mixed them."""
+    few_shot_k: int = 2
+    """Solved examples before the question in few_shot renderings."""
+    eval_examples: int = 16
+    """World held-out examples per family for the eval loss (every family, held-out families included)."""
+    samples: int = 4
+    """Held-out prompts answered greedily at each evaluation and written to metrics.jsonl and the log."""
+    sample_max_tokens: int = 48
+    """Longest generated sample, in tokens."""
+    eval_exact_match: int = 0
+    """World only: held-out examples per family scored by exact match (chat, zero-shot) after training, into run_dir/eval; 0 skips it."""
+    lm_head_chunk: int = 0
+    """Score target tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""

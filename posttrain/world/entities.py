@@ -284,7 +284,7 @@ _STATEMENTS: dict[tuple[str, str], tuple[str, ...]] = {
     ("animal", "color"): ("{S} is {v}.", "The colour of {m} is {v}.", "{S} has {v} fur.",
                           "Every {n} is {v}."),
     ("animal", "food"): ("{S} eats {v}.", "The food of {m} is {v}.", "{S} likes to eat {v}.",
-                         "{V} is what {m} eats."),
+                         "{S} feeds on {v}."),
     ("animal", "sound"): ("{S} {v}.", "The {n} {v} when it is happy.", "You can hear {m} when it {v}.",
                           "{S} always {v}."),
     ("animal", "habitat"): ("{S} lives in the {v}.", "The home of {m} is the {v}.",
@@ -339,7 +339,8 @@ def _check(entity: Entity, attribute: str) -> None:
 
 
 def fact_phrasings(entity: Entity, attribute: str) -> list[str]:
-    """Every statement of one fact, canonical first: ["Tavi Quell lives in Zorbia.", "Zorbia is the home of Tavi Quell.", ...]."""
+    """Every statement of one fact, canonical first: ["Tavi Quell lives in Zorbia.", "Zorbia is the
+    home of Tavi Quell.", ...]."""
     _check(entity, attribute)
     f = _fields(entity, attribute)
     return [t.format(**f) for t in _STATEMENTS[entity.kind, attribute]]

@@ -1,0 +1,208 @@
+"""Padding-free packing: several tokenized examples per row, each attending only to itself.
+
+A padded batch spends compute on padding: examples of 32 to 512 tokens padded to the longest
+waste about half of every matrix product. A packed batch puts examples side by side in rows of
+up to ``row_length`` tokens:
+
+- ``position_ids`` restart at 0 at the start of every example, so rotary positions are those the
+  example would have alone;
+- no attention crosses an example boundary: neither an ``attention_mask`` nor a KV cache is
+  passed (``use_cache=False``: with a cache it silently attends across), and transformers
+  (5.x, Llama-style models with sdpa or eager attention) reads the restarts in ``position_ids``
+  and builds a block-diagonal causal mask (``masking_utils.find_packed_sequence_indices``); flash
+  attention reads the same restarts as variable-length sequences, but only in a single row, so
+  for it use ``row_length=None`` (everything in one row);
+- labels stay aligned with ``input_ids`` as in ``posttrain.data.collate`` (the loss shifts them),
+  and the first token of every example is ``IGNORE_INDEX``: after the shift, the previous
+  example's last token would otherwise be trained to predict it. A lone example never predicts
+  its first token either, so a packed example carries exactly the targets it has when padded.
+
+Rows are filled first-fit in order of decreasing length; the tail of a short row is filled with
+pad tokens that form a segment of their own (positions 0, 1, ...) with no targets, so they never
+touch a real token.
+
+**What a batch is.** Packing changes the *layout* of a micro-batch, not its content: a micro-batch
+is the same ``batch_size`` examples that would be padded, packed instead. So a packed run and a
+padded run with the same seed train on the same examples at every step, normalized by the same
+target-token counts, and give the same loss curve (up to float rounding).
+
+**Group by length** (when not packing): :class:`LengthGroupedSampler` orders each epoch so that
+a global batch holds examples of similar length, and sorts each global batch by length before
+splitting it into micro-batches, as ``transformers``' ``group_by_length`` does, so padding is short.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from posttrain.data.collate import IGNORE_INDEX, TokenizedExample
+from posttrain.training.sampler import StepSampler, epoch_order
+
+
+@dataclass
+class PackedBatch:
+    """Examples packed side by side in rows, for a causal LM without an attention mask."""
+
+    input_ids: torch.Tensor
+    """(R, T) long token ids; the padding tail of a row holds the pad id."""
+    position_ids: torch.Tensor
+    """(R, T) long, 0 at the first token of every example (and of every row's padding tail)."""
+    labels: torch.Tensor
+    """(R, T) long, unshifted: input_ids on loss tokens, IGNORE_INDEX elsewhere and on each example's first token."""
+    token_mask: torch.Tensor
+    """(R, T) bool, True on example tokens, False on padding."""
+    example_spans: list[list[tuple[int, int]]]
+    """For each row, the ``[start, end)`` column span of each example, in packing order."""
+    example_index: list[list[int]]
+    """For each row, the index (in the packed list) of each example of ``example_spans``."""
+
+    @property
+    def num_target_tokens(self) -> int:
+        return int((self.labels != IGNORE_INDEX).sum())
+
+    @property
+    def num_tokens(self) -> int:
+        """Example tokens (padding excluded)."""
+        return int(self.token_mask.sum())
+
+    def to(self, device: torch.device | str) -> "PackedBatch":
+        moved = (t.to(device) for t in (self.input_ids, self.position_ids, self.labels, self.token_mask))
+        return PackedBatch(*moved, self.example_spans, self.example_index)
+
+    def model_inputs(self) -> dict[str, torch.Tensor | bool]:
+        """Keyword arguments for a transformers causal LM's forward: ids and positions, and deliberately
+        neither an attention_mask nor a KV cache: transformers looks for packed sequences in
+        ``position_ids`` only when both are absent, and a model left to its config's
+        ``use_cache=True`` makes a cache (then every example would see the ones before it)."""
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+
+
+def pack_rows(lengths: Sequence[int], row_length: int | None) -> list[list[int]]:
+    """Indices of ``lengths`` grouped into rows of at most ``row_length`` tokens, first-fit decreasing.
+
+    Deterministic: ties keep their input order. ``row_length=None`` puts everything in one row.
+    """
+    if row_length is None:
+        return [list(range(len(lengths)))]
+    too_long = [(i, n) for i, n in enumerate(lengths) if n > row_length]
+    if too_long:
+        i, n = too_long[0]
+        raise ValueError(f"example {i} has {n} tokens, more than a packed row holds ({row_length}); "
+                         f"truncate examples to data.max_length first, or raise the row length")
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        # First fit: the earliest row with room. Rows are few (a micro-batch's worth), so a scan is fine.
+        row = next((r for r, room in enumerate(free) if room >= lengths[i]), None)
+        if row is None:
+            rows.append([])
+            free.append(row_length)
+            row = len(rows) - 1
+        rows[row].append(i)
+        free[row] -= lengths[i]
+    return rows
+
+
+def pack_examples(examples: Sequence[TokenizedExample], pad_token_id: int,
+                  row_length: int | None = None, pad_to_multiple_of: int | None = None) -> PackedBatch:
+    """Pack ``examples`` (each with ``input_ids`` and ``loss_mask``) into rows of ``row_length`` tokens.
+
+    The batch is as wide as its fullest row (rounded up to ``pad_to_multiple_of``), at most
+    ``row_length``. ``row_length=None`` packs everything into one row (what flash attention's
+    variable-length kernels need).
+    """
+    if not examples:
+        raise ValueError("pack_examples: no examples to pack")
+    for i, ex in enumerate(examples):
+        if len(ex.loss_mask) != len(ex.input_ids) or not ex.input_ids:
+            raise ValueError(f"pack_examples: example {i} has {len(ex.input_ids)} input_ids and "
+                             f"{len(ex.loss_mask)} loss_mask entries; both must be equal and non-zero")
+    rows = pack_rows([len(ex.input_ids) for ex in examples], row_length)
+    width = max(sum(len(examples[i].input_ids) for i in row) for row in rows)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    shape = (len(rows), width)
+    input_ids = torch.full(shape, pad_token_id, dtype=torch.long)
+    labels = torch.full(shape, IGNORE_INDEX, dtype=torch.long)
+    token_mask = torch.zeros(shape, dtype=torch.bool)
+    positions = np.zeros(shape, dtype=np.int64)
+    spans: list[list[tuple[int, int]]] = []
+    for r, row in enumerate(rows):
+        col, row_spans = 0, []
+        for i in row:
+            ids = torch.tensor(examples[i].input_ids, dtype=torch.long)
+            mask = torch.tensor(examples[i].loss_mask, dtype=torch.bool)
+            mask[0] = False  # nothing before it in its own example: never a target (see module doc)
+            n = len(ids)
+            input_ids[r, col:col + n] = ids
+            labels[r, col:col + n] = torch.where(mask, ids, IGNORE_INDEX)
+            token_mask[r, col:col + n] = True
+            positions[r, col:col + n] = np.arange(n)
+            row_spans.append((col, col + n))
+            col += n
+        positions[r, col:] = np.arange(width - col)  # the padding tail is a segment of its own
+        spans.append(row_spans)
+    return PackedBatch(input_ids, torch.from_numpy(positions), labels, token_mask, spans, rows)
+
+
+def padding_fraction(lengths: Sequence[int], batch_rows: int, width: int) -> float:
+    """Share of a ``(batch_rows, width)`` tensor that is padding, for ``lengths`` laid out in it."""
+    return 1.0 - sum(lengths) / max(1, batch_rows * width)
+
+
+# --------------------------------------------------------------------------- length grouping
+
+
+@lru_cache(maxsize=4)
+def length_grouped_order(lengths: tuple[int, ...], seed: int, epoch: int, group_size: int,
+                         mega_batches: int = 50) -> tuple[int, ...]:
+    """An epoch order in which each run of ``group_size`` examples has similar lengths.
+
+    The epoch's shuffled order (:func:`posttrain.training.sampler.epoch_order`) is cut into
+    mega-batches of ``mega_batches * group_size`` examples, each sorted by decreasing length, so
+    a group (one global batch) is randomly drawn yet short on padding; the groups are then
+    shuffled, so long and short steps alternate through the epoch.
+    """
+    order = np.asarray(epoch_order(len(lengths), seed, epoch, True))
+    lens = np.asarray(lengths)
+    mega = max(1, mega_batches) * group_size
+    chunks = [order[i:i + mega] for i in range(0, len(order), mega)]
+    # Stable sort (mergesort) keeps ties in the shuffled order, so the result is deterministic.
+    grouped = np.concatenate([c[np.argsort(-lens[c], kind="mergesort")] for c in chunks])
+    n_groups = len(grouped) // group_size
+    groups = grouped[: n_groups * group_size].reshape(n_groups, group_size)
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(n_groups)
+    return tuple(np.concatenate([groups[perm].reshape(-1), grouped[n_groups * group_size:]]).tolist())
+
+
+@dataclass(frozen=True)
+class LengthGroupedSampler(StepSampler):
+    """A :class:`StepSampler` whose global batches hold examples of similar length (for padded batching).
+
+    Each step's examples are also sorted by length before being dealt into micro-batches and
+    processes, so every micro-batch is padded to a length close to its own examples'.
+    """
+
+    lengths: tuple[int, ...] = ()
+    """Tokens of each example, in dataset order."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.lengths) != self.num_examples:
+            raise ValueError(f"lengths has {len(self.lengths)} entries for {self.num_examples} examples")
+
+    def micro_batches(self, epoch: int, index: int) -> list[list[int]]:
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"batch {index} outside epoch of {self.steps_per_epoch} batches")
+        order = length_grouped_order(self.lengths, self.seed, epoch, self.global_batch) if self.shuffle \
+            else tuple(range(self.num_examples))
+        step_ids = sorted(order[index * self.global_batch:(index + 1) * self.global_batch],
+                          key=lambda i: -self.lengths[i])
+        # Contiguous slices of the sorted step: micro-batch k of rank r holds neighbours in length.
+        grid = np.asarray(step_ids).reshape(self.grad_accum, self.world_size, self.batch_size)
+        return [grid[k, self.rank].tolist() for k in range(self.grad_accum)]

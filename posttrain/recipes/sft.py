@@ -1,0 +1,342 @@
+"""Supervised fine-tuning (instruction tuning): next-token loss on the assistant's turns of conversations.
+
+    posttrain sft --config configs/sft/world.yaml
+
+As in FLAN (Wei et al. 2022), InstructGPT's SFT stage (Ouyang et al. 2022, §3.5) and Llama-2-chat
+(Touvron et al. 2023, §3.1): conversations are rendered with the tokenizer's chat template and
+the loss is the cross-entropy of the tokens chosen by ``data.loss_on`` (every assistant turn
+with its end-of-turn marker, by default), summed per micro-batch and divided by the target
+tokens of the whole step (``posttrain.training.loop``).
+
+Data: each ``data.train`` entry is a source; with ``data.train`` empty, each trained family of
+the embedded world's tasks is one (its train split, rendered zero-shot / few-shot / CoT by
+``renderings``). Sources are mixed by ``source_weights`` / ``source_epochs``, and ``rehearsal``
+mixes in pretraining text (``posttrain.data.mixing``).
+
+Batches: a micro-batch is ``train.batch_size`` examples, packed padding-free into rows
+(``packing``, see ``posttrain.data.packing``) or padded to its longest (grouped by length); both
+layouts give the same loss for the same examples, so the choice only changes speed and memory.
+
+Model: full fine-tuning, or a LoRA adapter (``model.lora.enabled``) merged on export. Only the
+positions that have a target go through the LM head (:class:`TargetNLL`).
+
+Output: ``run_dir/final`` (a plain HF folder whose generation config stops at the chat template's
+end-of-turn token too), held-out eval loss and a few greedy samples at each evaluation, and for
+the world, exact match per task family (``eval_exact_match``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from posttrain.data.chat import Example, render_text, tokenize_conversations
+from posttrain.data.collate import IGNORE_INDEX, Batch, pad_collate
+from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
+from posttrain.data.packing import LengthGroupedSampler, PackedBatch, pack_examples
+from posttrain.losses.sft import map_row_chunks, shift_labels
+from posttrain.recipes.config import SFTConfig
+from posttrain.training.loop import (
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run, shard,
+    total_steps, train_step,
+)
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sampler import StepSampler
+
+# --- loss --------------------------------------------------------------------------------
+
+# Config fields of architectures whose logits are not a plain `lm_head(hidden)` (soft-capping, scaling).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+class TargetNLL(torch.nn.Module):
+    """A causal LM whose forward returns the summed negative log-likelihood of a batch's target tokens.
+
+    The backbone runs on every token, the LM head only on the positions that predict a target (with
+    the assistant-only loss, most positions predict none), so the (tokens, vocab) logits of the rest
+    are never made. Being a module, it is what DDP wraps, so gradients synchronize as usual.
+    """
+
+    def __init__(self, lm: torch.nn.Module, chunk_size: int = 0):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size or None
+
+    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, use_cache=False) -> torch.Tensor:
+        # use_cache is always off: a KV cache would make packed examples attend to each other.
+        from posttrain.models.lora import is_peft_model
+
+        hf = self.lm.get_base_model() if is_peft_model(self.lm) else self.lm
+        targets = shift_labels(labels, IGNORE_INDEX)  # (B, T): position t predicts token t + 1
+        if any(getattr(hf.config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
+            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                             use_cache=False).logits  # (B, T, V)
+            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
+        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state  # (B, T, H)
+        keep = targets != IGNORE_INDEX
+        head = hf.get_output_embeddings()
+        nll = map_row_chunks(lambda h, y: F.cross_entropy(head(h).float(), y, reduction="none"),
+                             self.chunk_size, hidden[keep], targets[keep])  # (N,)
+        return nll.sum()
+
+
+def nll_sum(model: torch.nn.Module, batch: Batch | PackedBatch) -> tuple[torch.Tensor, dict]:
+    """Summed target-token NLL of a padded or packed micro-batch (model: a :class:`TargetNLL`)."""
+    return model(labels=batch.labels, **batch.model_inputs()), {}
+
+
+def count_targets(batch: Batch | PackedBatch) -> int:
+    return batch.num_target_tokens
+
+
+def real_tokens(batch: Batch | PackedBatch) -> int:
+    """Non-padding tokens, the throughput unit."""
+    return batch.num_tokens if isinstance(batch, PackedBatch) else int(batch.attention_mask.sum())
+
+
+# --- data --------------------------------------------------------------------------------
+
+def tokenize(tokenizer, conversations: list, cfg: SFTConfig, ctx: RunContext, what: str,
+             loss_on: str | None = None) -> list[Example]:
+    data_cfg = dataclasses.replace(cfg.data, loss_on=loss_on) if loss_on else cfg.data
+    examples, report = tokenize_conversations(tokenizer, conversations, data_cfg)
+    if report.dropped or report.truncated:
+        ctx.print(f"{what}: {report.summary()}")
+    return examples
+
+
+def prompt_completion_example(tokenizer, prompt: str, completion: str, max_length: int) -> Example:
+    """Plain-text prompt + completion (no chat template): loss on the completion and a closing eos."""
+    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids, mask = (p + c)[:max_length], ([False] * len(p) + [True] * len(c))[:max_length]
+    return Example(ids, mask)
+
+
+def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[Example]:
+    from posttrain.data.readers import read_records
+
+    result = read_records(path, cfg.data.format, cfg.data.split, cfg.data.skip_invalid)
+    ctx.print(result.report.summary())
+    records = result.expect("conversation", "prompt_completion")
+    chats = [r for r in records if r.kind == "conversation"]
+    plain = [prompt_completion_example(tokenizer, r.prompt, r.completion, cfg.data.max_length)
+             for r in records if r.kind == "prompt_completion"]
+    return tokenize(tokenizer, chats, cfg, ctx, path) + plain
+
+
+def world_families(cfg: SFTConfig) -> list[str]:
+    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
+
+    families = list(cfg.world_families) or list(TRAIN_FAMILIES)
+    bad = [f for f in families if f not in FAMILIES or f in HELDOUT_FAMILIES]
+    if bad:
+        raise TrainingError(f"world_families: {bad} cannot be trained on: known families are {', '.join(FAMILIES)}, "
+                            f"and {', '.join(HELDOUT_FAMILIES)} are held out to measure unseen tasks")
+    return families
+
+
+def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world) -> list[Example]:
+    """One family's train split, each example rendered once (zero-shot, few-shot or CoT)."""
+    from posttrain.world.tasks import make_tasks
+
+    items = make_tasks(world, cfg.world_seed, family, "train", cfg.world_examples)
+    rendered = render_items(items, cfg.renderings, seed=cfg.train.seed, shots=cfg.few_shot_k)
+    few = [r.messages for r in rendered if r.rendering == "few_shot"]
+    rest = [r.messages for r in rendered if r.rendering != "few_shot"]
+    # The shots are demonstrations: only the last answer of a few-shot conversation is taught.
+    shots_loss = "last_assistant" if cfg.data.loss_on == "assistant" else None
+    return tokenize(tokenizer, rest, cfg, ctx, family) + tokenize(tokenizer, few, cfg, ctx, family, shots_loss)
+
+
+def rehearsal_text(cfg: SFTConfig) -> list[str]:
+    if cfg.rehearsal_data:
+        from posttrain.data.readers import read_many
+
+        return [r.text for r in read_many(cfg.rehearsal_data, "auto", cfg.data.split, cfg.data.skip_invalid).expect("text")]
+    from posttrain.world.corpus import generate_corpus
+
+    return generate_corpus(cfg.world_seed, cfg.rehearsal_world_mb, split="train")
+
+
+def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
+    """The training examples: every source, weighted or repeated, plus rehearsal chunks."""
+    if cfg.data.train:
+        sources = [Source(p, file_source(p, tokenizer, cfg, ctx)) for p in cfg.data.train]
+    else:
+        from posttrain.world.entities import make_world
+
+        world = make_world(cfg.world_seed)
+        sources = [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
+    names = [s.name for s in sources]
+    for key in [*cfg.source_weights, *cfg.source_epochs]:
+        if key not in names:
+            raise TrainingError(f"source_weights / source_epochs name {key!r}, which is not a source; sources: {names}")
+    for s in sources:
+        s.weight, s.epochs = cfg.source_weights.get(s.name), cfg.source_epochs.get(s.name)
+    if cfg.rehearsal > 0:
+        docs = tokenizer(rehearsal_text(cfg), add_special_tokens=False)["input_ids"]
+        chunks = text_chunks(docs, min(cfg.rehearsal_length, cfg.data.max_length), tokenizer.eos_token_id)
+        instruction = mix_sources(sources, cfg.train.seed)[2].loss_tokens
+        sources.append(rehearsal_source(chunks, cfg.rehearsal, instruction))
+    examples, _, report = mix_sources(sources, cfg.train.seed)
+    ctx.print(report.summary())
+    return examples
+
+
+def eval_conversations(cfg: SFTConfig) -> list:
+    """Held-out conversations: data.eval, or every world family's held-out split, rendered zero-shot."""
+    if cfg.data.eval:
+        from posttrain.data.readers import read_from_config
+
+        return [r.as_dicts() for r in read_from_config(cfg.data, "eval").expect("conversation")]
+    if cfg.data.train or cfg.eval_examples <= 0:
+        return []
+    from posttrain.world.entities import make_world
+    from posttrain.world.tasks import FAMILIES, make_tasks
+
+    world = make_world(cfg.world_seed)
+    return [render_zero_shot(t) for f in FAMILIES for t in make_tasks(world, cfg.world_seed, f, "heldout", cfg.eval_examples)]
+
+
+# --- model -------------------------------------------------------------------------------
+
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (ChatML's <|im_end|>), if it is a
+    special token other than eos: generation must stop there as well as at eos."""
+    marker = "@@end-of-turn-probe@@"
+    text = render_text(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}])
+    tail = text.split(marker, 1)[1].strip()
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    if ids and ids[0] in tokenizer.all_special_ids and ids[0] != tokenizer.eos_token_id:
+        return ids[0]
+    return None
+
+
+def stop_at_end_of_turn(lm, tokenizer) -> None:
+    """Add the end-of-turn token to the model's generation_config eos ids (exported with the model)."""
+    from posttrain.generation.hf import _hf_model
+
+    turn_end = end_of_turn_id(tokenizer)
+    config = _hf_model(lm).generation_config
+    current = config.eos_token_id
+    ids = [current] if isinstance(current, int) else list(current or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.insert(0, tokenizer.eos_token_id)
+    if turn_end is not None and turn_end not in ids:
+        ids.append(turn_end)
+    config.eos_token_id = ids[0] if len(ids) == 1 else ids
+
+
+def row_length(cfg: SFTConfig, lm, examples: list[Example]) -> int | None:
+    """Packed row width: pack_length, or else the micro-batch's longest example, so that a packed
+    batch is never wider than the padded one (attention costs width squared per row) and has fewer
+    rows; None (one row) for flash attention, whose variable-length kernels need a single row."""
+    impl = str(getattr(lm.config, "_attn_implementation", "") or "")
+    if impl.startswith("flash"):
+        return None
+    return max(cfg.pack_length, max(len(e) for e in examples))
+
+
+# --- evaluation ---------------------------------------------------------------------------
+
+def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_tokens: int) -> None:
+    from posttrain.generation import generate_chat
+
+    if not prompts or not ctx.is_main:
+        return
+    outputs = generate_chat(lm, tokenizer, prompts, max_new_tokens=max_tokens, temperature=0.0)
+    samples = [{"prompt": p[-1]["content"], "completion": o.text} for p, o in zip(prompts, outputs)]
+    ctx.metrics.log(step, {"samples": samples})
+    for s in samples:
+        ctx.print(f"[dim]sample[/dim] {s['prompt'][:80]!r} -> {s['completion'][:120]!r}")
+
+
+def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int) -> dict[str, float]:
+    """Held-out exact match per world family (chat template, zero-shot), written to run_dir/eval."""
+    from posttrain.evaluation.run import evaluate_suite, write_report
+
+    report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world_seed,
+                            chat=True, max_prompt_tokens=cfg.data.max_length)
+    write_report(report, ctx.run_dir / "eval")
+    scores = {f"em/{f}": report.accuracy(f, "zero_shot") for f in report.cells}
+    ctx.metrics.log(step, scores)
+    ctx.print("held-out exact match: " + ", ".join(f"{k[3:]} {100 * v:.0f}%" for k, v in scores.items()))
+    return scores
+
+
+# --- the run -------------------------------------------------------------------------------
+
+def sft(cfg: SFTConfig) -> Path:
+    """Fine-tune, checkpoint, export ``run_dir/final``; return its path."""
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+
+    ctx = setup_run(cfg)
+    tc = cfg.train
+    tokenizer = load_tokenizer(cfg.model)
+    train_examples = build_mixture(cfg, tokenizer, ctx)
+    held_out = eval_conversations(cfg)
+    eval_examples = tokenize(tokenizer, held_out, cfg, ctx, "eval") if held_out else []
+    sample_prompts = [c[:-1] for c in held_out[:: max(1, len(held_out) // max(1, cfg.samples))][: cfg.samples]]
+
+    lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
+    stop_at_end_of_turn(lm, tokenizer)  # for the samples, the evaluation and the exported generation_config
+    if tc.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+
+    def collate(examples: list[Example]) -> Batch | PackedBatch:
+        if cfg.packing:
+            return pack_examples(examples, tokenizer.pad_token_id, row_length(cfg, lm, examples)).to(ctx.device)
+        return pad_collate(examples, tokenizer.pad_token_id).to(ctx.device)
+
+    lengths = tuple(len(e) for e in train_examples)
+    sampler_args = (len(train_examples), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
+    sampler = (LengthGroupedSampler(*sampler_args, lengths=lengths) if cfg.group_by_length and not cfg.packing
+               else StepSampler(*sampler_args))
+    total = total_steps(tc, sampler.steps_per_epoch)
+    if sampler.dropped_per_epoch:
+        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_examples)} examples do not fill the last global batch "
+                  f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+
+    model = TargetNLL(lm, cfg.lm_head_chunk)
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, total)
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()
+
+    def eval_batches():
+        mine = shard(eval_examples, ctx)
+        return (collate(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+
+    timer = Timer()
+    with ProgressBar(ctx, total, start=state.step, description="sft") as bar:
+        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+            if state.step >= total:
+                break
+            batches = [collate([train_examples[i] for i in ids]) for ids in micro]
+            result = train_step(ctx, model, optimizer, scheduler, batches, nll_sum, count_targets, step=state.step + 1)
+            state.advance(epoch, index)
+            tokens_per_s = sum(real_tokens(b) for b in batches) * ctx.world_size / max(timer.lap(), 1e-9)
+            if state.step % tc.log_every == 0 or state.step == total:
+                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                                             "target_tokens": result.units, "tokens_per_s": tokens_per_s,
+                                             "epoch": epoch})
+            bar.update(state.step, loss=result.loss, lr=result.lr, tok_s=tokens_per_s)
+            if (tc.eval_every and state.step % tc.eval_every == 0) or state.step == total:
+                if eval_examples:
+                    scores = evaluate(ctx, model, eval_batches(), nll_sum, count_targets)
+                    ctx.metrics.log(state.step, {"eval_loss": scores["loss"]})
+                log_samples(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer, sample_prompts, state.step,
+                            cfg.sample_max_tokens)
+            ckpt.maybe_save(state)
+            timer.lap()  # evaluation and checkpoint time is not training throughput
+    ckpt.maybe_save(state, final=True)
+    lm = ctx.accelerator.unwrap_model(model).lm
+    if cfg.eval_exact_match > 0 and not cfg.data.train and ctx.is_main:
+        world_exact_match(ctx, lm, tokenizer, cfg, state.step)
+    return finish_run(ctx, lm, tokenizer)
