@@ -153,6 +153,9 @@ def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
     model.config.pad_token_id = tokenizer.pad_token_id
     model.config.bos_token_id = tokenizer.bos_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
+    # LlamaConfig's defaults (bos 1, eos 2) also sit in generation_config; generation reads those.
+    for key in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        setattr(model.generation_config, key, getattr(model.config, key))
     return model
 
 
