@@ -118,7 +118,7 @@ def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     from posttrain.recipes.sft import sft
 
     root = Path(__file__).resolve().parent.parent / "configs" / "sft"
-    name = "world-quick.yaml" if cfg.quick else "world.yaml"
+    name = "tiny.yaml" if cfg.quick else "world.yaml"
     overrides = [f"train.run_dir={out / 'run'}", f"train.seed={cfg.seed}", f"model.name_or_path={done['base']['model']}"]
     scfg = load_config(SFTConfig, root / name if (root / name).exists() else None, overrides)
     final = sft(scfg)
