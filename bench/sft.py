@@ -14,7 +14,8 @@ What is compared
   global batch (``--batch-size`` x ``--grad-accum``, default 8 x 1), no gradient checkpointing, fp32 (TRL defaults to
   bf16, many times slower on most CPUs, so it is set to fp32).
 - Batching settings, each trained in its own forked process, alternating posttrain / TRL, in rounds:
-  posttrain: padded, padded grouped by length, packed (padding-free rows, ``posttrain.data.packing``);
+  posttrain: padded, padded grouped by length, packed (``posttrain.data.packing``: one row per
+  micro-batch, no padding, causal attention computed per example);
   TRL: padded, padded grouped by length (``train_sampling_strategy="group_by_length"``),
   ``padding_free=True`` (all examples of a micro-batch flattened into one row) when it is correct here:
   TRL documents padding-free for flash attention only, so before it is timed the bench checks that
@@ -159,7 +160,7 @@ def run_posttrain(setting: str, data, opts) -> dict:
     from posttrain.data.collate import pad_collate
     from posttrain.data.packing import LengthGroupedSampler, pack_examples
     from posttrain.recipes.config import SFTConfig
-    from posttrain.recipes.sft import TargetNLL, count_targets, nll_sum, real_tokens, row_length
+    from posttrain.recipes.sft import TargetNLL, count_targets, nll_sum, prepare_attention, real_tokens, row_length
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
     from posttrain.training.sampler import StepSampler
@@ -170,7 +171,9 @@ def run_posttrain(setting: str, data, opts) -> dict:
         cfg = load_config(SFTConfig, None, [
             f"train.run_dir={run_dir}", f"train.batch_size={opts.batch_size}", f"train.grad_accum={opts.grad_accum}",
             f"train.max_steps={opts.steps}", "train.lr=3e-4", "train.warmup_steps=2", "train.weight_decay=0.0",
-            "train.tensorboard=false", "train.progress=false", "model.device=cpu"])
+            "train.tensorboard=false", "train.progress=false", "model.device=cpu",
+            f"packing={str(setting == 'packed').lower()}", f"group_by_length={str(setting == 'grouped').lower()}"])
+        prepare_attention(cfg, lm)  # as the recipe does: per-example attention when packing
         base = reset_peak()
         ctx = setup_run(cfg)
         tc = cfg.train
@@ -184,7 +187,7 @@ def run_posttrain(setting: str, data, opts) -> dict:
 
         def collate(batch):
             if setting == "packed":
-                return pack_examples(batch, PAD, row_length(cfg, lm, batch))  # the recipe's rule
+                return pack_examples(batch, PAD, row_length(cfg, batch))  # as the recipe does
             return pad_collate(batch, PAD)
 
         ends, tokens, losses = [], [], []
@@ -282,7 +285,7 @@ def trl_padding_free_is_correct(data, opts) -> tuple[bool, float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps, 1 round")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps of 4 conversations, 1 round")
     parser.add_argument("--steps", type=int, default=6, help="optimizer steps per trial (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8, help="conversations per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
@@ -290,7 +293,7 @@ def main() -> None:
     parser.add_argument("--max-len", type=int, default=512, help="longest conversation and packed row, in tokens")
     opts = parser.parse_args()
     if opts.quick:
-        opts.steps, opts.rounds = 3, 1
+        opts.steps, opts.rounds, opts.batch_size = 3, 1, 4
 
     import torch  # noqa: F401 - imported before forking so children start warm
     import trl  # noqa: F401

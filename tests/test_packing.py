@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from posttrain.data.chat import Example
 from posttrain.data.collate import IGNORE_INDEX, pad_collate
 from posttrain.data.packing import (
-    LengthGroupedSampler, length_grouped_order, pack_examples, pack_rows, padding_fraction,
+    LengthGroupedSampler, length_grouped_order, pack_examples, pack_rows, padding_fraction, segment_bounds,
+    use_packed_attention,
 )
 from posttrain.training.sampler import StepSampler
 
@@ -61,10 +62,17 @@ def test_pack_layout():
     assert pack_examples(examples, PAD, row_length=8, pad_to_multiple_of=4).input_ids.shape == (2, 8)
 
 
+ATTENTIONS = ["sdpa", "eager", "per_example"]
+"""transformers' sdpa and eager (block-diagonal mask from position_ids), and posttrain's per-example sdpa."""
+
+
 def _model(attn: str):
     from posttrain.models.tiny import tiny_llama
 
-    model = tiny_llama(64, hidden_size=32, num_layers=2, num_heads=4, seed=0, attn_implementation=attn)
+    model = tiny_llama(64, hidden_size=32, num_layers=2, num_heads=4, seed=0,
+                       attn_implementation="sdpa" if attn == "per_example" else attn)
+    if attn == "per_example":
+        assert use_packed_attention(model) == "sdpa"
     return model.eval()
 
 
@@ -73,7 +81,7 @@ def _summed_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ATTENTIONS)
 @pytest.mark.parametrize("loss_on_all", [False, True])
 def test_packed_loss_equals_padded_loss(attn, loss_on_all):
     model = _model(attn)
@@ -92,7 +100,7 @@ def test_packed_loss_equals_padded_loss(attn, loss_on_all):
     torch.testing.assert_close(flat_loss / n, padded_loss / n, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ATTENTIONS)
 def test_one_example_does_not_change_another_in_the_same_row(attn):
     model = _model(attn)
     a, b, c = _examples([7, 6, 8], seed=2)
@@ -111,6 +119,33 @@ def test_one_example_does_not_change_another_in_the_same_row(attn):
         torch.testing.assert_close(logits1[start:end], alone[i], rtol=0, atol=1e-5)
     start, end = spans[1]
     assert (logits1[start:end] - logits2[start:end]).abs().max() > 1e-2  # b itself did change
+
+
+def test_segment_bounds():
+    assert segment_bounds(torch.tensor([0, 1, 2, 0, 1, 0, 0, 1, 2, 3])) == [(0, 3), (3, 5), (5, 6), (6, 10)]
+    assert segment_bounds(torch.tensor([4, 5, 6])) == [(0, 3)]  # offset positions: still one example
+
+
+def test_per_example_attention_gradients_and_generation_match_sdpa(tiny_tokenizer):
+    from posttrain.generation import generate
+
+    examples = _examples([9, 4, 13, 6], seed=3)
+    # transformers' sdpa on rows with its block-diagonal mask, against one row with per-example attention.
+    layouts = {"sdpa": pack_examples(examples, PAD, row_length=16),
+               "per_example": pack_examples(examples, PAD, row_length=None)}
+    models, losses = {}, {}
+    for attn, batch in layouts.items():
+        models[attn] = _model(attn)
+        losses[attn] = _summed_nll(models[attn](**batch.model_inputs()).logits, batch.labels)
+        losses[attn].backward()
+    torch.testing.assert_close(losses["sdpa"], losses["per_example"], rtol=0, atol=1e-4)
+    for (name, a), b in zip(models["sdpa"].named_parameters(), models["per_example"].parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # Generation (left padding, KV cache) falls back to sdpa with its masks: the same tokens.
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12, 13], [14]]
+    outputs = {attn: [o.completion_ids for o in generate(m, tiny_tokenizer, prompts, max_new_tokens=6,
+                                                          stop_at_eos=False)] for attn, m in models.items()}
+    assert outputs["sdpa"] == outputs["per_example"]
 
 
 def test_length_grouped_sampler_groups_and_covers():

@@ -249,3 +249,21 @@ def test_default_world_sft_teaches_every_family_and_generalizes(tmp_path):
         assert sft_em[f] > base_em[f], f"{f}: not above the base model's zero-shot\n{table}"
     for f in HELDOUT_FAMILIES:
         assert sft_em[f] > base_em[f], f"held-out {f}: not above the base model's zero-shot\n{table}"
+
+
+def test_prompt_completion_records_train_the_completion_and_eos(tiny_tokenizer, capsys):
+    from types import SimpleNamespace
+
+    from posttrain.data.records import PromptCompletion
+    from posttrain.recipes.sft import prompt_completion_examples
+
+    cfg = load_config(SFTConfig, None, ["data.max_length=12", "data.overflow=drop"])
+    ctx = SimpleNamespace(print=print)
+    records = [PromptCompletion("Add 12 and 7.", " The answer is 19."), PromptCompletion("x " * 20, "y")]
+    examples = prompt_completion_examples(tiny_tokenizer, records, cfg, ctx, "pc.jsonl")
+    assert len(examples) == 1  # the second is longer than max_length and dropped, and that is said
+    assert "1 longer than max_length" in capsys.readouterr().out
+    ex = examples[0]
+    taught = [t for t, m in zip(ex.input_ids, ex.loss_mask) if m]
+    assert taught[-1] == tiny_tokenizer.eos_token_id
+    assert tiny_tokenizer.decode(taught[:-1]) == " The answer is 19."

@@ -206,3 +206,70 @@ class LengthGroupedSampler(StepSampler):
         # Contiguous slices of the sorted step: micro-batch k of rank r holds neighbours in length.
         grid = np.asarray(step_ids).reshape(self.grad_accum, self.world_size, self.batch_size)
         return [grid[k, self.rank].tolist() for k in range(self.grad_accum)]
+
+
+# --------------------------------------------------------------------------- attention per example
+
+PACKED_ATTENTION = "posttrain_packed_sdpa"
+"""Name under which :func:`use_packed_attention` registers :func:`packed_sdpa_attention` with transformers."""
+
+
+def segment_bounds(positions: torch.Tensor) -> list[tuple[int, int]]:
+    """``[start, end)`` of each example in a row of packed ``positions`` (T,): a new example starts
+    wherever the position does not follow the previous one by 1 (transformers' own rule)."""
+    starts = [0] + (torch.nonzero(positions[1:] - positions[:-1] != 1).flatten() + 1).tolist()
+    return list(zip(starts, starts[1:] + [len(positions)]))
+
+
+def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                          position_ids=None, **kwargs):
+    """Causal attention within each example of a packed row, with no mask at all.
+
+    A transformers attention function: query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
+    None). When the model runs without a mask or cache (a training forward), every example of every
+    row gets its own ``scaled_dot_product_attention(is_causal=True)``, so a row of examples costs
+    what the examples cost alone: no (T, T) mask is built and no attention is computed across
+    examples, which makes one long row per micro-batch (no padding at all) the cheapest layout.
+    Anything else (a padding mask, a KV cache during generation) goes to transformers' sdpa.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    length = query.shape[2]
+    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(query.shape[0]):
+        bounds = segment_bounds(position_ids[b if position_ids.shape[0] > 1 else 0])
+        rows.append(torch.cat([
+            torch.nn.functional.scaled_dot_product_attention(
+                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], dropout_p=dropout,
+                scale=scaling, is_causal=True, enable_gqa=gqa)
+            for s, e in bounds], dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def _packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+    """The mask for :func:`packed_sdpa_attention`: none for a training forward (it reads the examples
+    from position_ids), transformers' sdpa mask otherwise (padding, generation with a cache)."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and q_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+
+
+def use_packed_attention(model) -> str:
+    """Switch a transformers model (sdpa or eager attention) to :func:`packed_sdpa_attention`; return
+    the implementation it had. Only the running model changes: ``config.json`` does not record the
+    attention implementation, so an exported model loads with transformers' default."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
+    AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
+    before = model.config._attn_implementation
+    model.set_attn_implementation(PACKED_ATTENTION)
+    return before

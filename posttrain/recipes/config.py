@@ -113,9 +113,9 @@ class SFTConfig:
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/sft", lr=1e-4))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size examples, packed or padded."""
     packing: bool = True
-    """Padding-free packing: the micro-batch's examples side by side in rows, positions restarting per example, no attention across them. False pads each micro-batch to its longest example."""
+    """Padding-free packing: the micro-batch's examples side by side, positions restarting per example, no attention across them. False pads each micro-batch to its longest example."""
     pack_length: int = 0
-    """Tokens per packed row, at least the micro-batch's longest example; 0: exactly that, so a packed batch is never wider than the padded one and has fewer rows. Flash attention packs everything into one row instead."""
+    """0: each micro-batch is one row and attention runs per example (flash attention's varlen kernels, or posttrain's per-example sdpa). N > 0: rows of N tokens (at least the longest example) with transformers' block-diagonal mask."""
     group_by_length: bool = True
     """Without packing: batch examples of similar length together (less padding); each step still draws its examples at random."""
     source_weights: dict[str, float] = field(default_factory=dict)

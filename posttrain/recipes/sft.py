@@ -13,9 +13,10 @@ the embedded world's tasks is one (its train split, rendered zero-shot / few-sho
 ``renderings``). Sources are mixed by ``source_weights`` / ``source_epochs``, and ``rehearsal``
 mixes in pretraining text (``posttrain.data.mixing``).
 
-Batches: a micro-batch is ``train.batch_size`` examples, packed padding-free into rows
-(``packing``, see ``posttrain.data.packing``) or padded to its longest (grouped by length); both
-layouts give the same loss for the same examples, so the choice only changes speed and memory.
+Batches: a micro-batch is ``train.batch_size`` examples, packed padding-free (``packing``, see
+``posttrain.data.packing``: one row, positions restarting per example, attention per example) or
+padded to its longest (grouped by length); both layouts give the same loss for the same
+examples, so the choice only changes speed and memory.
 
 Model: full fine-tuning, or a LoRA adapter (``model.lora.enabled``) merged on export. Only the
 positions that have a target go through the LM head (:class:`TargetNLL`).
@@ -28,6 +29,7 @@ the world, exact match per task family (``eval_exact_match``).
 from __future__ import annotations
 
 import dataclasses
+import zlib
 from pathlib import Path
 
 import torch
@@ -109,12 +111,24 @@ def tokenize(tokenizer, conversations: list, cfg: SFTConfig, ctx: RunContext, wh
     return examples
 
 
-def prompt_completion_example(tokenizer, prompt: str, completion: str, max_length: int) -> Example:
-    """Plain-text prompt + completion (no chat template): loss on the completion and a closing eos."""
-    p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    c = tokenizer(completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids, mask = (p + c)[:max_length], ([False] * len(p) + [True] * len(c))[:max_length]
-    return Example(ids, mask)
+def prompt_completion_examples(tokenizer, records: list, cfg: SFTConfig, ctx: RunContext, what: str) -> list[Example]:
+    """Plain-text prompt + completion records (no chat template): loss on the completion and a
+    closing eos; data.max_length / data.overflow apply, and what they cut or drop is reported."""
+    from posttrain.data.chat import TokenizeReport, fit_to_length
+
+    report, examples = TokenizeReport(max_length=cfg.data.max_length), []
+    for index, record in enumerate(records):
+        p = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
+        c = tokenizer(record.completion, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        report.seen += 1
+        example = fit_to_length(Example(p + c, [False] * len(p) + [True] * len(c)), index, cfg.data.max_length,
+                                cfg.data.overflow, report)
+        if example is not None:
+            examples.append(example)
+            report.kept += 1
+    if report.dropped or report.truncated:
+        ctx.print(f"{what}: {report.summary()}")
+    return examples
 
 
 def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[Example]:
@@ -124,9 +138,8 @@ def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[E
     ctx.print(result.report.summary())
     records = result.expect("conversation", "prompt_completion")
     chats = [r for r in records if r.kind == "conversation"]
-    plain = [prompt_completion_example(tokenizer, r.prompt, r.completion, cfg.data.max_length)
-             for r in records if r.kind == "prompt_completion"]
-    return tokenize(tokenizer, chats, cfg, ctx, path) + plain
+    plain = [r for r in records if r.kind == "prompt_completion"]
+    return tokenize(tokenizer, chats, cfg, ctx, path) + prompt_completion_examples(tokenizer, plain, cfg, ctx, path)
 
 
 def world_families(cfg: SFTConfig) -> list[str]:
@@ -145,7 +158,9 @@ def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world)
     from posttrain.world.tasks import make_tasks
 
     items = make_tasks(world, cfg.world_seed, family, "train", cfg.world_examples)
-    rendered = render_items(items, cfg.renderings, seed=cfg.train.seed, shots=cfg.few_shot_k)
+    # A seed per family, so families do not share one pattern of renderings.
+    seed = cfg.train.seed * 1_000_003 + zlib.crc32(family.encode())
+    rendered = render_items(items, cfg.renderings, seed=seed, shots=cfg.few_shot_k)
     few = [r.messages for r in rendered if r.rendering == "few_shot"]
     rest = [r.messages for r in rendered if r.rendering != "few_shot"]
     # The shots are demonstrations: only the last answer of a few-shot conversation is taught.
@@ -232,14 +247,23 @@ def stop_at_end_of_turn(lm, tokenizer) -> None:
     config.eos_token_id = ids[0] if len(ids) == 1 else ids
 
 
-def row_length(cfg: SFTConfig, lm, examples: list[Example]) -> int | None:
-    """Packed row width: pack_length, or else the micro-batch's longest example, so that a packed
-    batch is never wider than the padded one (attention costs width squared per row) and has fewer
-    rows; None (one row) for flash attention, whose variable-length kernels need a single row."""
-    impl = str(getattr(lm.config, "_attn_implementation", "") or "")
-    if impl.startswith("flash"):
-        return None
-    return max(cfg.pack_length, max(len(e) for e in examples))
+def row_length(cfg: SFTConfig, examples: list[Example]) -> int | None:
+    """Packed row width: None (the whole micro-batch in one row, attention per example) unless
+    pack_length asks for rows, which are then at least as wide as the longest example."""
+    return max(cfg.pack_length, max(len(e) for e in examples)) if cfg.pack_length else None
+
+
+def prepare_attention(cfg: SFTConfig, lm) -> None:
+    """One packed row per micro-batch needs attention that sees the examples in it: flash
+    attention's variable-length kernels do; sdpa and eager would build a (T, T) mask and attend
+    over all of it, so they are swapped for posttrain's per-example sdpa (same results)."""
+    from posttrain.data.packing import use_packed_attention
+    from posttrain.generation.hf import _hf_model
+
+    hf = _hf_model(lm)
+    impl = str(hf.config._attn_implementation or "")
+    if cfg.packing and not cfg.pack_length and impl in ("sdpa", "eager"):
+        use_packed_attention(hf)
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -285,12 +309,13 @@ def sft(cfg: SFTConfig) -> Path:
 
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)  # for the samples, the evaluation and the exported generation_config
+    prepare_attention(cfg, lm)
     if tc.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
 
     def collate(examples: list[Example]) -> Batch | PackedBatch:
         if cfg.packing:
-            return pack_examples(examples, tokenizer.pad_token_id, row_length(cfg, lm, examples)).to(ctx.device)
+            return pack_examples(examples, tokenizer.pad_token_id, row_length(cfg, examples)).to(ctx.device)
         return pad_collate(examples, tokenizer.pad_token_id).to(ctx.device)
 
     lengths = tuple(len(e) for e in train_examples)
