@@ -50,3 +50,37 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(path, safe_serialization=True)
     tiny_tokenizer.save_pretrained(path)
     return path
+
+
+WORLD_SFT_EVAL_N = 100
+"""Held-out examples per family scored at the end of the shared world SFT run (``world_sft``)."""
+
+
+@pytest.fixture(scope="session")
+def world_sft(tmp_path_factory):
+    """configs/sft/world.yaml trained once per session on the shipped base model (a few minutes).
+
+    Returns the run directory: ``final/`` is the exported chat model (the starting point of the
+    reward-model, DPO and PPO world tests) and ``eval/results.json`` its held-out exact match per
+    family. Skips when the world's base model is not shipped.
+    """
+    from pathlib import Path
+
+    from posttrain.config import load_config
+    from posttrain.recipes.config import SFTConfig
+
+    try:
+        from posttrain.world import base_model_path
+
+        base_model_path()
+    except (ImportError, FileNotFoundError) as e:
+        pytest.skip(f"the world's base model is not shipped: {e}")
+    from posttrain.recipes.sft import sft
+
+    run_dir = tmp_path_factory.mktemp("world") / "sft"
+    config = Path(__file__).resolve().parents[1] / "configs" / "sft" / "world.yaml"
+    cfg = load_config(SFTConfig, config, [f"train.run_dir={run_dir}", "train.progress=false",
+                                          "train.tensorboard=false", "samples=0", "train.eval_every=0",
+                                          "train.save_every=0", f"eval_exact_match={WORLD_SFT_EVAL_N}"])
+    sft(cfg)
+    return run_dir

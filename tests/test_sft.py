@@ -206,49 +206,47 @@ WORLD_N = 100
 """Held-out examples per family (the default config's eval_exact_match)."""
 
 
-def _world_base_or_skip():
-    try:
-        from posttrain.world import base_model_path
-
-        return base_model_path()
-    except (ImportError, FileNotFoundError) as e:
-        pytest.skip(f"the world's base model is not shipped yet: {e}")
-
-
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 4 open: the default world SFT does not yet reach the issue's bar on every family "
-    "(e.g. fact_lookup 79% < 80%, arithmetic 15% < 50%, uppercase 0%)"))
-def test_default_world_sft_teaches_every_family_and_generalizes(tmp_path):
-    """configs/sft/world.yaml on the shipped base model: the issue's bar, family by family."""
+@pytest.fixture(scope="module")
+def world_scores(world_sft) -> tuple[dict[str, float], dict[str, float], str]:
+    """(base zero-shot, SFT zero-shot chat) held-out exact match per family after configs/sft/world.yaml."""
     from posttrain.evaluation.run import evaluate_suite
     from posttrain.models.config import ModelConfig
     from posttrain.models.loading import load_causal_lm, load_tokenizer
-    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
+    from posttrain.world.tasks import FAMILIES
 
-    _world_base_or_skip()
-    config = Path(__file__).resolve().parents[1] / "configs" / "sft" / "world.yaml"
-    cfg = load_config(SFTConfig, config, [f"train.run_dir={tmp_path / 'sft'}", "train.progress=false",
-                                          "train.tensorboard=false", "samples=0", "train.eval_every=0",
-                                          f"eval_exact_match={WORLD_N}"])
-    from posttrain.recipes.sft import sft
-
-    sft(cfg)
-    results = json.loads((tmp_path / "sft" / "eval" / "results.json").read_text())["results"]
-    sft_em = {f: results[f]["zero_shot"]["accuracy"] for f in FAMILIES}
-
+    results = json.loads((world_sft / "eval" / "results.json").read_text())["results"]
+    tuned = {f: results[f]["zero_shot"]["accuracy"] for f in FAMILIES}
     base_cfg = ModelConfig(name_or_path="world")
-    base = evaluate_suite(load_causal_lm(base_cfg, for_training=False), load_tokenizer(base_cfg),
-                          strategies=["zero_shot"], n=WORLD_N, seed=cfg.world_seed)
-    base_em = {f: base.accuracy(f, "zero_shot") for f in FAMILIES}
-    table = "\n".join(f"{f:22s} base {100 * base_em[f]:5.1f}  sft {100 * sft_em[f]:5.1f}" for f in FAMILIES)
+    report = evaluate_suite(load_causal_lm(base_cfg, for_training=False), load_tokenizer(base_cfg),
+                            strategies=["zero_shot"], n=WORLD_N, seed=0)
+    base = {f: report.accuracy(f, "zero_shot") for f in FAMILIES}
+    table = "\n".join(f"{f:22s} base {100 * base[f]:5.1f}  sft {100 * tuned[f]:5.1f}" for f in FAMILIES)
+    return base, tuned, table
+
+
+def test_world_sft_beats_the_base_model_on_every_trained_family(world_scores):
+    from posttrain.world.tasks import TRAIN_FAMILIES
+
+    base, tuned, table = world_scores
     for f in KNOWLEDGE:
-        assert sft_em[f] >= 0.8, f"{f}: below 80%\n{table}"
-    for f in SKILLS:
-        assert sft_em[f] >= 0.5, f"{f}: below 50%\n{table}"
+        assert tuned[f] >= 0.8, f"{f}: below 80%\n{table}"
     for f in TRAIN_FAMILIES:
-        assert sft_em[f] > base_em[f], f"{f}: not above the base model's zero-shot\n{table}"
+        assert tuned[f] > base[f], f"{f}: not above the base model's zero-shot\n{table}"
+    assert tuned["classification"] > base["classification"], f"held-out classification\n{table}"
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "not reached with the shipped base model: it adds at 1% zero-shot (9% few-shot), and SFT of "
+    "configs/sft/world.yaml reaches about 20% on arithmetic and 45% on chat_rule (capitals / lowercase "
+    "rules); the uppercase task never appears in the corpus and stays at 0% (as for the base)"))
+def test_world_sft_reaches_the_skill_bar_and_generalizes_to_every_held_out_family(world_scores):
+    from posttrain.world.tasks import HELDOUT_FAMILIES
+
+    base, tuned, table = world_scores
+    for f in SKILLS:
+        assert tuned[f] >= 0.5, f"{f}: below 50%\n{table}"
     for f in HELDOUT_FAMILIES:
-        assert sft_em[f] > base_em[f], f"held-out {f}: not above the base model's zero-shot\n{table}"
+        assert tuned[f] > base[f], f"held-out {f}: not above the base model's zero-shot\n{table}"
 
 
 def test_prompt_completion_records_train_the_completion_and_eos(tiny_tokenizer, capsys):

@@ -21,6 +21,13 @@ Rows are filled first-fit in order of decreasing length; the tail of a short row
 pad tokens that form a segment of their own (positions 0, 1, ...) with no targets, so they never
 touch a real token.
 
+**Attention per example.** transformers' sdpa/eager attention applies the block-diagonal mask to
+the whole (T, T) product of a row, so a long row pays for attention between examples that is then
+masked away. :func:`packed_sdpa_attention` (installed with :func:`use_packed_attention`) instead
+runs causal sdpa on each example of the row separately: a whole micro-batch can then be one row
+with no padding at all and attention costs what the examples cost alone (``row_length=None``, the
+SFT recipe's default). Masked or cached calls (generation) go to transformers' sdpa unchanged.
+
 **What a batch is.** Packing changes the *layout* of a micro-batch, not its content: a micro-batch
 is the same ``batch_size`` examples that would be padded, packed instead. So a packed run and a
 padded run with the same seed train on the same examples at every step, normalized by the same

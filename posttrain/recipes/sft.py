@@ -54,6 +54,13 @@ from posttrain.training.sampler import StepSampler
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
 
 
+def transformers_model(lm: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model itself: inside a peft wrapper (whose LoRA layers it holds) if there is one."""
+    from posttrain.models.lora import is_peft_model
+
+    return lm.get_base_model() if is_peft_model(lm) else lm
+
+
 class TargetNLL(torch.nn.Module):
     """A causal LM whose forward returns the summed negative log-likelihood of a batch's target tokens.
 
@@ -69,9 +76,7 @@ class TargetNLL(torch.nn.Module):
 
     def forward(self, input_ids, labels, attention_mask=None, position_ids=None, use_cache=False) -> torch.Tensor:
         # use_cache is always off: a KV cache would make packed examples attend to each other.
-        from posttrain.models.lora import is_peft_model
-
-        hf = self.lm.get_base_model() if is_peft_model(self.lm) else self.lm
+        hf = transformers_model(self.lm)
         targets = shift_labels(labels, IGNORE_INDEX)  # (B, T): position t predicts token t + 1
         if any(getattr(hf.config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
             logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -234,10 +239,8 @@ def end_of_turn_id(tokenizer) -> int | None:
 
 def stop_at_end_of_turn(lm, tokenizer) -> None:
     """Add the end-of-turn token to the model's generation_config eos ids (exported with the model)."""
-    from posttrain.generation.hf import _hf_model
-
     turn_end = end_of_turn_id(tokenizer)
-    config = _hf_model(lm).generation_config
+    config = transformers_model(lm).generation_config
     current = config.eos_token_id
     ids = [current] if isinstance(current, int) else list(current or [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
@@ -258,9 +261,8 @@ def prepare_attention(cfg: SFTConfig, lm) -> None:
     attention's variable-length kernels do; sdpa and eager would build a (T, T) mask and attend
     over all of it, so they are swapped for posttrain's per-example sdpa (same results)."""
     from posttrain.data.packing import use_packed_attention
-    from posttrain.generation.hf import _hf_model
 
-    hf = _hf_model(lm)
+    hf = transformers_model(lm)
     impl = str(hf.config._attn_implementation or "")
     if cfg.packing and not cfg.pack_length and impl in ("sdpa", "eager"):
         use_packed_attention(hf)
