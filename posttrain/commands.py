@@ -15,3 +15,9 @@ recipe_command("eval", rc.EvalConfig, "posttrain.evaluation.run:run_eval",
                "Prompt a model on the world's task families: zero-shot, few-shot, CoT and multiple choice.")
 recipe_command("sft", rc.SFTConfig, "posttrain.recipes.sft:sft",
                "Supervised fine-tuning on conversations: assistant-token loss, packing, LoRA, data mixing and rehearsal.")
+recipe_command("reward", rc.RewardConfig, "posttrain.recipes.reward:reward",
+               "Train a reward model on comparisons: Bradley-Terry, Llama 2 margins, K-wise rankings; normalized export.")
+recipe_command("ppo", rc.PPOConfig, "posttrain.recipes.ppo:ppo",
+               "RLHF against reward models or functions with a KL penalty: PPO, RLOO or GRPO, with reward-hacking diagnostics.")
+recipe_command("dpo", rc.DPOConfig, "posttrain.recipes.dpo:dpo",
+               "Preference optimization without a reward model: DPO, cDPO, IPO, SimPO, ORPO, KTO; iterative rounds.")

@@ -11,7 +11,7 @@ import pytest
 from posttrain.data.chat import Example, render_chat
 from posttrain.data.mixing import (
     COT_TRIGGER, PromptTemplate, Source, apply_templates, mix_sources, rehearsal_source, render_cot,
-    render_few_shot, render_items, render_options, render_zero_shot, source_counts, take, text_chunks,
+    render_few_shot, render_items, render_options, render_worked, render_zero_shot, source_counts, take, text_chunks,
 )
 
 
@@ -44,6 +44,10 @@ def test_renderings():
     assert item.messages[-1]["content"].endswith("?")  # the item itself is left as it was
     with pytest.raises(ValueError, match="no chain of thought"):
         render_cot(Item(item.messages, item.answer))
+    worked = render_worked(item)
+    assert worked == item.messages + [{"role": "assistant", "content": item.cot}]  # the question as asked
+    with pytest.raises(ValueError, match="no chain of thought"):
+        render_worked(Item(item.messages, item.answer))
     options = render_options(item)
     assert options[-2]["content"] == "What is 0 + 1? Is it 1, 0 or 2?" and options[-1]["content"] == item.answer
     with pytest.raises(ValueError, match="no choices"):
@@ -71,7 +75,7 @@ def test_render_items_shares_and_shots():
         render_items(items, {"chatty": 1.0}, seed=0)
     # Items that cannot take a form fall back to zero-shot instead of failing.
     bare = [Item(i.messages, i.answer) for i in items[:50]]
-    assert {r.rendering for r in render_items(bare, {"cot": 0.5, "options": 0.5}, seed=0)} == {"zero_shot"}
+    assert {r.rendering for r in render_items(bare, {"cot": 0.5, "worked": 0.2, "options": 0.3}, seed=0)} == {"zero_shot"}
 
 
 def test_few_shot_keeps_the_system_rule_of_its_shots():

@@ -322,8 +322,12 @@ def test_resume_policy_and_a_changed_global_batch(tmp_path):
     ctx, ckpt = _checkpointed_run(tmp_path, batch_size=4)
     assert ctx.resume_from == saved
     assert ckpt.restore() == ck.TrainState(step=50, epoch=2, batch_in_epoch=1)
+    # A stale run_dir is not continued under other settings: setup_run names what changed ...
+    with pytest.raises(TrainingError, match=r"another config .*train.batch_size: 4 -> 8.*new train.run_dir"):
+        _checkpointed_run(tmp_path, batch_size=8)
+    # ... and a checkpoint resumed by path into a run with another global batch fails on restore.
     with pytest.raises(TrainingError, match="global batch of 4 examples but this run has 8"):
-        _checkpointed_run(tmp_path, batch_size=8)[1].restore()
+        _checkpointed_run(tmp_path / "elsewhere", batch_size=8, resume=str(saved))[1].restore()
     with pytest.raises(TrainingError, match="resume=never but .* already holds checkpoints"):
         _checkpointed_run(tmp_path, batch_size=4, resume="never")
     with pytest.raises(TrainingError, match="no checkpoint there"):

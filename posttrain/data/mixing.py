@@ -12,6 +12,9 @@ chain of thought, ``cot``:
   ``loss_on="last_assistant"``);
 - ``cot``: the prompt followed by a trigger ("Let's think step by step.", Kojima et al. 2022),
   then the reasoning closed by the answer (Wei et al. 2022);
+- ``worked``: the prompt as it is, then the reasoning closed by the answer: the model learns to
+  show its working unasked, which small models need for multi-digit arithmetic (the scratchpad
+  of Nye et al. 2021; rationale answers as in Orca, Mukherjee et al. 2023);
 - ``options``: the prompt with the item's ``choices`` offered ("... Is it red, blue or green?"),
   then the answer: FLAN's options templates, which teach picking among named options.
 
@@ -47,7 +50,7 @@ from posttrain.data.chat import Example
 COT_TRIGGER = "Let's think step by step."
 """Opens a chain-of-thought answer (Kojima et al. 2022); the same words as zero-shot CoT prompting."""
 
-RENDERINGS = ("zero_shot", "few_shot", "cot", "options")
+RENDERINGS = ("zero_shot", "few_shot", "cot", "worked", "options")
 """Forms a task item can be taught in."""
 OPTIONS_TEMPLATE = "{question} Is it {options}?"
 """How ``options`` lists an item's choices after its question (the options joined by commas and "or")."""
@@ -102,6 +105,13 @@ def render_cot(item: TaskItem, trigger: str = COT_TRIGGER) -> Messages:
     return messages + [{"role": "assistant", "content": item.cot}]
 
 
+def render_worked(item: TaskItem) -> Messages:
+    """The prompt unchanged, then the worked reasoning as the answer (the scratchpad, unasked)."""
+    if not item.cot:
+        raise ValueError("render_worked: this item has no chain of thought (cot); render it zero_shot instead")
+    return [dict(m) for m in item.messages] + [{"role": "assistant", "content": item.cot}]
+
+
 def render_options(item: TaskItem, template: str = OPTIONS_TEMPLATE) -> Messages:
     """The prompt with the item's ``choices`` offered after its last user turn, then the answer.
 
@@ -123,7 +133,7 @@ class Rendered:
 
     messages: Messages
     rendering: str
-    """zero_shot, few_shot or cot."""
+    """One of RENDERINGS."""
 
 
 def render_items(items: Sequence[TaskItem], shares: dict[str, float], seed: int, shots: int = 2,
@@ -131,7 +141,7 @@ def render_items(items: Sequence[TaskItem], shares: dict[str, float], seed: int,
     """Render each item once, in a form drawn with probabilities ``shares`` (e.g. {zero_shot: 0.7, cot: 0.3}).
 
     Few-shot examples are drawn from ``pool`` (default: the items themselves), never the item
-    itself, and share its system prompt when ``same_rule``. Items without ``cot`` drawn for CoT are
+    itself, and share its system prompt when ``same_rule``. Items without ``cot`` drawn for cot or worked are
     rendered zero-shot, and so are items without choices drawn for options (the result says
     which form each got). Deterministic in ``seed``.
     """
@@ -150,7 +160,7 @@ def render_items(items: Sequence[TaskItem], shares: dict[str, float], seed: int,
     out = []
     for i, item in enumerate(items):
         form = names[choice[i]]
-        if (form == "cot" and not item.cot) or (form == "options" and len(getattr(item, "choices", None) or []) < 2):
+        if (form in ("cot", "worked") and not item.cot) or (form == "options" and len(getattr(item, "choices", None) or []) < 2):
             form = "zero_shot"
         if form == "few_shot":
             candidates = [j for j in by_system.get(_system_key(item) if same_rule else "", [])
@@ -159,6 +169,8 @@ def render_items(items: Sequence[TaskItem], shares: dict[str, float], seed: int,
             out.append(Rendered(render_few_shot(item, [pool[j] for j in picked]), "few_shot"))
         elif form == "cot":
             out.append(Rendered(render_cot(item), "cot"))
+        elif form == "worked":
+            out.append(Rendered(render_worked(item), "worked"))
         elif form == "options":
             out.append(Rendered(render_options(item), "options"))
         else:

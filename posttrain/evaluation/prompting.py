@@ -21,12 +21,13 @@ import random
 from collections.abc import Sequence
 from typing import Literal
 
+from posttrain.world.formats import COT_TRIGGER
 from posttrain.world.tasks import TaskExample, render_plain
 
 Strategy = Literal["zero_shot", "few_shot", "cot", "zero_shot_cot"]
 STRATEGIES: tuple[str, ...] = ("zero_shot", "few_shot", "cot", "zero_shot_cot")
 """Generation strategies, in report order."""
-ZERO_SHOT_COT_TRIGGER = "Let's think step by step."
+ZERO_SHOT_COT_TRIGGER = COT_TRIGGER
 """Kojima et al.'s trigger, written at the start of the answer."""
 
 

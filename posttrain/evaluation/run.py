@@ -12,8 +12,8 @@ prints accuracy with its 95% interval, and writes into the run directory:
 
 Generation is greedy and batched. Plain Q/A completions stop and are read at their first newline
 (answers are one line); chat replies end at <|im_end|> or eos and are read whole. Each cell's
-token budget is the longest canonical solution of its examples plus a margin (capped by
-``max_new_tokens``), so a cell costs little more than its answers.
+token budget is the longest canonical solution of its examples, worked or direct, plus a margin
+(capped by ``max_new_tokens``), so a cell costs little more than its answers.
 """
 
 from __future__ import annotations
@@ -74,11 +74,12 @@ def _encode(tokenizer, prompt: str, chat: bool) -> list[int]:
     return tokenizer(prompt, add_special_tokens=not chat)["input_ids"]
 
 
-def _budget(tokenizer, examples: Sequence[TaskExample], strategy: str, cap: int) -> int:
-    """Tokens to generate: the longest canonical solution, plus a quarter and a few tokens, at most ``cap``."""
-    cot = strategy in ("cot", "zero_shot_cot")
-    longest = max(len(tokenizer(" " + (e.cot if cot and e.cot else e.answer), add_special_tokens=False)["input_ids"])
-                  for e in examples)
+def _budget(tokenizer, examples: Sequence[TaskExample], cap: int) -> int:
+    """Tokens to generate: the longest canonical solution, worked or direct, plus a quarter and a few
+    tokens, at most ``cap``. Worked solutions count whatever the strategy: a model tuned to show its
+    working answers a plain question that way, and is judged by its conclusion."""
+    longest = max(len(tokenizer(" " + text, add_special_tokens=False)["input_ids"])
+                  for e in examples for text in (e.answer, e.cot) if text)
     return max(1, min(cap, math.ceil(longest * 1.25) + 4))
 
 
@@ -138,7 +139,7 @@ def evaluate_generation(model, tokenizer, examples: Sequence[TaskExample], pool:
     rule is kept, see :func:`posttrain.evaluation.scoring.solved`)."""
     from posttrain.generation import generate
 
-    budget = _budget(tokenizer, examples, strategy, max_new_tokens)
+    budget = _budget(tokenizer, examples, max_new_tokens)
     room = max(1, min(max_prompt_tokens, _context_limit(model) - budget))
     prompts, truncated, shots_dropped = [], 0, 0
     for ex in examples:

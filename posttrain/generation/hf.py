@@ -36,7 +36,8 @@ class GenerationOutput:
     finished: bool
     """True when the completion ended with an eos; False when it ran into max_new_tokens."""
     completion_token_logps: list[float] | None = None
-    """Log-prob of each completion token under the model (temperature 1, before top-p); None unless asked."""
+    """Log-prob of each completion token under the model (at ``logps_temperature``, 1 unless set; before
+    top-p); None unless asked."""
 
     @property
     def completion_logps(self) -> float | None:
@@ -83,17 +84,22 @@ def generate(
     stop_at_eos: bool = True,
     seed: int | None = None,
     return_logps: bool = False,
+    logps_temperature: float = 1.0,
 ) -> list[GenerationOutput]:
     """Complete every prompt (token ids, or strings encoded with ``tokenizer(prompt)``).
 
     temperature 0 is greedy; otherwise tokens are sampled at ``temperature`` with nucleus
     ``top_p`` (no top-k). ``stop_at_eos=False`` always generates ``max_new_tokens`` tokens.
     ``seed`` makes sampling reproducible without touching the global RNG.
-    ``return_logps`` fills ``completion_token_logps`` from the logits seen while decoding.
+    ``return_logps`` fills ``completion_token_logps`` from the logits seen while decoding, as
+    ``log_softmax(logits / logps_temperature)``: RL passes its sampling temperature, so the
+    log-probs are those of the distribution the tokens were drawn from (top-p aside).
     Outputs are in the order of ``prompts``. The model is put in eval mode during the call and
     restored afterwards.
     """
     _check_args(max_new_tokens, temperature, top_p, batch_size)
+    if logps_temperature <= 0:
+        raise ValueError(f"logps_temperature must be > 0, got {logps_temperature}")
     prompt_ids = [_as_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
     inner = unwrap_model(model)
     sampling = temperature > 0
@@ -118,7 +124,7 @@ def generate(
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = [prompt_ids[i] for i in rows]
-            outputs = _generate_batch(inner, tokenizer, batch, config, stop_ids, return_logps)
+            outputs = _generate_batch(inner, tokenizer, batch, config, stop_ids, return_logps, logps_temperature)
             for i, out in zip(rows, outputs):
                 results[i] = out
     return results  # type: ignore[return-value]
@@ -146,7 +152,7 @@ def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **k
 
 
 def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: set[int],
-                    return_logps: bool) -> list[GenerationOutput]:
+                    return_logps: bool, logps_temperature: float = 1.0) -> list[GenerationOutput]:
     import torch
 
     input_ids, attention_mask = _left_pad(batch, config.pad_token_id or 0, _device(model))
@@ -156,7 +162,7 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: 
     if return_logps:
         # out.logits: one (B, V) tensor per step, raw (before temperature / top-p).
         token_logps = torch.stack(
-            [torch.log_softmax(step.float(), dim=-1).gather(1, new_ids[:, t:t + 1]).squeeze(1)
+            [torch.log_softmax(step.float() / logps_temperature, dim=-1).gather(1, new_ids[:, t:t + 1]).squeeze(1)
              for t, step in enumerate(out.logits)],
             dim=1,
         ).cpu()  # (B, new)

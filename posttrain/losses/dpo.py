@@ -146,6 +146,19 @@ def orpo_loss(policy_chosen_logps: torch.Tensor, policy_rejected_logps: torch.Te
     return nll + lam * odds_ratio_loss, metrics
 
 
+def chosen_nll(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """Length-normalized negative log-likelihood of the chosen responses, mean over pairs:
+
+        -(1/B) sum_b log pi(y_w,b | x_b) / |y_w,b|
+
+    the term DPO+NLL adds with a weight alpha to a preference loss, so that the chosen responses'
+    likelihood keeps rising instead of falling along with the rejected ones' (Pang et al. 2024,
+    "Iterative Reasoning Preference Optimization", eq. 3; TRL's ``rpo_alpha``).
+    Shapes: (B,) summed logps, (B,) response token counts -> scalar."""
+    _check_lengths(chosen_lengths)
+    return -(policy_chosen_logps / chosen_lengths).mean()
+
+
 def kto_reference_point(policy_kl_logps: torch.Tensor, ref_kl_logps: torch.Tensor) -> torch.Tensor:
     """KTO's reference point z0 = max(0, mean log pi(y'|x) / pi_ref(y'|x)), a biased estimate of
     KL(pi || pi_ref) from mismatched pairs (x, y') — each prompt with another example's

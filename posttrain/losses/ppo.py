@@ -140,3 +140,26 @@ def grpo_loss(policy_token_logps: torch.Tensor, old_token_logps: torch.Tensor, r
     metrics = _policy_metrics(log_ratio, bound, response_mask)
     metrics["kl"] = masked_mean(kl.detach(), response_mask)
     return loss, metrics
+
+
+def rloo_loss(policy_token_logps: torch.Tensor, old_token_logps: torch.Tensor, advantages: torch.Tensor,
+              response_mask: torch.Tensor, clip_eps: float = 0.2) -> tuple[torch.Tensor, dict]:
+    """RLOO with PPO's clipping, negated: one leave-one-out advantage per sequence
+    (``posttrain.rl.math.rloo_advantages``), the clipped surrogate summed over each sequence's
+    tokens and averaged over sequences:
+
+        loss = mean_i sum_t max(-A_i ratio_t, -A_i clip(ratio_t, 1 - eps, 1 + eps))
+
+    With ratio = 1 (the first update on fresh samples) its gradient is REINFORCE's,
+    -mean_i A_i grad log pi(y_i|x_i) (Ahmadian et al. 2024, "Back to Basics", §3.2); the clipped
+    ratio lets several updates reuse one batch of samples, as PPO does. Unlike :func:`grpo_loss`
+    no length normalization is applied, so the sequence-level gradient stays unbiased.
+
+    Shapes: *_token_logps (B, T), advantages (B,), response_mask (B, T) bool -> scalar.
+    Metrics: as :func:`ppo_policy_loss`.
+    """
+    per_token_advantages = advantages.unsqueeze(1).expand_as(policy_token_logps)
+    losses, bound, log_ratio = _clipped_surrogate(policy_token_logps, old_token_logps, per_token_advantages,
+                                                response_mask, clip_eps)
+    loss = torch.where(response_mask, losses, torch.zeros_like(losses)).sum(dim=1).mean()
+    return loss, _policy_metrics(log_ratio, bound, response_mask)

@@ -137,7 +137,9 @@ class SFTConfig:
     world_examples: int = 1000
     """Training examples per world family (from its train split)."""
     renderings: dict[str, float] = field(default_factory=lambda: {"zero_shot": 1.0})
-    """Shares of the forms each task example is taught in: zero_shot, few_shot (solved examples as earlier turns), cot (step-by-step reasoning when asked) and options (the choices offered in the question), as FLAN 2022 mixed them."""
+    """Shares of the forms each task example is taught in: zero_shot, few_shot (solved examples as earlier turns), cot (step-by-step reasoning when asked), worked (reasoning unasked) and options (the choices offered in the question), as FLAN 2022 mixed them."""
+    family_renderings: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per world family, shares of forms that replace renderings for that family, e.g. {arithmetic: {worked: 1.0}} to answer sums with their column working unasked."""
     few_shot_k: int = 2
     """Solved examples before the question in few_shot renderings."""
     eval_examples: int = 16
@@ -148,5 +150,190 @@ class SFTConfig:
     """Longest generated sample, in tokens."""
     eval_exact_match: int = 0
     """World only: held-out examples per family scored by exact match (chat, zero-shot) after training, into run_dir/eval; 0 skips it."""
+    eval_max_new_tokens: int = 256
+    """Longest answer generated for eval_exact_match, in tokens (a worked multi-step sum is ~180)."""
     lm_head_chunk: int = 0
     """Score target tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""
+
+
+@dataclass
+class WorldPreferenceConfig:
+    aspect: Literal["overall", "helpfulness", "safety"] = "overall"
+    """What the simulated annotators judge: the gold total, its helpfulness part (correctness, rule, brevity) or its safety part; Llama 2 trains one reward model per aspect."""
+    seed: int = 0
+    """Seed of the world and its task prompts."""
+    families: list[str] = field(default_factory=list)
+    """Task families whose prompts are annotated; empty: every trained family (posttrain.world.tasks.TRAIN_FAMILIES), less harmful for the helpfulness aspect."""
+    examples: int = 200
+    """Prompts per family, from its train split."""
+    eval_examples: int = 50
+    """Prompts per family from its held-out split, annotated into held-out pairs (accuracy, calibration, agreement with gold)."""
+    pairs_per_prompt: int = 2
+    """Annotated pairs per prompt, for the pairwise losses (and the held-out pairs)."""
+    ranking_k: int = 4
+    """Responses ranked per prompt, for the ranking losses."""
+    responses: Literal["candidates", "samples", "both"] = "candidates"
+    """Responses compared: the world's candidates of known kinds (correct, worked, wrong, verbose, rule-breaking, refusal, unsafe), samples of the starting model (model.name_or_path, temperature 1), or both."""
+    samples_per_prompt: int = 4
+    """Samples of the starting model per prompt, when responses includes samples."""
+    sample_max_tokens: int = 64
+    """Longest sampled response, in tokens."""
+    noise_temperature: float = 0.1
+    """Annotators' Bradley-Terry temperature on the gold score (posttrain.world.annotators): higher is noisier."""
+    length_bias: float = 0.0
+    """Gold points the annotators add per word of a response (verbosity bias)."""
+    annotator_seed: int = 0
+    """Seed of the annotators' draws (the held-out pairs use the next seed)."""
+
+
+@dataclass
+class RewardConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Starting point: an SFT causal LM folder (its LM head is replaced by a new scalar head) or a reward-model folder to train further; model.lora.enabled trains a LoRA adapter and the head."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    """Preference records (prompt, chosen, rejected, optional strength 1-4) and/or rankings (prompt, responses best first). Empty train: the embedded world's simulated annotators (see world)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/reward", lr=5e-5, max_steps=-1, epochs=1))
+    """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs (or rankings), all their responses scored in one forward."""
+    loss: Literal["bradley_terry", "margin", "all_pairs", "plackett_luce"] = "bradley_terry"
+    """bradley_terry: -log sigmoid(r_w - r_l); margin: minus Llama 2's margin for the pair's strength; all_pairs: InstructGPT's K-wise loss over every pair of a ranking; plackett_luce: likelihood of the whole ranking."""
+    margin_table: Literal["small", "large"] = "small"
+    """Llama 2's margins by strength 1-4 for the margin loss: small (0, 1/3, 2/3, 1) or large (0, 1, 2, 3)."""
+    center_coef: float = 0.0
+    """Weight of the penalty mean((r_w + r_l)^2) that keeps rewards centred at 0 (pairwise losses); 0 turns it off."""
+    packing: bool = True
+    """Score a micro-batch's responses packed in one row, each comparison's prompt once and every response continuing from it (no padding, no repeated prompt); false pads them to the longest."""
+    eval_fraction: float = 0.05
+    """Share of the training prompts held out for accuracy when data.eval is empty (file data only)."""
+    normalize: Literal["sft_samples", "data", "none"] = "sft_samples"
+    """Reference set the exported scores are standardized on: the starting model's own responses to training prompts (sampled), the data's responses, or none (raw scores)."""
+    norm_prompts: int = 128
+    """Training prompts in the normalization reference set."""
+    norm_max_new_tokens: int = 64
+    """Longest sampled reference response, in tokens."""
+    world: WorldPreferenceConfig = field(default_factory=WorldPreferenceConfig)
+    """The embedded world's preference data, used when data.train is empty."""
+
+
+@dataclass
+class PPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy to train, usually the SFT model; with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
+    """Prompts: prompt records ({"prompt": [messages]}) or conversations (everything before the last assistant turn is the prompt); empty train: the embedded world's task prompts. data.max_length is the longest prompt in tokens: longer ones are dropped and counted."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(
+        run_dir="runs/ppo", lr=1e-5, max_steps=100, batch_size=16, warmup_steps=0, min_lr_ratio=1.0, save_every=25))
+    """A step is one rollout batch (sample, score, then ppo_epochs passes over it); max_steps, log_every, eval_every and save_every count these. Each pass goes through the batch in optimizer updates of batch_size x grad_accum episodes per process; warmup_steps and the cosine schedule count optimizer updates."""
+    algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
+    """ppo: critic, GAE and KL-penalized token rewards; rloo: leave-one-out baseline over samples_per_prompt samples, KL in the sequence reward; grpo: group-normalized scores, k3 KL in the loss."""
+    rewards: list[str] = field(default_factory=list)
+    """Reward sources, summed with reward_weights: reward-model folders (scored with their saved normalization), Python functions 'module:function' called as fn(prompts, responses) -> floats (or fn(prompts, responses, records) to see the prompt records), or world_gold, the embedded world's gold reward."""
+    reward_weights: list[float] = field(default_factory=list)
+    """Weight of each entry of rewards; empty: 1 for each."""
+    prompts_per_step: int = 16
+    """Prompts sampled per rollout batch on each process."""
+    samples_per_prompt: int = 1
+    """Responses sampled per prompt (k); rloo and grpo need at least 2."""
+    max_new_tokens: int = 48
+    """Longest response in tokens; responses that reach it without a stop token are counted (response/finished)."""
+    temperature: float = 1.0
+    """Sampling temperature; the policy trained is softmax(logits / temperature)."""
+    top_p: float = 1.0
+    """Nucleus sampling; keep 1.0 for training (top-p samples from a truncated policy, so PPO's ratios are slightly off)."""
+    generation_batch_size: int = 64
+    """Prompts per generation batch (sampling is reproducible for a fixed value)."""
+    ppo_epochs: int = 4
+    """Passes over each rollout batch, in shuffled minibatches of train.batch_size x train.grad_accum episodes."""
+    kl_coef: float = 0.05
+    """beta, the weight of the KL penalty to the reference (the initial one when kl_target is set)."""
+    kl_target: float = 0.0
+    """0: beta stays kl_coef; > 0: Ziegler et al.'s adaptive controller steers the measured KL (nats per response) toward this target."""
+    kl_horizon: int = 10000
+    """Episodes over which the adaptive controller corrects a KL error."""
+    kl_estimator: Literal["k1", "k2", "k3"] = "k1"
+    """Per-token KL estimator in the reward: k1 (log ratio, unbiased, the classic choice) or k3 (low variance, never negative); grpo always uses k3 in its loss."""
+    reward_clip: float = 0.0
+    """Clip each sequence's score to [-reward_clip, reward_clip] before the KL penalty; 0: no clipping."""
+    whiten_rewards: bool = False
+    """Whiten each rollout batch's scores (mean 0, std 1) before the KL penalty is subtracted, as Llama 2 does (ppo and rloo; grpo normalizes per group anyway)."""
+    missing_eos_penalty: float = 0.0
+    """Subtracted from the score of responses that reach max_new_tokens without a stop token."""
+    gamma: float = 1.0
+    """ppo: discount of GAE."""
+    lam: float = 0.95
+    """ppo: lambda of GAE (bias-variance trade-off of the advantage estimates)."""
+    clip_eps: float = 0.2
+    """Ratio clipping of the policy loss (ppo, rloo, grpo)."""
+    value_clip_eps: float = 0.2
+    """ppo: clipping of the value loss around the values at rollout time."""
+    vf_coef: float = 0.1
+    """ppo: weight of the value loss."""
+    value_lr: float = 1e-3
+    """ppo: learning rate of the value head (a new layer, it must move faster than the policy's weights; a separate critic's backbone uses train.lr); 0: train.lr."""
+    entropy_coef: float = 0.0
+    """Weight of the entropy bonus (0: none; entropy is logged either way)."""
+    whiten_advantages: bool = True
+    """Normalize advantages to mean 0 and std 1 over the batch (ppo: per token; rloo: per sequence; grpo normalizes per group itself)."""
+    critic: str = "head"
+    """ppo's value function: head (a value head on the policy's last hidden states, shared backbone) or a folder for a separate critic: a reward model (its score layer starts the head, as in InstructGPT) or a causal LM (head starts at zero)."""
+    world_seed: int = 0
+    """Seed of the embedded world whose prompts are used when data.train is empty."""
+    world_families: list[str] = field(default_factory=list)
+    """World task families to take prompts from; empty: posttrain.world.tasks.TRAIN_FAMILIES."""
+    world_examples: int = 500
+    """Training prompts per world family (from its train split)."""
+    eval_examples: int = 32
+    """Held-out prompts per world family (or the first of data.eval) answered and scored at each evaluation; 0: no evaluation."""
+    eval_temperature: float = 0.0
+    """Decoding of the evaluation answers: 0 is greedy; > 0 samples (seeded)."""
+
+
+@dataclass
+class DPOConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """Policy to train, usually an SFT model folder (e.g. runs/sft-world/final); with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
+    data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
+    """Preference records (prompt, chosen, rejected); for loss=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. Empty train: pairs made in the embedded world (see world)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/dpo", lr=5e-6, max_steps=-1, epochs=1, warmup_steps=10, min_lr_ratio=0.1))
+    """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs, whose chosen and rejected sequences go through one forward pass together."""
+    loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "orpo", "kto"] = "sigmoid"
+    """sigmoid: DPO (Rafailov et al. 2023); cdpo: conservative DPO for noisy labels (label_smoothing); ipo: IPO (Azar et al. 2023); simpo: SimPO, reference-free, length-normalized (Meng et al. 2024); orpo: ORPO, SFT plus an odds ratio, reference-free (Hong et al. 2024); kto: KTO on desirable/undesirable labels (Ethayarajh et al. 2024)."""
+    beta: float = 0.1
+    """KL strength: beta of the implicit reward beta * log(pi / pi_ref) (sigmoid, cdpo, kto); IPO's tau (target margin 1 / (2 beta)); SimPO's reward scale (about 2). Unused by orpo."""
+    label_smoothing: float = 0.1
+    """cdpo: the probability that a label is flipped, in [0, 0.5)."""
+    simpo_gamma: float = 0.5
+    """simpo: target reward margin gamma."""
+    orpo_lambda: float = 0.1
+    """orpo: weight of the odds-ratio term added to the chosen responses' NLL."""
+    nll_weight: float = 0.0
+    """DPO+NLL (Pang et al. 2024; TRL's rpo_alpha): add this weight times the chosen responses' per-token NLL to a pairwise loss (sigmoid, cdpo, ipo, simpo), so their likelihood rises rather than falling with the rejected ones'; 0: the loss alone."""
+    sample_temperature: float = 1.0
+    """Temperature of the responses sampled from the policy to make new pairs (world and iterative rounds); below 1 keeps them near the policy's mode."""
+    kto_desirable_weight: float = 1.0
+    """kto: weight lambda_D of desirable examples (the paper keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3])."""
+    kto_undesirable_weight: float = 1.0
+    """kto: weight lambda_U of undesirable examples."""
+    reference: Literal["precompute", "live"] = "precompute"
+    """precompute: the reference log-probs of every training and held-out sequence are computed once before training and cached on disk (reruns and resumes reuse them); live: the reference scores every batch (the LoRA-disabled policy, or a second copy of the model in memory)."""
+    reference_model: str = ""
+    """Reference policy folder; empty: the starting policy (model.name_or_path). With LoRA the reference is always the policy with its adapter disabled, so this must stay empty."""
+    reference_cache: str = ""
+    """Folder of cached reference log-probs (safetensors), keyed by the reference's weights, the tokenized data and the dtype; empty: run_dir/reference_logps. Several runs may share one folder."""
+    packing: bool = True
+    """Padding-free: the 2 x batch_size sequences of a micro-batch side by side in one row, positions restarting per sequence, attention per sequence (posttrain.data.packing); false pads them to the longest. Same losses either way."""
+    lm_head_chunk: int = 0
+    """Score response tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""
+    rounds: int = 1
+    """Iterative (online) DPO: rounds of sampling responses from the current policy, labelling pairs of them (labeler) and training on the new pairs, each round starting from the last one's model (Llama 2's iterative rounds; Xu et al. 2023). 1: one pass on data.train or the world's pairs."""
+    labeler: Literal["annotator", "gold", "reward_model"] = "annotator"
+    """Who labels pairs of sampled responses: the world's simulated annotators (world.noise_temperature), the world's gold reward, or reward_model. A scorer passed in Python (dpo(cfg, scorer=...)) replaces it."""
+    reward_model: str = ""
+    """Reward-model folder (posttrain reward's export) for labeler=reward_model."""
+    round_reference: Literal["previous", "initial"] = "previous"
+    """Reference of each round: the model the round starts from (previous), or the first round's starting policy (initial; not with LoRA)."""
+    world: WorldPreferenceConfig = field(default_factory=lambda: WorldPreferenceConfig(responses="both", examples=50, eval_examples=25))
+    """The embedded world, when data.train is empty: prompts of its task families (world.examples new ones per family each round), responses sampled from the policy and/or the world's candidates, labelled by labeler; held-out prompts measure gold reward and win-rate against the starting policy."""
+    kl_prompts: int = 64
+    """Held-out prompts whose responses, sampled from the policy at temperature 1, measure KL(policy || reference) (k1 and k3 estimates) at each evaluation; 0 skips it."""
+    kl_max_tokens: int = 64
+    """Longest response sampled for the KL measurement, in tokens."""

@@ -151,6 +151,9 @@ def world_families(cfg: SFTConfig) -> list[str]:
     from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
 
     families = list(cfg.world_families) or list(TRAIN_FAMILIES)
+    unknown = sorted(set(cfg.family_renderings) - set(FAMILIES))
+    if unknown:
+        raise TrainingError(f"family_renderings: unknown world families {unknown}; known: {', '.join(FAMILIES)}")
     bad = [f for f in families if f not in FAMILIES or f in HELDOUT_FAMILIES]
     if bad:
         raise TrainingError(f"world_families: {bad} cannot be trained on: known families are {', '.join(FAMILIES)}, "
@@ -159,13 +162,13 @@ def world_families(cfg: SFTConfig) -> list[str]:
 
 
 def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world) -> list[Example]:
-    """One family's train split, each example rendered once (zero-shot, few-shot or CoT)."""
+    """One family's train split, each example rendered once (zero-shot, few-shot, CoT, ...)."""
     from posttrain.world.tasks import make_tasks
 
     items = make_tasks(world, cfg.world_seed, family, "train", cfg.world_examples)
     # A seed per family, so families do not share one pattern of renderings.
     seed = cfg.train.seed * 1_000_003 + zlib.crc32(family.encode())
-    rendered = render_items(items, cfg.renderings, seed=seed, shots=cfg.few_shot_k)
+    rendered = render_items(items, cfg.family_renderings.get(family, cfg.renderings), seed=seed, shots=cfg.few_shot_k)
     few = [r.messages for r in rendered if r.rendering == "few_shot"]
     rest = [r.messages for r in rendered if r.rendering != "few_shot"]
     # The shots are demonstrations: only the last answer of a few-shot conversation is taught.
@@ -287,7 +290,7 @@ def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int)
     from posttrain.evaluation.run import evaluate_suite, write_report
 
     report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world_seed,
-                            chat=True, max_prompt_tokens=cfg.data.max_length)
+                            chat=True, max_prompt_tokens=cfg.data.max_length, max_new_tokens=cfg.eval_max_new_tokens)
     write_report(report, ctx.run_dir / "eval")
     scores = {f"em/{f}": report.accuracy(f, "zero_shot") for f in report.cells}
     ctx.metrics.log(step, scores)

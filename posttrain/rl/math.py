@@ -212,3 +212,15 @@ def grpo_advantages(rewards: torch.Tensor, k: int, eps: float = 1e-4, scale: boo
     if scale:
         centered = centered / (groups.std(dim=1, keepdim=True) + eps)
     return centered.reshape(-1)
+
+
+# --- diagnostics -------------------------------------------------------------------------
+
+def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """1 - Var(returns - values) / Var(returns) over the True entries of ``mask``: how much of the
+    returns' variance the critic explains (1: perfectly, 0: no better than a constant, < 0: worse).
+    Shapes: (B, T) each -> scalar; NaN when the returns do not vary (nothing to explain)."""
+    returns_var = masked_var(returns, mask, unbiased=False)
+    if returns_var <= 0:
+        return torch.tensor(float("nan"), dtype=returns.dtype, device=returns.device)
+    return 1 - masked_var(returns - values, mask, unbiased=False) / returns_var

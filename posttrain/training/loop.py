@@ -128,6 +128,8 @@ def setup_run(cfg: Any) -> RunContext:
                           soft_wrap=True)
     accelerator.wait_for_everyone()
     resume_from = resolve_resume(train, ckpt_dir)
+    if resume_from is not None:
+        check_same_config(cfg, run_dir / "config.yaml", resume_from)
     resume_step = ck.read_state(resume_from)["step"] if resume_from else 0
     if accelerator.is_main_process:
         save_config(cfg, run_dir / "config.yaml")
@@ -153,6 +155,51 @@ def resolve_resume(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
         raise TrainingError(f"train.resume={cfg.resume!r}: no checkpoint there (expected a folder "
                             f"with state.json, like {ckpt_dir}/step-000050), or use auto / never")
     return path
+
+
+RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.resume", "train.log_every", "train.eval_every",
+                     "train.save_every", "train.keep_checkpoints", "train.progress", "train.tensorboard")
+"""Config keys a resumed run may change (how long it runs and what it reports); any other change
+would make the resumed run a different experiment than the checkpoint's."""
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(data, dict):
+        return {prefix: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(_flatten(value, f"{prefix}{key}." if isinstance(value, dict) and value else f"{prefix}{key}"))
+    return {k.rstrip("."): v for k, v in out.items()}
+
+
+def _plain(data: Any) -> Any:
+    """Tuples as lists and paths as strings, as a config reads back from YAML."""
+    if isinstance(data, dict):
+        return {k: _plain(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain(v) for v in data]
+    return str(data) if isinstance(data, Path) else data
+
+
+def check_same_config(cfg: Any, saved_path: Path, checkpoint: Path) -> None:
+    """Refuse to resume ``checkpoint`` under a config that differs from the run's saved one in
+    anything but :data:`RESUMABLE_CHANGES` (a stale run_dir would otherwise be continued silently)."""
+    import yaml
+
+    from posttrain.config import to_dict
+
+    if not saved_path.exists():
+        return
+    saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+    current = _flatten(yaml.safe_load(yaml.safe_dump(_plain(to_dict(cfg)))))
+    changed = sorted(k for k in set(saved) | set(current)
+                     if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k))
+    if changed:
+        shown = "; ".join(f"{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed[:6])
+        more = f" (and {len(changed) - 6} more)" if len(changed) > 6 else ""
+        raise TrainingError(
+            f"{checkpoint} was written by a run with another config ({saved_path}): {shown}{more}. "
+            f"Choose a new train.run_dir for the new settings, or run with the saved config to continue that run.")
 
 
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:

@@ -28,6 +28,9 @@ from __future__ import annotations
 PLACES = ("Ones", "Tens", "Hundreds", "Thousands", "Ten-thousands")
 """Names of digit positions, ones first, as the addition scratchpad writes them."""
 
+COT_TRIGGER = "Let's think step by step."
+"""Zero-shot chain-of-thought trigger (Kojima et al. 2022); worked answers in the corpus sometimes open with it."""
+
 ANSWER_PREFIX = "So the answer is "
 """Start of the last sentence of every chain-of-thought answer."""
 

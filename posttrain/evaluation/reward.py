@@ -1,0 +1,176 @@
+"""Evaluating reward models on held-out comparisons.
+
+- **accuracy**: the share of held-out pairs whose chosen response gets the higher reward (a tie
+  counts one half), overall and by the annotator's preference strength (Llama 2, Table 8: models
+  are most accurate on "significantly better" pairs and near chance on "negligibly better");
+- **calibration**: the predicted probability that a response wins, ``sigmoid(r_a - r_b)`` on raw
+  scores (the Bradley-Terry model the loss fits), binned against how often it did win, with the
+  expected calibration error; each pair counts in both orientations, so the curve is symmetric;
+- **agreement with gold** (the embedded world, where each record's meta holds ``gold_chosen`` and
+  ``gold_rejected``): how often the model orders a pair like the gold reward (pairs of equal gold
+  left out), and the **oracle accuracy**, the accuracy the gold reward itself reaches on the same
+  noisy labels: the ceiling that label noise leaves a perfect model.
+
+Scores are raw (``normalize=False``): normalization is an affine map that changes no order, but
+calibration needs the logits as trained.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from posttrain.models.reward import FunctionScorer, Scorer, as_dicts
+
+
+def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
+    """Share of pairs with r_chosen > r_rejected, ties counting 1/2. Shapes: (N,), (N,)."""
+    if chosen.numel() == 0:
+        return float("nan")
+    wins = (chosen > rejected).double() + 0.5 * (chosen == rejected).double()
+    return float(wins.mean())
+
+
+def accuracy_by_strength(chosen: torch.Tensor, rejected: torch.Tensor,
+                         strength: Sequence[int | None]) -> dict[str, dict[str, float]]:
+    """{strength: {"accuracy", "pairs"}} for each strength present (pairs without one are left out)."""
+    out = {}
+    for level in sorted({s for s in strength if s is not None}):
+        rows = torch.tensor([s == level for s in strength])
+        out[str(level)] = {"accuracy": pairwise_accuracy(chosen[rows], rejected[rows]), "pairs": int(rows.sum())}
+    return out
+
+
+def calibration(chosen: torch.Tensor, rejected: torch.Tensor, bins: int = 10) -> dict[str, Any]:
+    """Predicted win probability ``sigmoid(r_a - r_b)`` (raw scores) against observed wins, in
+    ``bins`` equal-width bins of the prediction; ``ece`` is the pair-weighted mean |predicted - observed|.
+
+    Each pair enters twice: (chosen over rejected, won) and (rejected over chosen, lost).
+    """
+    p = torch.sigmoid((chosen - rejected).double())
+    predicted = torch.cat([p, 1 - p])
+    observed = torch.cat([torch.ones_like(p), torch.zeros_like(p)])
+    which = (predicted * bins).long().clamp(max=bins - 1)
+    table, ece = [], 0.0
+    for b in range(bins):
+        rows = which == b
+        n = int(rows.sum())
+        if n == 0:
+            continue
+        mean_p, freq = float(predicted[rows].mean()), float(observed[rows].mean())
+        table.append({"bin": [b / bins, (b + 1) / bins], "predicted": mean_p, "observed": freq, "count": n})
+        ece += n * abs(mean_p - freq)
+    return {"bins": table, "ece": ece / max(1, len(predicted))}
+
+
+def gold_agreement(chosen: torch.Tensor, rejected: torch.Tensor, gold_chosen: Sequence[float],
+                   gold_rejected: Sequence[float]) -> dict[str, float]:
+    """How often the model orders a pair as the gold reward does, over pairs whose gold differs."""
+    gc, gr = torch.tensor(gold_chosen, dtype=torch.float64), torch.tensor(gold_rejected, dtype=torch.float64)
+    differ = (gc - gr).abs() > 1e-9
+    better = torch.where(gc > gr, chosen, rejected)[differ]
+    worse = torch.where(gc > gr, rejected, chosen)[differ]
+    return {"agreement": pairwise_accuracy(better, worse), "pairs": int(differ.sum())}
+
+
+def oracle_accuracy(gold_chosen: Sequence[float], gold_rejected: Sequence[float]) -> float:
+    """Accuracy of the gold reward on the (noisy) labels: what a perfect reward model would score."""
+    return pairwise_accuracy(torch.tensor(gold_chosen, dtype=torch.float64),
+                             torch.tensor(gold_rejected, dtype=torch.float64))
+
+
+def score_pairs(scorer: Scorer, records: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw (chosen, rejected) rewards (N,), (N,) of preference records, both sides in one call.
+
+    A :class:`~posttrain.models.reward.RewardScorer` scores the whole conversations (multi-turn
+    responses included); any other scorer gets the prompt and the last assistant message.
+    """
+    n = len(records)
+    if hasattr(scorer, "score_conversations"):
+        conversations = [as_dicts(r.prompt) + as_dicts(side) for r in records for side in (r.chosen, r.rejected)]
+        rewards = scorer.score_conversations(conversations, batch_size=batch_size, normalize=False)
+    else:
+        prompts = [as_dicts(r.prompt) for r in records for _ in range(2)]
+        responses = [as_dicts(side)[-1]["content"] for r in records for side in (r.chosen, r.rejected)]
+        rewards = scorer.score(prompts, responses, batch_size=batch_size)
+    rewards = rewards.reshape(n, 2)
+    return rewards[:, 0], rewards[:, 1]
+
+
+def reward_report(scorer: Scorer, records: Sequence[Any], batch_size: int = 32, bins: int = 10) -> dict[str, Any]:
+    """Everything above that the records allow, as a JSON-ready dict."""
+    if not records:
+        raise ValueError("reward_report: no held-out preference records to evaluate on")
+    chosen, rejected = score_pairs(scorer, records, batch_size)
+    report: dict[str, Any] = {"pairs": len(records), "accuracy": pairwise_accuracy(chosen, rejected),
+                              "calibration": calibration(chosen, rejected, bins)}
+    strengths = [getattr(r, "strength", None) for r in records]
+    if any(s is not None for s in strengths):
+        report["accuracy_by_strength"] = accuracy_by_strength(chosen, rejected, strengths)
+    if all("gold_chosen" in r.meta and "gold_rejected" in r.meta for r in records):
+        gc, gr = [r.meta["gold_chosen"] for r in records], [r.meta["gold_rejected"] for r in records]
+        report["oracle_accuracy"] = oracle_accuracy(gc, gr)
+        report["accuracy_vs_oracle"] = report["accuracy"] / report["oracle_accuracy"]
+        report["gold"] = gold_agreement(chosen, rejected, gc, gr)
+    return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """One line for logs: accuracy (and against the oracle), calibration error, by strength."""
+    text = f"held-out accuracy {100 * report['accuracy']:.1f}% on {report['pairs']} pairs"
+    if "oracle_accuracy" in report:
+        text += (f" (gold-reward oracle {100 * report['oracle_accuracy']:.1f}%, ratio "
+                 f"{report['accuracy_vs_oracle']:.3f}; agreement with gold order {100 * report['gold']['agreement']:.1f}%)")
+    text += f"; calibration error {report['calibration']['ece']:.3f}"
+    if "accuracy_by_strength" in report:
+        text += "; by strength " + ", ".join(f"{k}: {100 * v['accuracy']:.0f}%"
+                                             for k, v in report["accuracy_by_strength"].items())
+    return text
+
+
+def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """The report's scalars under metric names (eval/...), for metrics.jsonl."""
+    out = {"eval/accuracy": report["accuracy"], "eval/ece": report["calibration"]["ece"]}
+    if "oracle_accuracy" in report:
+        out.update({"eval/oracle_accuracy": report["oracle_accuracy"],
+                    "eval/accuracy_vs_oracle": report["accuracy_vs_oracle"],
+                    "eval/gold_agreement": report["gold"]["agreement"]})
+    for level, v in report.get("accuracy_by_strength", {}).items():
+        out[f"eval/accuracy_strength_{level}"] = v["accuracy"]
+    return {k: v for k, v in out.items() if not math.isnan(v)}
+
+
+def write_report(report: dict[str, Any], path) -> None:
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- the world's gold reward
+
+
+def world_gold_scorer(examples: Sequence[Any], aspect: str = "total") -> FunctionScorer:
+    """The embedded world's gold reward as a :class:`~posttrain.models.reward.Scorer`, for prompts
+    of ``examples`` (TaskExample): ``aspect`` is total, helpfulness, or a component (correctness,
+    rule, safety, brevity). A prompt that is none of theirs is an error."""
+    from posttrain.world.gold import gold_reward
+
+    by_prompt = {json.dumps(e.messages, sort_keys=True): e for e in examples}
+
+    def fn(prompts, responses):
+        out = []
+        for prompt, response in zip(prompts, responses):
+            key = json.dumps(as_dicts(prompt), sort_keys=True)
+            if key not in by_prompt:
+                raise KeyError(f"world_gold_scorer: prompt {as_dicts(prompt)[-1]['content'][:60]!r} is not one of "
+                               f"the {len(by_prompt)} task examples it was given")
+            out.append(getattr(gold_reward(by_prompt[key], response), aspect))
+        return out
+
+    return FunctionScorer(fn, name=f"world gold {aspect}")

@@ -1,0 +1,538 @@
+"""Reward models: a language-model backbone with a scalar head, scored at the last real token.
+
+A reward model here is a plain Hugging Face ``AutoModelForSequenceClassification`` with
+``num_labels=1`` (for Llama: ``LlamaForSequenceClassification``, whose head is ``score``),
+initialised from the SFT model's folder: the backbone keeps the SFT weights and the LM head is
+replaced by a new ``hidden -> 1`` projection, as InstructGPT (Ouyang et al. 2022, §3.5) and
+Llama 2 (Touvron et al. 2023, §3.2.2) do. The exported folder loads in plain ``transformers``.
+
+posttrain computes the score itself (:func:`padded_rewards`, :func:`packed_rewards`): it runs
+the backbone, finds each sequence's last real token **from the attention mask** (or from the
+packed example spans), and applies the head there only. transformers' own forward finds it by
+searching for the pad id, which breaks when pad == eos or the pad id occurs in the text, so it is
+never used. Left-padded rows get position ids counted from their first real token, so a score
+does not depend on the padding side, the batch size or the other sequences in the batch (up to
+float rounding).
+
+**Normalization.** After training, raw scores are standardized on a reference set (prompts and
+the SFT model's responses): ``(raw - mean) / std``. The mean and std are saved beside the weights
+in ``reward_normalization.json`` and :class:`RewardScorer` applies them by default, so a score of
+0 means "as good as a typical SFT response" and 1 is one standard deviation better. Differences
+of raw scores are Bradley-Terry logits; use ``normalize=False`` for them (e.g. calibration).
+
+**Scorers.** Anything with ``score(prompts, responses, batch_size=...) -> (B,) tensor`` is a
+:class:`Scorer`: a trained model (:class:`RewardScorer`), any Python function
+(:class:`FunctionScorer`, e.g. the world's gold reward), or Llama 2's helpfulness + safety
+combination (:class:`CombinedScorer`). PPO, best-of-n and evaluation take any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+
+import torch
+
+from posttrain.rl.math import last_token_index
+
+if TYPE_CHECKING:
+    from posttrain.data.collate import Batch
+    from posttrain.data.packing import PackedBatch
+    from posttrain.models.config import ModelConfig
+
+logger = logging.getLogger("posttrain.models")
+
+NORMALIZATION_FILE = "reward_normalization.json"
+"""File in a reward model's folder holding the mean and std its raw scores are standardized with."""
+
+Messages = Sequence[Any]
+"""A chat prompt: ``{"role", "content"}`` dicts or ``posttrain.data.records.Message`` objects."""
+
+
+# --------------------------------------------------------------------------- the score
+
+
+def hf_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside DDP/compile wrappers and a peft wrapper, if any."""
+    from posttrain.models.loading import unwrap_model
+    from posttrain.models.lora import is_peft_model
+
+    model = unwrap_model(model)
+    return model.get_base_model() if is_peft_model(model) else model
+
+
+def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(backbone returning ``last_hidden_state``, scalar head) of a sequence-classification model."""
+    hf = hf_model(model)
+    head = getattr(hf, "score", None)
+    head = getattr(hf, "classifier", None) if head is None else head
+    if head is None or getattr(hf.config, "num_labels", None) != 1:
+        raise TypeError(f"{type(hf).__name__} is not a reward model: expected an AutoModelForSequenceClassification "
+                        f"with num_labels=1 and a `score` head; load it with posttrain.models.reward.load_reward_model")
+    return getattr(hf, hf.base_model_prefix), head
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) position ids counting real tokens from 0, so a left-padded row has the positions it has alone."""
+    return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
+
+
+def padded_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw rewards (B,) float32 of a padded batch: the head applied at each row's last real token."""
+    backbone, head = backbone_and_head(model)
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
+                      position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state  # (B, T, H)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, last_token_index(attention_mask.bool())]).squeeze(-1).float()  # (B,)
+
+
+def packed_rewards(model: torch.nn.Module, batch: "PackedBatch") -> torch.Tensor:
+    """Raw rewards (N,) of a packed batch, in the order the N examples were given to ``pack_examples``."""
+    backbone, head = backbone_and_head(model)
+    hidden = backbone(**batch.model_inputs()).last_hidden_state  # (R, T, H)
+    n = sum(len(spans) for spans in batch.example_spans)
+    rows, cols = [0] * n, [0] * n
+    for r, (spans, index) in enumerate(zip(batch.example_spans, batch.example_index)):
+        for (_, end), i in zip(spans, index):
+            rows[i], cols[i] = r, end - 1
+    device = hidden.device
+    last = hidden[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, H)
+    return head(last).squeeze(-1).float()
+
+
+# --------------------------------------------------------------------------- shared-prefix packing
+#
+# The responses of one comparison share their prompt. Causal attention makes a prompt token's hidden
+# states independent of what follows it, so the prompt (any common prefix) can be computed once and
+# each response continue from it: [prefix, rest_1, rest_2, ...] in one row, rest_i's positions
+# continuing from the prefix, and rest_i attending to the prefix and to itself only. The encoding
+# lives in position_ids alone: a segment starts wherever a position does not follow the previous
+# one by 1; a segment starting at position 0 is a root, one starting at p > 0 continues the latest
+# root's first p tokens. (Roots only is plain packing.) The scores equal separate forwards of each
+# whole sequence up to float rounding, at the cost of the prompt once instead of K times.
+
+SHARED_PREFIX_ATTENTION = "posttrain_shared_prefix_sdpa"
+"""Name under which :func:`use_shared_prefix_attention` registers :func:`shared_prefix_sdpa_attention`."""
+
+
+@dataclass
+class SharedPrefixBatch:
+    """Groups of sequences sharing a prefix, packed in one row (see the section comment)."""
+
+    input_ids: torch.Tensor
+    """(1, T) token ids: each group's shared prefix once, then each sequence's remaining tokens."""
+    position_ids: torch.Tensor
+    """(1, T) positions each token has in its own whole sequence."""
+    score_columns: torch.Tensor
+    """(N,) long column of each sequence's last token, sequences in input order."""
+    num_sequence_tokens: int
+    """Tokens of the N sequences as if unpacked (prefixes counted once per sequence)."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the row (what the forward costs)."""
+        return int(self.input_ids.shape[1])
+
+    def to(self, device) -> "SharedPrefixBatch":
+        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device),
+                                 self.score_columns.to(device), self.num_sequence_tokens)
+
+    def model_inputs(self) -> dict[str, Any]:
+        # No attention_mask and no cache: the attention reads the layout from position_ids.
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences[1:]):
+        n += 1
+    return n
+
+
+def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]]) -> SharedPrefixBatch:
+    """One row holding every group: its shared prefix once, then the rest of each of its sequences."""
+    ids: list[int] = []
+    positions: list[int] = []
+    ends: list[int] = []
+    for group in groups:
+        if not group or any(len(s) == 0 for s in group):
+            raise ValueError("pack_shared_prefix: every group needs at least one non-empty sequence")
+        p = shared_prefix_length(group) if len(group) > 1 else 0
+        ids += list(group[0][:p])
+        positions += list(range(p))
+        for seq in group:
+            ids += list(seq[p:])
+            positions += list(range(p, len(seq)))
+            ends.append(len(ids) - 1)
+    return SharedPrefixBatch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor(ends),
+                             sum(len(s) for g in groups for s in g))
+
+
+def prefix_segments(positions: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """(start, end, root_start, prefix_length) of each segment of a row of positions (T,); a root has
+    prefix_length 0, a continuation attends to ``[root_start, root_start + prefix_length)`` first."""
+    breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
+    starts, firsts = [0] + breaks, positions[[0] + breaks].tolist()
+    out, root, root_end = [], 0, 0
+    for start, end, first in zip(starts, starts[1:] + [len(positions)], firsts):
+        if first == 0:
+            root, root_end = start, end
+            out.append((start, end, start, 0))
+        elif first <= root_end - root:
+            out.append((start, end, root, first))
+        else:
+            raise ValueError(f"positions {start}..{end} continue a prefix of {first} tokens, but the root "
+                             f"segment before them has {root_end - root}; build rows with pack_shared_prefix")
+    return out
+
+
+def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                                 position_ids=None, **kwargs):
+    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
+    None)) for :class:`SharedPrefixBatch` rows: causal sdpa per root segment, and for a continuation
+    sdpa of its queries over [its prefix's keys, its own keys] (the prefix fully visible, itself causal).
+    Masked or cached calls (padding, generation) go to transformers' sdpa unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    length = query.shape[2]
+    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    for b in range(query.shape[0]):
+        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
+        parts = []
+        for start, end, root, prefix in prefix_segments(position_ids[b if position_ids.shape[0] > 1 else 0]):
+            if prefix == 0:
+                parts.append(sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], dropout_p=dropout,
+                                  scale=scaling, is_causal=True, enable_gqa=gqa))
+                continue
+            keys = torch.cat([k[:, :, root:root + prefix], k[:, :, start:end]], dim=2)
+            values = torch.cat([v[:, :, root:root + prefix], v[:, :, start:end]], dim=2)
+            # Query i (position prefix + i) sees the whole prefix and its own tokens up to itself.
+            mask = torch.ones(end - start, prefix + end - start, dtype=torch.bool, device=q.device).tril(prefix)
+            parts.append(sdpa(q[:, :, start:end], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling,
+                              enable_gqa=gqa))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def _shared_prefix_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
+    """No mask for a training forward (the attention reads position_ids); transformers' sdpa mask otherwise."""
+    from transformers.masking_utils import sdpa_mask
+
+    if attention_mask is None and q_offset == 0 and q_length == kv_length:
+        return None
+    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
+
+
+def use_shared_prefix_attention(model: torch.nn.Module) -> str:
+    """Switch a transformers model (sdpa or eager attention) to :func:`shared_prefix_sdpa_attention`
+    (which also runs plainly packed rows and padded batches); return the implementation it had."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_sdpa_attention)
+    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _shared_prefix_mask)
+    hf = hf_model(model)
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation(SHARED_PREFIX_ATTENTION)
+    return before
+
+
+def shared_prefix_rewards(model: torch.nn.Module, batch: SharedPrefixBatch) -> torch.Tensor:
+    """Raw rewards (N,) of a :class:`SharedPrefixBatch` (the model needs :func:`use_shared_prefix_attention`)."""
+    backbone, head = backbone_and_head(model)
+    hidden = backbone(**batch.model_inputs()).last_hidden_state  # (1, T, H)
+    return head(hidden[0, batch.score_columns]).squeeze(-1).float()
+
+
+class RewardModel(torch.nn.Module):
+    """A sequence-classification model whose forward returns one raw reward per sequence.
+
+    ``forward(batch)`` takes a padded :class:`~posttrain.data.collate.Batch`, a packed
+    :class:`~posttrain.data.packing.PackedBatch` or a :class:`SharedPrefixBatch` and returns (N,) float32. Being a module, it is
+    what DDP wraps in training.
+    """
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+        backbone_and_head(model)  # fail early on a model without a scalar head
+
+    def forward(self, batch: "Batch | PackedBatch | SharedPrefixBatch") -> torch.Tensor:
+        if isinstance(batch, SharedPrefixBatch):
+            return shared_prefix_rewards(self.model, batch)
+        if hasattr(batch, "example_spans"):
+            return packed_rewards(self.model, batch)
+        return padded_rewards(self.model, batch.input_ids, batch.attention_mask)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = True) -> torch.nn.Module:
+    """``AutoModelForSequenceClassification`` (num_labels=1) from ``cfg.name_or_path``: a causal LM
+    folder (the SFT model: its LM head is dropped and a new scalar head initialised from the current
+    torch seed) or a reward-model folder (its head is kept).
+
+    The model config's ``pad_token_id`` is set to the tokenizer's, so transformers' own forward works
+    on the exported folder too. ``cfg.lora.enabled`` (training only) adds a LoRA adapter on the
+    backbone and trains the head in full (peft ``SEQ_CLS``). for_training=False: eval mode, frozen.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from posttrain.models.loading import (ModelLoadError, check_safetensors_folder, fit_embeddings, resolve_device,
+                                          resolve_dtype, resolve_model_path)
+
+    path = resolve_model_path(cfg.name_or_path)
+    device = resolve_device(cfg.device)
+    kwargs: dict[str, Any] = dict(num_labels=1, dtype=resolve_dtype(cfg.dtype, device), use_safetensors=True,
+                                  trust_remote_code=cfg.trust_remote_code)
+    if cfg.attn_implementation:
+        kwargs["attn_implementation"] = cfg.attn_implementation
+    if Path(path).is_dir():
+        check_safetensors_folder(path)
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    level = transformers_logger.level
+    transformers_logger.setLevel(logging.ERROR)  # "score.weight newly initialized" is expected; reported below
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"model.name_or_path: cannot load {path} as a reward model (a causal LM or "
+                             f"sequence-classification folder): {e}") from None
+    finally:
+        transformers_logger.setLevel(level)
+    if tokenizer is not None:
+        fit_embeddings(model, tokenizer)
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if for_training and cfg.lora.enabled:
+        model = _apply_seq_cls_lora(model, cfg.lora)
+    model.to(device)
+    if for_training:
+        model.train()
+    else:
+        model.eval()
+        model.requires_grad_(False)
+    return model
+
+
+def _apply_seq_cls_lora(model, lora_cfg):
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+
+    targets = list(lora_cfg.target_modules)
+    peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
+                              target_modules="all-linear" if targets == ["all-linear"] else targets,
+                              task_type="SEQ_CLS", bias="none")  # SEQ_CLS trains the `score` head in full
+    return get_peft_model(model, peft_cfg)
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+@dataclass(frozen=True)
+class RewardNormalization:
+    """``(raw - mean) / std``, measured on a reference set of prompts and responses."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    count: int = 0
+    """Responses the statistics were measured on (0: identity, not measured)."""
+    reference: str = ""
+    """What the reference set was, in words."""
+
+    def apply(self, raw: torch.Tensor) -> torch.Tensor:
+        return (raw - self.mean) / self.std
+
+    def save(self, folder: str | Path) -> Path:
+        path = Path(folder) / NORMALIZATION_FILE
+        path.write_text(self.to_json(), encoding="utf-8")
+        return path
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "RewardNormalization | None":
+        """The normalization saved in ``folder``, or None when there is none."""
+        path = Path(folder) / NORMALIZATION_FILE
+        if not path.is_file():
+            return None
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not (isinstance(data.get("std"), (int, float)) and data["std"] > 0 and math.isfinite(data["std"])):
+            raise ValueError(f"{path}: std must be a positive number, got {data.get('std')!r}")
+        return cls(**data)
+
+
+def fit_normalization(raw: torch.Tensor, reference: str) -> RewardNormalization:
+    """Mean and (population) std of raw rewards (N,), N >= 2; a zero std is an error (a constant model)."""
+    raw = raw.double()
+    if raw.numel() < 2:
+        raise ValueError(f"normalization needs at least 2 reference responses, got {raw.numel()}")
+    std = float(raw.std(unbiased=False))
+    if not std > 1e-8:
+        raise ValueError(f"every reference response gets the same reward ({float(raw[0]):.6g}): the reward model "
+                         f"does not tell them apart, so it cannot be normalized; check its training")
+    return RewardNormalization(float(raw.mean()), std, int(raw.numel()), reference)
+
+
+# --------------------------------------------------------------------------- scorers
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """Whatever gives rewards: ``score(prompts, responses, batch_size) -> (B,) float tensor``.
+
+    ``prompts[i]`` is a chat prompt (messages), ``responses[i]`` the assistant's reply to it.
+    """
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        ...
+
+
+class FunctionScorer:
+    """A Python function ``fn(prompts, responses) -> sequence of floats`` as a :class:`Scorer`
+    (a rule-based reward, a verifier, or the world's gold reward)."""
+
+    def __init__(self, fn: Callable[[Sequence[Messages], Sequence[str]], Sequence[float]], name: str = "function"):
+        self.fn, self.name = fn, name
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        _check_lengths(prompts, responses)
+        values = torch.as_tensor(list(self.fn(prompts, responses)), dtype=torch.float32)
+        if values.shape != (len(prompts),):
+            raise ValueError(f"scorer {self.name!r} returned {tuple(values.shape)} values for {len(prompts)} responses")
+        return values
+
+
+def _check_lengths(prompts: Sequence, responses: Sequence) -> None:
+    if len(prompts) != len(responses):
+        raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses: give one response per prompt "
+                         f"(repeat a prompt to score several responses to it)")
+
+
+def as_dicts(messages: Messages) -> list[dict[str, str]]:
+    """Chat messages as ``{"role", "content"}`` dicts (accepts dicts and Message records)."""
+    return [dict(m) if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
+
+
+class RewardScorer:
+    """A trained reward model ready to score: tokenizer, model, normalization.
+
+    >>> scorer = RewardScorer.from_pretrained("runs/reward-world/final")
+    >>> scorer.score([[{"role": "user", "content": "What is 2 + 3?"}]], ["2 + 3 = 5."])   # (1,) normalized
+
+    Sequences are rendered with the tokenizer's chat template, sorted by length into batches of
+    ``batch_size`` and right-padded; results come back in input order and do not depend on
+    ``batch_size`` (up to float rounding). ``max_length`` (None: no limit) cuts longer sequences
+    from the left, keeping the response: each cut is counted in ``truncated`` and logged.
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer, normalization: RewardNormalization | None = None,
+                 max_length: int | None = None):
+        self.model, self.tokenizer = model, tokenizer
+        self.normalization = normalization or RewardNormalization()
+        self.max_length = max_length
+        self.truncated = 0
+        backbone_and_head(model)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto",
+                        max_length: int | None = None, normalize: bool = True) -> "RewardScorer":
+        """Load an exported reward-model folder; ``normalize=False`` ignores its saved normalization."""
+        from posttrain.models.config import ModelConfig
+        from posttrain.models.loading import load_tokenizer, resolve_model_path
+
+        cfg = ModelConfig(name_or_path=str(path), device=device, dtype=dtype)
+        tokenizer = load_tokenizer(cfg)
+        model = load_reward_model(cfg, tokenizer, for_training=False)
+        normalization = RewardNormalization.load(resolve_model_path(str(path))) if normalize else None
+        if normalize and normalization is None:
+            logger.warning("%s has no %s: scores are raw (not standardized)", path, NORMALIZATION_FILE)
+        return cls(model, tokenizer, normalization, max_length)
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16,
+              normalize: bool = True) -> torch.Tensor:
+        """(B,) rewards of ``responses[i]`` to ``prompts[i]``; normalized unless ``normalize=False``."""
+        from posttrain.data.chat import render_prompt_response
+
+        _check_lengths(prompts, responses)
+        ids = [render_prompt_response(self.tokenizer, as_dicts(p), [{"role": "assistant", "content": r}]).input_ids
+               for p, r in zip(prompts, responses)]
+        return self.score_ids(ids, batch_size, normalize)
+
+    def score_conversations(self, conversations: Sequence[Messages], batch_size: int = 16,
+                            normalize: bool = True) -> torch.Tensor:
+        """(B,) rewards of whole conversations, each ending with the assistant turn being judged."""
+        from posttrain.data.chat import render_text
+
+        ids = [self.tokenizer(render_text(self.tokenizer, as_dicts(c)), add_special_tokens=False)["input_ids"]
+               for c in conversations]
+        return self.score_ids(ids, batch_size, normalize)
+
+    @torch.no_grad()
+    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 16, normalize: bool = True) -> torch.Tensor:
+        """(B,) rewards of token-id sequences (chat-rendered prompt + response), on the CPU."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        sequences = [self._fit(list(s), i) for i, s in enumerate(sequences)]
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        out = torch.empty(len(sequences), dtype=torch.float32)
+        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # little padding per batch
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                width = max(len(sequences[i]) for i in rows)
+                input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+                mask = torch.zeros((len(rows), width), dtype=torch.bool)
+                for r, i in enumerate(rows):
+                    input_ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
+                    mask[r, :len(sequences[i])] = True
+                out[rows] = padded_rewards(self.model, input_ids.to(device), mask.to(device)).cpu()
+        finally:
+            self.model.train(was_training)
+        return self.normalization.apply(out) if normalize else out
+
+    def _fit(self, ids: list[int], index: int) -> list[int]:
+        if not ids:
+            raise ValueError(f"sequence {index} is empty: nothing to score")
+        if self.max_length is None or len(ids) <= self.max_length:
+            return ids
+        self.truncated += 1
+        logger.warning("reward scorer: sequence %d has %d tokens, cut from the left to max_length=%d "
+                       "(%d cut so far)", index, len(ids), self.max_length, self.truncated)
+        return ids[-self.max_length:]
+
+
+class CombinedScorer:
+    """Llama 2's helpfulness + safety reward (:func:`posttrain.rl.rewards.llama2_combined_reward`):
+    the safety model's score where the prompt is flagged unsafe (``unsafe_prompt``) or the safety
+    score's sigmoid falls below ``threshold``, the helpfulness model's score elsewhere."""
+
+    def __init__(self, helpfulness: Scorer, safety: Scorer, unsafe_prompt: Callable[[Messages], bool] | None = None,
+                 threshold: float = 0.15):
+        self.helpfulness, self.safety = helpfulness, safety
+        self.unsafe_prompt = unsafe_prompt or (lambda prompt: False)
+        self.threshold = threshold
+
+    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+        from posttrain.rl.rewards import llama2_combined_reward
+
+        _check_lengths(prompts, responses)
+        helpful = self.helpfulness.score(prompts, responses, batch_size=batch_size)
+        safe = self.safety.score(prompts, responses, batch_size=batch_size)
+        flagged = torch.tensor([bool(self.unsafe_prompt(p)) for p in prompts], dtype=torch.bool)
+        return llama2_combined_reward(helpful, safe, flagged, self.threshold)

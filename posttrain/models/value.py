@@ -1,0 +1,158 @@
+"""Value functions for PPO, and the module that holds a policy together with its value function.
+
+PPO's critic predicts, at every response position, the return that follows (V(s_t), the state
+being the prompt and the response tokens before t). Two shapes are offered:
+
+- **a value head on the policy** (``ValueHead`` on the policy's last hidden states): one forward
+  pass gives the log-probs and the values, and no second backbone is held or trained; the
+  policy's features are shared with the critic (Stiennon et al. 2020 used separate networks,
+  Ziegler et al. 2019 shared ones);
+- **a separate critic** (:class:`Critic`): its own transformer backbone plus a head, initialised
+  from a reward-model folder (InstructGPT, Ouyang et al. 2022 §3.5: "we initialize the value
+  function from the RM") or from any causal-LM folder, the head then starting at zero.
+
+:class:`ActorCritic` wraps the policy and its value function in one ``nn.Module``, so one
+optimizer, one checkpoint and one DDP wrapper cover both. Its forward runs the LM head only on
+the positions that predict response tokens, so the (tokens, vocab) logits of the prompt are never
+made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+# Config fields of architectures whose logits are not a plain `lm_head(hidden)` (soft-capping, scaling).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
+
+
+def transformers_model(lm: nn.Module) -> nn.Module:
+    """The transformers model itself: inside a peft wrapper (whose LoRA layers it holds) if there is one."""
+    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
+
+
+def plain_lm_head(lm: nn.Module) -> bool:
+    """True when the model's logits are ``lm_head(last hidden state)``, nothing more (Llama, Qwen, Mistral...)."""
+    config = transformers_model(lm).config
+    return not any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
+
+
+class ValueHead(nn.Module):
+    """A linear map from a hidden state to a scalar value, zero at initialisation (so the first
+    advantages are the raw returns rather than noise from a random projection)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.summary.weight)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, T, H) -> (B, T) float32."""
+        return self.summary(hidden.to(self.summary.weight.dtype)).squeeze(-1).float()
+
+
+class Critic(nn.Module):
+    """A separate value model: a transformer backbone (``AutoModel``) and a :class:`ValueHead`."""
+
+    def __init__(self, backbone: nn.Module, head: ValueHead):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
+        """Values at every position, (B, T)."""
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        return self.head(hidden)
+
+
+def load_critic(path: str, dtype: torch.dtype, device: torch.device) -> Critic:
+    """A :class:`Critic` from a Hugging Face folder: a reward model (``*ForSequenceClassification``
+    with one label: its backbone, and its score layer as the head) or a causal LM (its backbone;
+    the head starts at zero). Weights from safetensors only."""
+    from safetensors import safe_open
+    from transformers import AutoModel
+
+    from posttrain.models.loading import check_safetensors_folder, resolve_model_path
+
+    folder = Path(resolve_model_path(path))
+    check_safetensors_folder(folder)
+    backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)
+    head = ValueHead(backbone.config.hidden_size)
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as f:
+            weight = next((k for k in f.keys() if k.split(".")[-2:] == ["score", "weight"]), None)
+            if weight is None:
+                continue
+            score = f.get_tensor(weight)
+            if score.shape != head.summary.weight.shape:
+                raise ValueError(f"critic: {file} has a score layer of shape {tuple(score.shape)}; a value head "
+                                 f"needs one output ({tuple(head.summary.weight.shape)}): use a reward model "
+                                 f"with num_labels=1, or a causal-LM folder")
+            head.summary.weight.data.copy_(score)
+            bias = weight[: -len("weight")] + "bias"
+            if bias in f.keys():
+                head.summary.bias.data.copy_(f.get_tensor(bias).reshape(1))
+    return Critic(backbone, head).to(device)
+
+
+@dataclass
+class ResponseOutput:
+    """What the policy (and critic) say about the response tokens of a batch of rollouts."""
+
+    logits: torch.Tensor
+    """(B, R, V) next-token logits at the positions that predict response tokens 0..R-1."""
+    values: torch.Tensor | None
+    """(B, R) V(s_t) at the same positions (the state before response token t), or None without a critic."""
+
+
+class ActorCritic(nn.Module):
+    """A causal-LM policy (plain or peft) with a value head on it, a separate :class:`Critic`, or
+    no value function (critic-free RLOO / GRPO)."""
+
+    def __init__(self, policy: nn.Module, value_head: ValueHead | None = None, critic: Critic | None = None):
+        super().__init__()
+        if value_head is not None and critic is not None:
+            raise ValueError("ActorCritic takes a value head on the policy or a separate critic, not both")
+        self.policy, self.value_head, self.critic = policy, value_head, critic
+
+    @property
+    def has_values(self) -> bool:
+        return self.value_head is not None or self.critic is not None
+
+    def forward(self, input_ids, attention_mask, position_ids, response_start: int, response_length: int,
+                with_values: bool = True) -> ResponseOutput:
+        """Logits (and values) for the responses, which occupy columns
+        ``response_start .. response_start + response_length - 1`` of the (B, T) inputs."""
+        head_values = with_values and self.value_head is not None
+        logits, hidden = response_logits(self.policy, input_ids, attention_mask, position_ids, response_start,
+                                         response_length, return_hidden=head_values)
+        values = None
+        if head_values:
+            values = self.value_head(hidden)
+        elif with_values and self.critic is not None:
+            span = slice(response_start - 1, response_start - 1 + response_length)
+            values = self.critic(input_ids, attention_mask, position_ids)[:, span]
+        return ResponseOutput(logits=logits, values=values)
+
+
+def response_logits(lm: nn.Module, input_ids, attention_mask, position_ids, response_start: int,
+                    response_length: int, return_hidden: bool = False):
+    """(logits (B, R, V), last hidden states (B, R, H) or None) of causal LM ``lm`` at the positions
+    that predict the response tokens in columns ``response_start .. response_start + R - 1``.
+
+    Position p predicts token p + 1, so these are the R columns just before the response. The LM
+    head runs on them only, unless the architecture transforms its logits (soft-capping...).
+    """
+    span = slice(response_start - 1, response_start - 1 + response_length)
+    hf = transformers_model(lm)
+    if plain_lm_head(lm):
+        hidden = hf.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                  use_cache=False).last_hidden_state[:, span]
+        return hf.get_output_embeddings()(hidden), (hidden if return_hidden else None)
+    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
+             output_hidden_states=return_hidden)
+    return out.logits[:, span], (out.hidden_states[-1][:, span] if return_hidden else None)

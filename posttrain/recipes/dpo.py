@@ -1,0 +1,736 @@
+"""Direct preference optimization and its relatives: learn from comparisons with no reward model and no RL.
+
+    posttrain dpo --config configs/dpo/world.yaml
+
+DPO (Rafailov et al. 2023) writes the reward in terms of the policy, r = beta * log(pi / pi_ref)
++ beta * log Z(x), so the partition function cancels in the Bradley-Terry likelihood of a pair
+and preference learning becomes classification of (chosen, rejected) log-ratio differences. The
+loss is chosen by ``loss`` among the pure functions of ``posttrain.losses.dpo`` (DPO, cDPO, IPO,
+SimPO, ORPO, KTO; each cites its paper and equation).
+
+Efficiency:
+
+- **One forward per micro-batch**: the B chosen and B rejected sequences are padded into one
+  (2B, T) batch (``posttrain.data.preference``) and only the positions that predict a response
+  token go through the LM head (:class:`SequenceLogps`).
+- **Reference log-probs computed once** (``reference=precompute``): before training, the reference
+  scores every training and held-out sequence and the (N, 2) table is cached on disk as
+  safetensors under a key of (reference weights, tokenized data, dtype); a rerun or a resume finds
+  it and skips the pass. The starting policy is the reference, so the pass runs on the policy
+  itself before its first update: no second model is loaded.
+- **LoRA**: the reference is the same model with its adapter disabled
+  (``posttrain.models.lora.disabled_adapter``), live or precomputed; never a second copy.
+
+Metrics: the loss, implicit rewards of chosen and rejected (beta * log pi/pi_ref), reward accuracy
+and margin, chosen/rejected log-probs (per step, and on held-out pairs at each evaluation), and
+KL(policy || reference) on held-out prompts from sampled responses (k1 and k3 estimates).
+
+Data: preference files (``data.train``), or the embedded world (``data.train`` empty): prompts of
+its task families, responses sampled from the policy and/or the world's candidate responses,
+pairs labelled by its simulated annotators, its gold reward or a reward model (``labeler``). In
+the world the run also reports the held-out gold reward and the gold win-rate against the
+starting policy.
+
+Iterative DPO (``rounds`` > 1): each round samples responses from the current policy, labels pairs
+of them, and trains on the new pairs from the last round's model, which is also the round's
+reference (``round_reference``); Llama 2's iterative rounds (Touvron et al. 2023, §3.2) and
+iterative DPO (Xu et al. 2023, "Some things are more cringe than others"). Round k lives in
+``run_dir/round-k``; the last round's model is ``run_dir/final``; ``run_dir/rounds.json``
+summarizes them. Finished rounds are skipped when a run is started again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from posttrain.data.chat import PromptResponse
+from posttrain.data.collate import IGNORE_INDEX
+from posttrain.data.preference import (
+    PreferenceBatch, PreferenceExample, UnpairedBatch, UnpairedExample, collate_preferences, collate_unpaired,
+    preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
+)
+from posttrain.data.records import Message, Preference
+from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
+from posttrain.losses.sft import linear_token_logps, shift_labels, token_logps
+from posttrain.recipes.config import DPOConfig
+from posttrain.recipes.sft import _LOGIT_TRANSFORMS, stop_at_end_of_turn, transformers_model
+from posttrain.training.loop import (
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run, shard, total_steps,
+    train_step,
+)
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sampler import StepSampler
+
+# --- scoring and losses -----------------------------------------------------------------------
+
+
+class SequenceLogps(torch.nn.Module):
+    """A causal LM whose forward returns each sequence's summed log-prob of its response tokens, (R,).
+
+    The backbone runs on every token; the LM head only on the positions that predict a response
+    token, so the (R, T, V) logits of prompts and padding are never made. Takes a padded or a
+    packed layout (``posttrain.data.preference.SequenceBatch``, through :func:`inputs`);
+    ``per_token=True`` returns the token log-probs instead, shaped like ``input_ids`` (the
+    log-prob of token t + 1 at position t, 0 off the response). Being a module, it is what DDP wraps.
+    """
+
+    def __init__(self, lm: torch.nn.Module, chunk_size: int = 0):
+        super().__init__()
+        self.lm = lm
+        self.chunk_size = chunk_size or 1 << 30
+
+    def forward(self, input_ids, response_mask, num_sequences: int, attention_mask=None, position_ids=None,
+                sequence_ids=None, per_token: bool = False) -> torch.Tensor:
+        hf = transformers_model(self.lm)
+        targets = shift_labels(torch.where(response_mask, input_ids, IGNORE_INDEX))  # (R, T)
+        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
+                        "use_cache": False}
+        head = hf.get_output_embeddings()
+        if getattr(head, "bias", None) is not None or any(
+                getattr(hf.config, k, None) not in (None, 1.0) for k in _LOGIT_TRANSFORMS):
+            tokens = token_logps(self.lm(**model_inputs).logits, targets)  # (R, T)
+        else:
+            hidden = hf.base_model(**model_inputs).last_hidden_state  # (R, T, H)
+            keep = targets != IGNORE_INDEX
+            picked = linear_token_logps(hidden[keep][None], head.weight, targets[keep][None],
+                                        chunk_size=self.chunk_size)[0]  # (N,)
+            tokens = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
+        if per_token:
+            return tokens
+        if sequence_ids is None:
+            return tokens.sum(-1)
+        return tokens.new_zeros(num_sequences).index_add(0, sequence_ids.flatten(), tokens.flatten())
+
+
+@dataclass
+class Micro:
+    """A micro-batch and the reference log-probs of its rows, when they were precomputed."""
+
+    batch: PreferenceBatch | UnpairedBatch
+    reference: torch.Tensor | None = None
+    """(B, 2): chosen and rejected (pairs) or completion and KL row (unpaired) reference log-probs."""
+
+
+def inputs(batch) -> dict[str, Any]:
+    """:class:`SequenceLogps` arguments for a padded or packed batch."""
+    return {"input_ids": batch.input_ids, "response_mask": batch.response_mask, "num_sequences": batch.num_sequences,
+            "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
+            "sequence_ids": batch.sequence_ids}
+
+
+def loss_settings(cfg: DPOConfig) -> dict[str, Any]:
+    """The keyword arguments of the configured loss function."""
+    return {"sigmoid": {"beta": cfg.beta}, "cdpo": {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
+            "ipo": {"beta": cfg.beta}, "simpo": {"beta": cfg.beta, "gamma": cfg.simpo_gamma},
+            "orpo": {"lam": cfg.orpo_lambda},
+            "kto": {"beta": cfg.beta, "desirable_weight": cfg.kto_desirable_weight,
+                    "undesirable_weight": cfg.kto_undesirable_weight}}[cfg.loss]
+
+
+def uses_reference(cfg: DPOConfig) -> bool:
+    return cfg.loss not in REFERENCE_FREE_LOSSES
+
+
+Reference = Callable[[Micro], torch.Tensor]
+"""micro-batch -> its (B, 2) reference log-probs (precomputed, or scored now)."""
+
+
+def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
+    """``(model, micro) -> (loss summed over pairs or examples, metrics summed likewise)`` for train_step."""
+    settings = loss_settings(cfg)
+
+    def pair_loss(model, micro: Micro):
+        batch = micro.batch
+        chosen, rejected = batch.split(model(**inputs(batch)))  # one forward for both halves
+        if cfg.loss in REFERENCE_FREE_LOSSES:
+            lengths = batch.split(batch.response_lengths())
+            loss, metrics = REFERENCE_FREE_LOSSES[cfg.loss](chosen, rejected, *lengths, **settings)
+        else:
+            ref = reference(micro)
+            loss, metrics = DPO_LOSSES[cfg.loss](chosen, rejected, ref[:, 0], ref[:, 1], **settings)
+        if cfg.nll_weight:
+            nll = chosen_nll(chosen, batch.split(batch.response_lengths())[0])
+            loss = loss + cfg.nll_weight * nll
+            metrics["nll"] = nll.detach()
+        n = batch.num_pairs
+        return loss * n, {k: v * n for k, v in metrics.items()}
+
+    def unpaired_loss(model, micro: Micro):
+        batch, n = micro.batch, micro.batch.num_examples
+        policy = model(**inputs(batch))
+        ref = reference(micro)
+        z0 = 0.0
+        if batch.kl is not None:
+            with torch.no_grad():  # z0 carries no gradient (KTO §4.1), so its rows need no graph
+                z0 = kto_reference_point(model(**inputs(batch.kl)), ref[:, 1])
+        loss, metrics = kto_loss(policy, ref[:, 0], batch.desirable, z0, **settings)
+        return loss * n, {k: torch.as_tensor(v) * n for k, v in metrics.items()}
+
+    return unpaired_loss if cfg.loss == "kto" else pair_loss
+
+
+def count_units(micro: Micro) -> int:
+    batch = micro.batch
+    return batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_examples
+
+
+# --- reference log-probs ------------------------------------------------------------------------
+
+def weights_fingerprint(lm: torch.nn.Module) -> str:
+    """A hash of the weights the reference computes with (a LoRA adapter's own weights left out, so
+    the disabled-adapter policy and the plain base model agree): per tensor its name, shape, dtype,
+    float64 sum and sum of squares, and a strided sample of its values."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(transformers_model(lm).state_dict().items()):
+        if "lora_" in name or "token_adapter" in name:
+            continue
+        flat = tensor.detach().flatten()
+        sample = flat[:: max(1, flat.numel() // 1024)][:1024].double().cpu()
+        stats = torch.stack([flat.double().sum(), flat.double().square().sum()]).cpu()
+        digest.update(f"{name.replace('.base_layer', '')}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        digest.update(sample.numpy().tobytes() + stats.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rows_of(example: PreferenceExample | UnpairedExample) -> list[PromptResponse]:
+    if isinstance(example, PreferenceExample):
+        return [example.chosen, example.rejected]
+    return [example.example] + ([example.kl] if example.kl is not None else [])
+
+
+def data_fingerprint(examples: list) -> str:
+    """A hash of the tokenized sequences and response masks, in order (covers template, length limits, ...)."""
+    digest = hashlib.sha256()
+    for example in examples:
+        for row in rows_of(example):
+            digest.update(torch.tensor(row.input_ids, dtype=torch.int64).numpy().tobytes())
+            digest.update(bytes(row.loss_mask) + b"|")
+    return digest.hexdigest()
+
+
+def collate(examples: list, pad_id: int, indices: list[int] | None = None, packed: bool = False):
+    if examples and isinstance(examples[0], UnpairedExample):
+        return collate_unpaired(examples, pad_id, indices, packed)
+    return collate_preferences(examples, pad_id, indices, packed)
+
+
+def columns(batch, scorer) -> torch.Tensor:
+    """(B, 2) log-probs under ``scorer`` of a batch's two sequence groups: chosen and rejected, or
+    completion and KL row (0 when there are no KL rows: then unused)."""
+    if isinstance(batch, PreferenceBatch):
+        return torch.stack(batch.split(scorer(**inputs(batch))), dim=1)
+    first = scorer(**inputs(batch))
+    return torch.stack([first, scorer(**inputs(batch.kl)) if batch.kl is not None else torch.zeros_like(first)], 1)
+
+
+@torch.no_grad()
+def score_examples(ctx: RunContext, scorer, examples: list, pad_id: int, batch_size: int,
+                   packed: bool = False) -> torch.Tensor:
+    """(N, 2) reference log-probs of every example; processes share the work and exchange results."""
+    mine = list(range(len(examples)))[ctx.rank::ctx.world_size]
+    out = torch.zeros(len(examples), 2)
+    for start in range(0, len(mine), batch_size):
+        ids = mine[start:start + batch_size]
+        batch = collate([examples[i] for i in ids], pad_id, packed=packed).to(ctx.device)
+        out[ids] = columns(batch, scorer).float().cpu()
+    if ctx.world_size > 1:
+        parts: list = [None] * ctx.world_size
+        torch.distributed.all_gather_object(parts, (mine, out[mine]))
+        for ids, values in parts:
+            out[ids] = values
+    return out
+
+
+def cached_reference(cfg: DPOConfig, ctx: RunContext, scorer, datasets: dict[str, list], pad_id: int,
+                     model_key: str, dtype: str) -> dict[str, torch.Tensor]:
+    """(N, 2) reference log-probs of each dataset, from the cache, or computed by ``scorer`` now and cached."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(cfg.reference_cache or ctx.run_dir / "reference_logps")
+    out = {}
+    for name, examples in datasets.items():
+        if not examples:
+            out[name] = torch.zeros(0, 2)
+            continue
+        key_parts = {"model": model_key, "data": data_fingerprint(examples), "dtype": dtype, "rows": len(examples),
+                     "max_length": cfg.data.max_length, "overflow": cfg.data.overflow, "version": 1}
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
+        path = folder / f"{key}.safetensors"
+        if path.exists():
+            out[name] = load_file(path)["logps"]
+            ctx.print(f"reference log-probs of {len(examples)} {name} examples: reused {path}")
+            continue
+        out[name] = score_examples(ctx, scorer, examples, pad_id, 2 * cfg.train.batch_size, cfg.packing)
+        if ctx.is_main:
+            folder.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            save_file({"logps": out[name].contiguous()}, tmp, metadata={k: str(v) for k, v in key_parts.items()})
+            os.replace(tmp, path)  # atomic: a killed run never leaves half a cache file
+            ctx.print(f"reference log-probs of {len(examples)} {name} examples: computed, cached in {path}")
+        ctx.accelerator.wait_for_everyone()
+    return out
+
+
+def prepare_attention(cfg: DPOConfig, lm) -> None:
+    """Packed batches need attention within each sequence: posttrain's per-sequence sdpa replaces
+    sdpa/eager (flash attention reads the restarting positions itself)."""
+    from posttrain.data.packing import use_packed_attention
+
+    hf = transformers_model(lm)
+    if cfg.packing and str(hf.config._attn_implementation or "") in ("sdpa", "eager"):
+        use_packed_attention(hf)
+
+
+def load_reference_lm(cfg: DPOConfig, tokenizer):
+    from posttrain.models.loading import load_causal_lm
+
+    ref_cfg = dataclasses.replace(cfg.model, name_or_path=cfg.reference_model or cfg.model.name_or_path,
+                                  lora=dataclasses.replace(cfg.model.lora, enabled=False))
+    lm = load_causal_lm(ref_cfg, for_training=False, tokenizer=tokenizer)
+    prepare_attention(cfg, lm)
+    return lm
+
+
+class ReferencePolicy:
+    """Where the reference log-probs come from: the LoRA-disabled policy, a second model in memory
+    (live without LoRA), or a model loaded for the moment (precomputed runs, to measure KL)."""
+
+    def __init__(self, cfg: DPOConfig, policy: SequenceLogps, tokenizer):
+        from posttrain.models.lora import is_peft_model
+
+        self.cfg, self.policy, self.tokenizer = cfg, policy, tokenizer
+        self.lora = is_peft_model(policy.lm)
+        if self.lora and cfg.reference_model:
+            raise TrainingError("reference_model is set but the policy has a LoRA adapter, whose disabled "
+                                "adapter is the reference; leave reference_model empty or turn LoRA off")
+        self.copy = (SequenceLogps(load_reference_lm(cfg, tokenizer))
+                     if cfg.reference == "live" and not self.lora and uses_reference(cfg) else None)
+
+    @torch.no_grad()
+    def __call__(self, **kwargs) -> torch.Tensor:
+        from posttrain.models.lora import disabled_adapter
+
+        if self.copy is not None:
+            return self.copy(**kwargs)
+        if not self.lora:
+            raise RuntimeError("no reference in memory: use ReferencePolicy.loaded()")
+        with disabled_adapter(self.policy.lm):
+            return self.policy(**kwargs)
+
+    def loaded(self) -> "ReferencePolicy | SequenceLogps":
+        """Something that scores with the reference: self, or a freshly loaded copy (free it after use)."""
+        if self.copy is not None or self.lora:
+            return self
+        device = next(self.policy.parameters()).device
+        return SequenceLogps(load_reference_lm(self.cfg, self.tokenizer)).to(device)
+
+
+def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy, datasets: dict[str, list],
+                     pad_id: int) -> dict[str, torch.Tensor] | None:
+    """Precomputed (N, 2) reference log-probs per dataset; None when the reference scores live or
+    the loss needs none."""
+    if not uses_reference(cfg) or cfg.reference == "live":
+        return None
+    if cfg.reference_model and not ref.lora:
+        scorer = ref.loaded()
+        key_model = scorer.lm
+    else:  # the starting policy is the reference: score with it before its first update
+        scorer = ref if ref.lora else ref.policy
+        key_model = ref.policy.lm
+    was_training = ref.policy.training
+    ref.policy.eval()
+    dtype = str(next(ref.policy.parameters()).dtype)
+    tables = cached_reference(cfg, ctx, scorer, datasets, pad_id, weights_fingerprint(key_model), dtype)
+    ref.policy.train(was_training)
+    return tables
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+Scorer = Callable[[list, list], torch.Tensor]
+"""(prompts: message lists, responses: texts) -> (B,) rewards; or any object with such a .score method."""
+
+
+def as_scorer(scorer) -> Scorer | None:
+    if scorer is None or callable(getattr(scorer, "score", None)):
+        return None if scorer is None else (lambda prompts, responses: torch.as_tensor(scorer.score(prompts, responses)))
+    if callable(scorer):
+        return lambda prompts, responses: torch.as_tensor(scorer(prompts, responses))
+    raise TypeError(f"scorer must be a callable (prompts, responses) -> rewards or have a .score method; got {type(scorer)}")
+
+
+def label_pairs(prompts: list, pools: list[list[str]], judge, pairs_per_prompt: int, seed: int,
+                metas: list[dict]) -> tuple[list[Preference], int]:
+    """Pairs drawn at random from each prompt's pool of distinct responses, ordered by ``judge(i, a, b)``
+    (0: a preferred, 1: b preferred, None: a tie, skipped). Returns the records and the ties skipped."""
+    rng, out, ties = random.Random(f"dpo-pairs:{seed}"), [], 0
+    for i, (prompt, pool) in enumerate(zip(prompts, pools)):
+        pool = list(dict.fromkeys(pool))
+        if len(pool) < 2:
+            continue
+        for _ in range(pairs_per_prompt):
+            a, b = rng.sample(pool, 2)
+            choice = judge(i, a, b)
+            if choice is None:
+                ties += 1
+                continue
+            chosen, rejected = (a, b) if choice == 0 else (b, a)
+            out.append(Preference([Message(m["role"], m["content"]) for m in prompt],
+                                  [Message("assistant", chosen)], [Message("assistant", rejected)], None, dict(metas[i])))
+    return out, ties
+
+
+def make_judge(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None, scorer: Scorer | None):
+    """judge(i, a, b) for the configured labeler (a Python scorer wins)."""
+    if scorer is None and cfg.labeler == "reward_model":
+        if not cfg.reward_model:
+            raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
+        from posttrain.models.reward import RewardScorer
+
+        scorer = as_scorer(RewardScorer.from_pretrained(cfg.reward_model))
+    if scorer is None and cfg.labeler == "annotator":
+        from posttrain.world.annotators import Annotator, AnnotatorConfig
+
+        w = cfg.world
+        annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed))
+        return lambda i, a, b: annotator.prefer(examples[i], a, b, w.aspect)[0]
+    if scorer is None:  # gold
+        from posttrain.world.gold import gold_reward
+
+        score = {(i, t): gold_reward(examples[i], t).total for i, pool in enumerate(pools) for t in pool}
+    else:
+        flat = [(i, t) for i, pool in enumerate(pools) for t in dict.fromkeys(pool)]
+        values = scorer([prompts[i] for i, _ in flat], [t for _, t in flat]).float().flatten().tolist()
+        score = dict(zip(flat, values))
+    return lambda i, a, b: None if score[i, a] == score[i, b] else (0 if score[i, a] > score[i, b] else 1)
+
+
+def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
+    from posttrain.world.entities import make_world
+    from posttrain.world.tasks import FAMILIES, TRAIN_FAMILIES, make_tasks
+
+    w = cfg.world
+    families = list(w.families) or list(TRAIN_FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise TrainingError(f"world.families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    world, n = make_world(w.seed), (w.examples if split == "train" else w.eval_examples)
+    first = (round_index - 1) * n if split == "train" else 0  # each round gets new prompts
+    return [e for f in families for e in make_tasks(world, w.seed, f, split, first + n)[first:]]
+
+
+def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list, examples: list | None,
+                  scorer: Scorer | None, round_index: int, with_candidates: bool) -> list[Preference]:
+    """Responses sampled from ``lm`` (plus the world's candidates), labelled in pairs."""
+    from posttrain.generation.best_of_n import sample_responses
+
+    w = cfg.world
+    sampled = w.responses != "candidates" or round_index > 1 or examples is None
+    pools = [[] for _ in prompts]
+    if sampled:
+        pools = sample_responses(lm, tokenizer, prompts, w.samples_per_prompt, w.sample_max_tokens,
+                                 temperature=cfg.sample_temperature, seed=cfg.train.seed * 1000 + round_index)
+    if with_candidates and examples is not None:
+        from posttrain.world.annotators import candidate_responses
+
+        pools = [[c.text for c in candidate_responses(e)] + p for e, p in zip(examples, pools)]
+    metas = [{"task_id": e.id, "family": e.family} if examples else {} for e in (examples or prompts)]
+    judge = make_judge(cfg, prompts, pools, examples, scorer)
+    records, ties = label_pairs(prompts, pools, judge, w.pairs_per_prompt, cfg.train.seed * 1000 + round_index, metas)
+    sources = [f"{w.samples_per_prompt} policy samples"] * sampled + ["the world's candidates"] * with_candidates
+    ctx.print(f"round {round_index}: {len(records)} pairs from {len(prompts)} prompts ({' + '.join(sources)} each, "
+              f"labelled by {'a scorer' if scorer else cfg.labeler}); {ties} tied pairs skipped")
+    return records
+
+
+def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer | None,
+                  round_index: int) -> tuple[list, list]:
+    """(training records, held-out records) of this round, saved in run_dir so a resume reuses them."""
+    from posttrain.data.readers import read_records
+    from posttrain.data.writers import write_jsonl
+
+    saved = ctx.run_dir / "pairs.jsonl"
+    if saved.exists():
+        train = read_records(saved, "preference").expect("preference")
+    elif cfg.data.train and round_index == 1:
+        from posttrain.data.readers import read_many
+
+        train = read_many(cfg.data.train, cfg.data.format, cfg.data.split, cfg.data.skip_invalid).records
+    elif cfg.data.train:
+        from posttrain.data.readers import read_many
+
+        records = read_many(cfg.data.train, cfg.data.format, cfg.data.split, cfg.data.skip_invalid).records
+        prompts = list({json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]): None
+                        for r in records})
+        if scorer is None and cfg.labeler != "reward_model":
+            raise TrainingError(f"round {round_index} labels sampled responses to data.train's prompts, which needs "
+                                "labeler=reward_model (with reward_model=...) or a scorer passed to dpo()")
+        train = sampled_pairs(cfg, ctx, lm, tokenizer, [json.loads(p) for p in prompts], None, scorer, round_index,
+                              False)
+    else:
+        examples = world_examples(cfg, "train", round_index)
+        with_candidates = round_index == 1 and cfg.world.responses in ("candidates", "both")
+        train = sampled_pairs(cfg, ctx, lm, tokenizer, [e.messages for e in examples], examples, scorer,
+                              round_index, with_candidates)
+    if ctx.is_main and not saved.exists():
+        write_jsonl(train, saved)
+    return train, held_out_records(cfg)
+
+
+def held_out_records(cfg: DPOConfig) -> list:
+    if cfg.data.eval:
+        from posttrain.data.readers import read_from_config
+
+        return read_from_config(cfg.data, "eval").records
+    if cfg.data.train:
+        return []
+    from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
+
+    w = cfg.world
+    annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed + 1))
+    return make_preferences(world_examples(cfg, "heldout"), annotator, w.pairs_per_prompt)
+
+
+def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: str) -> list:
+    kinds = {r.kind for r in records}
+    if cfg.loss == "kto":
+        unpaired = [r for r in records if r.kind == "unpaired"]
+        unpaired += preferences_to_unpaired([r for r in records if r.kind == "preference"])
+        examples, report = tokenize_unpaired(tokenizer, unpaired, cfg.data.max_length, cfg.data.overflow)
+    elif kinds - {"preference"}:
+        raise TrainingError(f"{what}: loss={cfg.loss} trains on preference records (prompt, chosen, rejected), "
+                            f"but the data holds {sorted(kinds - {'preference'})} records; use loss=kto for unpaired data")
+    else:
+        examples, report = tokenize_preferences(tokenizer, records, cfg.data.max_length, cfg.data.overflow)
+    if records:
+        ctx.print(f"{what}: {report.summary()}")
+    return examples
+
+
+# --- evaluation ------------------------------------------------------------------------------------
+
+def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
+    """Held-out prompts (message dicts) for the KL measurement."""
+    if cfg.kl_prompts <= 0:
+        return []
+    prompts = {json.dumps([m.to_dict() for m in r.prompt]): None for r in held_out}
+    if not prompts and not cfg.data.train:
+        prompts = {json.dumps(e.messages): None for e in world_examples(cfg, "heldout")}
+    picked = [json.loads(p) for p in prompts]
+    random.Random(f"dpo-kl:{cfg.train.seed}").shuffle(picked)
+    return picked[:cfg.kl_prompts]
+
+
+@torch.no_grad()
+def measure_kl(cfg: DPOConfig, policy: SequenceLogps, ref: ReferencePolicy, tokenizer, prompts: list) -> dict:
+    """KL(policy || reference) per response, from responses sampled by the policy at temperature 1:
+    k1 = sum_t log pi/pi_ref (unbiased), k3 = sum_t (r - 1 - log r) with r = pi_ref/pi (unbiased,
+    never negative); Schulman 2020, "Approximating KL divergence"."""
+    from posttrain.generation import generate_chat
+    from posttrain.rl.math import kl_k1, kl_k3
+
+    outputs = [o for o in generate_chat(policy.lm, tokenizer, prompts, max_new_tokens=cfg.kl_max_tokens,
+                                        temperature=1.0, seed=cfg.train.seed, return_logps=True) if o.completion_ids]
+    rows = [UnpairedExample(PromptResponse(o.prompt_ids + o.completion_ids,
+                                           [False] * len(o.prompt_ids) + [True] * len(o.completion_ids),
+                                           len(o.prompt_ids)), True) for o in outputs]
+    scorer, device = ref.loaded(), next(policy.parameters()).device
+    k1 = k3 = 0.0
+    for start in range(0, len(rows), 32):
+        batch = collate_unpaired(rows[start:start + 32], tokenizer.pad_token_id).to(device)
+        ref_tokens = scorer(**inputs(batch), per_token=True).float().cpu()  # (b, T) padded, token t + 1's at t
+        for i, out in enumerate(outputs[start:start + 32]):
+            where = batch.response_mask[i].nonzero().flatten().cpu() - 1
+            pol, q = torch.tensor(out.completion_token_logps), ref_tokens[i, where]
+            k1 += float(kl_k1(pol, q).sum())
+            k3 += float(kl_k3(pol, q).sum())
+    del scorer
+    n = max(1, len(rows))
+    return {"kl_k1": k1 / n, "kl_k3": k3 / n, "kl_responses": len(rows)}
+
+
+def greedy_responses(lm, tokenizer, examples: list, max_tokens: int) -> list[str]:
+    from posttrain.generation import generate_chat
+
+    outputs = generate_chat(lm, tokenizer, [e.messages for e in examples], max_new_tokens=max_tokens, temperature=0.0,
+                            batch_size=64)
+    return [o.text.strip() for o in outputs]
+
+
+def world_gold(cfg: DPOConfig, lm, tokenizer, baseline: dict[str, str]) -> dict:
+    """Held-out gold reward of greedy answers and the gold win-rate against the starting policy
+    (ties count half)."""
+    from posttrain.world.gold import gold_reward
+
+    examples = world_examples(cfg, "heldout")
+    answers = greedy_responses(lm, tokenizer, examples, cfg.world.sample_max_tokens)
+    gold = [gold_reward(e, a).total for e, a in zip(examples, answers)]
+    base = [gold_reward(e, baseline[e.id]).total for e in examples]
+    wins = [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(gold, base)]
+    return {"gold": sum(gold) / len(gold), "gold_start": sum(base) / len(base), "win_rate": sum(wins) / len(wins),
+            "held_out_prompts": len(examples)}
+
+
+def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool) -> dict[str, str]:
+    """The starting policy's greedy held-out answers (world), made once and kept in run_dir/baseline.json."""
+    path = top_dir / "baseline.json"
+    if path.exists():
+        return json.loads(path.read_text(encoding="utf-8"))
+    examples = world_examples(cfg, "heldout")
+    answers = dict(zip([e.id for e in examples], greedy_responses(lm, tokenizer, examples, cfg.world.sample_max_tokens)))
+    if is_main:
+        top_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(answers, indent=1), encoding="utf-8")
+        os.replace(tmp, path)
+    return answers
+
+
+# --- the run ---------------------------------------------------------------------------------------
+
+def check_config(cfg: DPOConfig) -> None:
+    if cfg.rounds < 1:
+        raise TrainingError(f"rounds={cfg.rounds}: at least one round is needed")
+    if cfg.model.lora.enabled and cfg.round_reference == "initial" and cfg.rounds > 1:
+        raise TrainingError("round_reference=initial with LoRA: each round merges its adapter, so the disabled "
+                            "adapter is the previous round's model; use round_reference=previous or full fine-tuning")
+    if cfg.nll_weight and cfg.loss == "kto":
+        raise TrainingError("nll_weight adds the chosen responses' NLL to a pairwise loss; kto has no chosen "
+                            "responses (set nll_weight=0)")
+    if cfg.loss not in (*DPO_LOSSES, *REFERENCE_FREE_LOSSES, "kto"):
+        raise TrainingError(f"loss={cfg.loss!r}: choose one of {', '.join([*DPO_LOSSES, *REFERENCE_FREE_LOSSES, 'kto'])}")
+
+
+def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int = 1, top_dir: Path | None = None) -> dict:
+    """One DPO run on this round's pairs; returns its final evaluation (and writes run_dir/final)."""
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+
+    ctx = setup_run(cfg)
+    tc, top_dir = cfg.train, top_dir or Path(cfg.train.run_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
+    stop_at_end_of_turn(lm, tokenizer)
+    prepare_attention(cfg, lm)
+    baseline = None if cfg.data.train else starting_answers(cfg, lm, tokenizer, top_dir, ctx.is_main)
+    train_records, eval_records = round_records(cfg, ctx, lm, tokenizer, scorer, round_index)
+    train_set = tokenize(cfg, ctx, tokenizer, train_records, "train")
+    eval_set = tokenize(cfg, ctx, tokenizer, eval_records, "eval")
+    if tc.gradient_checkpointing:
+        lm.gradient_checkpointing_enable()
+    model = SequenceLogps(lm, cfg.lm_head_chunk)
+    ref = ReferencePolicy(cfg, model, tokenizer)
+    tables = reference_tables(cfg, ctx, ref, {"train": train_set, "eval": eval_set}, tokenizer.pad_token_id) or {}
+    train_table, eval_table = tables.get("train"), tables.get("eval")
+    # Precomputed log-probs ride in the micro-batch; otherwise the reference scores it now.
+    loss_fn = make_loss_fn(cfg, lambda micro: micro.reference if micro.reference is not None
+                           else columns(micro.batch, ref))
+    pad = tokenizer.pad_token_id
+
+    def micro_of(examples: list, ids: list[int], table: torch.Tensor | None) -> Micro:
+        batch = collate([examples[i] for i in ids], pad, ids, cfg.packing).to(ctx.device)
+        return Micro(batch, None if table is None else table[ids].to(ctx.device))
+
+    sampler = StepSampler(len(train_set), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
+    total = total_steps(tc, sampler.steps_per_epoch)
+    if sampler.dropped_per_epoch:
+        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_set)} examples do not fill the last global batch of "
+                  f"{sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, total)
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()
+    held_out_prompts = kl_prompts(cfg, eval_records)
+
+    def run_eval(step: int) -> dict:
+        scores = {}
+        if eval_set:
+            mine = shard(list(range(len(eval_set))), ctx)
+            batches = (micro_of(eval_set, mine[i:i + tc.batch_size], eval_table)
+                       for i in range(0, len(mine), tc.batch_size))
+            scores.update({f"eval_{k}": v for k, v in evaluate(ctx, model, batches, loss_fn, count_units).items()})
+        policy = ctx.accelerator.unwrap_model(model)
+        if held_out_prompts and uses_reference(cfg) and ctx.is_main:
+            scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
+        if baseline is not None and ctx.is_main:
+            scores.update(world_gold(cfg, policy.lm, tokenizer, baseline))
+        ctx.metrics.log(step, scores)
+        ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        return scores
+
+    timer, scores = Timer(), {}
+    with ProgressBar(ctx, total, start=state.step, description=f"dpo round {round_index}") as bar:
+        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+            if state.step >= total:
+                break
+            batches = [micro_of(train_set, ids, train_table) for ids in micro]
+            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_units, step=state.step + 1)
+            state.advance(epoch, index)
+            pairs_per_s = result.units / max(timer.lap(), 1e-9)
+            if state.step % tc.log_every == 0 or state.step == total:
+                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                                             "pairs_per_s": pairs_per_s, "epoch": epoch, **result.metrics})
+            bar.update(state.step, loss=result.loss, acc=result.metrics.get("rewards/accuracies", 0.0), pairs_s=pairs_per_s)
+            if (tc.eval_every and state.step % tc.eval_every == 0) or state.step == total:
+                scores = run_eval(state.step)
+            ckpt.maybe_save(state)
+            timer.lap()
+    if not scores:
+        scores = run_eval(state.step)
+    ckpt.maybe_save(state, final=True)
+    finish_run(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer)
+    return {"round": round_index, "pairs": len(train_set), "steps": state.step, **scores}
+
+
+def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
+    """Train with the configured preference loss (``rounds`` of it for iterative DPO); return run_dir/final.
+
+    ``scorer``: labels sampled pairs instead of ``labeler``, a callable ``(prompts, responses) ->
+    rewards`` or any object with that ``.score`` method (e.g. ``posttrain.models.reward.RewardScorer``).
+    """
+    check_config(cfg)
+    scorer = as_scorer(scorer)
+    if cfg.rounds == 1:
+        summary = train_round(cfg, scorer)
+        write_summary(Path(cfg.train.run_dir), [summary])
+        return Path(cfg.train.run_dir) / "final"
+    from posttrain.config import save_config
+
+    top = Path(cfg.train.run_dir)
+    top.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, top / "config.yaml")
+    final, summaries, start = top / "final", [], cfg.model.name_or_path
+    for k in range(1, cfg.rounds + 1):
+        round_dir = top / f"round-{k}"
+        done = final if k == cfg.rounds else round_dir / "final"
+        round_cfg = dataclasses.replace(
+            cfg, train=dataclasses.replace(cfg.train, run_dir=str(round_dir)),
+            model=dataclasses.replace(cfg.model, name_or_path=start),
+            reference_model=cfg.model.name_or_path if cfg.round_reference == "initial" else cfg.reference_model)
+        if done.exists():
+            summaries.append(json.loads((round_dir / "summary.json").read_text(encoding="utf-8")))
+        else:
+            summaries.append(train_round(round_cfg, scorer, k, top))
+            (round_dir / "summary.json").write_text(json.dumps(summaries[-1], indent=1), encoding="utf-8")
+            if k == cfg.rounds:
+                shutil.move(str(round_dir / "final"), str(final))
+        start = str(done)
+    write_summary(top, summaries)
+    return final
+
+
+def write_summary(top: Path, summaries: list[dict]) -> None:
+    path = top / "rounds.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(summaries, indent=1), encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,410 @@
+"""Reward modeling from human comparisons: a scalar head on the SFT model, trained so that preferred
+responses score higher.
+
+    posttrain reward --config configs/reward/world.yaml
+
+As in InstructGPT (Ouyang et al. 2022, §3.5) and Llama 2 (Touvron et al. 2023, §3.2.2): the
+reward model is the SFT model with its LM head replaced by a scalar head
+(``posttrain.models.reward``), read at each response's last real token. Losses
+(``posttrain.losses.reward``, chosen by ``loss``):
+
+- ``bradley_terry``: -log sigmoid(r_w - r_l) per pair (optionally + ``center_coef`` * (r_w + r_l)^2);
+- ``margin``: Llama 2's -log sigmoid(r_w - r_l - m(strength)) with the 4-point strength of each pair;
+- ``all_pairs``: InstructGPT's K-wise loss, every pair of a ranking of K from one forward per response;
+- ``plackett_luce``: the likelihood of the whole ranking.
+
+Batches: a micro-batch is ``train.batch_size`` comparisons (pairs, or rankings of K); all their
+responses, chosen and rejected alike, go through the model in **one forward**: packed in a single
+row with each comparison's prompt once and every response continuing from it, attention per
+response (``packing``: no padding, no repeated prompt; ``posttrain.models.reward.SharedPrefixBatch``),
+or padded. The loss is
+normalized per pair (per ranking) over the whole step (``posttrain.training.loop``).
+
+Data: preference and/or ranking records from ``data.train`` (``posttrain.data.readers``); the
+held-out pairs are ``data.eval`` or ``eval_fraction`` of the training prompts. With ``data.train``
+empty, the embedded world's simulated annotators label candidate responses and/or the starting
+model's samples on the ``world.aspect`` (overall, helpfulness or safety: Llama 2's two models).
+
+After training the scores are standardized on a reference set (``normalize``: the starting model's
+sampled responses to training prompts, by default) and the final folder holds the plain HF model,
+the tokenizer and ``reward_normalization.json``. Held-out accuracy is logged at each evaluation;
+the final report (accuracy, by strength, calibration, and for the world the agreement with gold
+and the gold-reward oracle's accuracy on the same labels) goes to ``run_dir/eval/reward.json``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from posttrain.data.chat import Example, render_prompt_response
+from posttrain.data.collate import Batch, pad_collate
+from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
+                                     margin_loss)
+from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer,
+                                     SharedPrefixBatch, as_dicts, fit_normalization, load_reward_model,
+                                     pack_shared_prefix, use_shared_prefix_attention)
+from posttrain.recipes.config import RewardConfig
+from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, setup_run,
+                                     shard, total_steps, train_step)
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sampler import StepSampler
+
+MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
+
+
+# --- comparisons and batches ---------------------------------------------------------------
+
+@dataclass
+class Comparison:
+    """One training unit: a prompt's responses rendered with it, best first (a pair is K = 2)."""
+
+    sequences: list[list[int]]
+    """K token-id sequences (prompt + response, chat-rendered)."""
+    strength: int | None = None
+    """The annotator's 1-4 preference strength of a pair, if given."""
+
+
+@dataclass
+class ComparisonBatch:
+    """B comparisons: their N = sum(K_b) responses flattened (comparison by comparison, best first)."""
+
+    sequences: Batch | SharedPrefixBatch
+    """The N sequences, padded (N, T), or packed in one row with each comparison's prompt once."""
+    mask: torch.Tensor
+    """(B, K) bool: True on the K_b real responses of comparison b (row-major order = sequence order)."""
+    strength: torch.Tensor
+    """(B,) long strengths 1-4, 0 where unknown."""
+
+    def to(self, device) -> "ComparisonBatch":
+        return ComparisonBatch(self.sequences.to(device), self.mask.to(device), self.strength.to(device))
+
+
+def collate(comparisons: list[Comparison], pad_id: int, packing: bool) -> ComparisonBatch:
+    k = max(len(c.sequences) for c in comparisons)
+    mask = torch.tensor([[i < len(c.sequences) for i in range(k)] for c in comparisons])
+    strength = torch.tensor([c.strength or 0 for c in comparisons], dtype=torch.long)
+    if packing:  # one row, no padding, each prompt once: the batch costs its distinct tokens
+        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons]), mask, strength)
+    examples = [Example(ids, [True] * len(ids)) for c in comparisons for ids in c.sequences]
+    return ComparisonBatch(pad_collate(examples, pad_id), mask, strength)
+
+
+def reward_grid(model: torch.nn.Module, batch: ComparisonBatch) -> torch.Tensor:
+    """(B, K) raw rewards of every response (0 at padded slots), from one forward."""
+    rewards = model(batch.sequences)  # (N,)
+    return torch.zeros(batch.mask.shape, dtype=rewards.dtype, device=rewards.device).masked_scatter(batch.mask, rewards)
+
+
+def make_loss_fn(cfg: RewardConfig, loss: str | None = None):
+    """(model, batch) -> (loss summed over the batch's comparisons, metrics summed likewise)."""
+    loss = loss or cfg.loss
+
+    def loss_fn(model, batch: ComparisonBatch):
+        grid = reward_grid(model, batch)
+        n = grid.shape[0]
+        if loss == "margin":
+            value, metrics = margin_loss(grid[:, 0], grid[:, 1], batch.strength, MARGIN_TABLES[cfg.margin_table],
+                                         cfg.center_coef)
+        elif loss == "bradley_terry":
+            value, metrics = bradley_terry_loss(grid[:, 0], grid[:, 1], cfg.center_coef)
+        else:
+            value, metrics = RANKING_LOSSES[loss](grid, batch.mask)
+        return value * n, {k: v * n for k, v in metrics.items()}
+
+    return loss_fn
+
+
+def count_comparisons(batch: ComparisonBatch) -> int:
+    return batch.mask.shape[0]
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def is_ranking_loss(cfg: RewardConfig) -> bool:
+    return cfg.loss in RANKING_LOSSES
+
+
+def comparison_records(records: list, ranking: bool) -> list:
+    """Records in the shape the loss wants: rankings stay whole for ranking losses and are expanded
+    into their K(K-1)/2 pairs for pairwise ones; a preference is a ranking of two."""
+    if ranking:
+        return records
+    return [p for r in records for p in (r.to_pairs() if r.kind == "ranking" else [r])]
+
+
+def _responses(record) -> list:
+    return [record.chosen, record.rejected] if record.kind == "preference" else record.responses
+
+
+def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunContext, what: str) -> list[Comparison]:
+    """Render every response with its prompt; apply data.max_length / data.overflow (counted and reported).
+
+    A reward is read at the last token, so ``truncate`` keeps the *end* of a long sequence (the
+    response) and cuts the start of the prompt; ``drop`` drops the whole comparison.
+    """
+    limit, out, cut, dropped = cfg.data.max_length, [], 0, 0
+    for index, record in enumerate(records):
+        prompt = as_dicts(record.prompt)
+        seqs = [render_prompt_response(tokenizer, prompt, as_dicts(r)).input_ids for r in _responses(record)]
+        if cfg.loss == "margin" and getattr(record, "strength", None) is None:
+            raise TrainingError(f"{what}: record {index} has no preference strength, which loss=margin needs (1-4 "
+                                f"on every pair); use loss=bradley_terry, or add strengths to the data")
+        if any(len(s) > limit for s in seqs):
+            if cfg.data.overflow == "error":
+                raise TrainingError(f"{what}: record {index} has a response of {max(map(len, seqs))} tokens with its "
+                                    f"prompt, more than data.max_length={limit}; raise it or set data.overflow")
+            if cfg.data.overflow == "drop":
+                dropped += 1
+                continue
+            cut += 1
+            seqs = [s[-limit:] for s in seqs]
+        out.append(Comparison(seqs, getattr(record, "strength", None)))
+    if cut or dropped:
+        ctx.print(f"{what}: {len(records)} comparisons; {cut} cut to data.max_length={limit} from the left "
+                  f"(prompt start), {dropped} dropped as longer than it")
+    return out
+
+
+def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held out): a seeded share of the distinct prompts, with every record of those prompts."""
+    key = lambda r: json.dumps(as_dicts(r.prompt), sort_keys=True)  # noqa: E731
+    prompts = sorted({key(r) for r in records})
+    random.Random(f"reward-split:{seed}").shuffle(prompts)
+    held = set(prompts[:round(fraction * len(prompts))])
+    return [r for r in records if key(r) not in held], [r for r in records if key(r) in held]
+
+
+def file_records(cfg: RewardConfig, ctx: RunContext) -> tuple[list, list]:
+    """(training records, held-out preference pairs) from data.train / data.eval."""
+    from posttrain.data.readers import read_from_config
+
+    result = read_from_config(cfg.data, "train")
+    ctx.print(result.report.summary())
+    records = result.expect("preference", "ranking")
+    if cfg.data.eval:
+        held = read_from_config(cfg.data, "eval").expect("preference", "ranking")
+    else:
+        records, held = split_by_prompt(records, cfg.eval_fraction, cfg.train.seed)
+        ctx.print(f"held out {len(held)} records ({cfg.eval_fraction:.0%} of the prompts) for evaluation")
+    return records, comparison_records(held, ranking=False)
+
+
+# --- the world's annotators -------------------------------------------------------------------
+
+def world_families(cfg: RewardConfig) -> list[str]:
+    from posttrain.world.tasks import FAMILIES, TRAIN_FAMILIES
+
+    w = cfg.world
+    families = list(w.families) or [f for f in TRAIN_FAMILIES if not (w.aspect == "helpfulness" and f == "harmful")]
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise TrainingError(f"world.families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    return families
+
+
+def annotate(examples: list, annotator, aspect: str, ranking: bool, pairs: int, k: int,
+             responses: dict[str, list[str]] | None) -> list:
+    """Preference pairs (or rankings of ``k``) of each example's responses, judged on ``aspect``."""
+    from posttrain.world.annotators import make_preferences, make_rankings
+
+    if aspect == "overall":
+        return make_rankings(examples, annotator, k, responses) if ranking else \
+            make_preferences(examples, annotator, pairs, responses)
+    from posttrain.data.records import Message, Preference, Ranking
+    from posttrain.world.annotators import candidate_responses
+    from posttrain.world.gold import gold_reward
+
+    score = lambda ex, t: getattr(gold_reward(ex, t), aspect)  # noqa: E731 - the aspect's gold, for evaluation
+    reply = lambda t: [Message("assistant", t)]  # noqa: E731
+    out = []
+    for ex in examples:
+        pool = list(dict.fromkeys(responses[ex.id] if responses is not None else
+                                  [c.text for c in candidate_responses(ex)]))
+        prompt = [Message(m["role"], m["content"]) for m in ex.messages]
+        meta = {"task_id": ex.id, "family": ex.family, "aspect": aspect}
+        if len(pool) < 2:
+            continue
+        if ranking:
+            picked = annotator.rng.sample(pool, min(k, len(pool)))
+            ranked = [picked[i] for i in annotator.rank(ex, picked, aspect)]
+            out.append(Ranking(prompt, [reply(t) for t in ranked], {**meta, "gold": [score(ex, t) for t in ranked]}))
+            continue
+        for _ in range(pairs):
+            a, b = annotator.rng.sample(pool, 2)
+            choice, strength = annotator.prefer(ex, a, b, aspect)
+            chosen, rejected = (a, b) if choice == 0 else (b, a)
+            out.append(Preference(prompt, reply(chosen), reply(rejected), strength,
+                                  {**meta, "gold_chosen": score(ex, chosen), "gold_rejected": score(ex, rejected)}))
+    return out
+
+
+def world_responses(cfg: RewardConfig, examples: list, lm, tokenizer, split: str) -> dict[str, list[str]] | None:
+    """None (the world's candidate responses), or samples of the starting model ``lm`` (plus the candidates)."""
+    w = cfg.world
+    if w.responses == "candidates":
+        return None
+    from posttrain.generation.best_of_n import sample_responses
+    from posttrain.world.annotators import candidate_responses
+
+    samples = sample_responses(lm, tokenizer, [e.messages for e in examples], w.samples_per_prompt,
+                               w.sample_max_tokens, seed=cfg.train.seed + (split == "heldout"))
+    extra = lambda e: [c.text for c in candidate_responses(e)] if w.responses == "both" else []  # noqa: E731
+    return {e.id: extra(e) + s for e, s in zip(examples, samples)}
+
+
+def world_records(cfg: RewardConfig, tokenizer, ctx: RunContext) -> tuple[list, list]:
+    """(training records, held-out pairs) labeled by the world's simulated annotators."""
+    from posttrain.models.loading import load_causal_lm
+    from posttrain.world.annotators import Annotator, AnnotatorConfig
+    from posttrain.world.entities import make_world
+    from posttrain.world.tasks import make_tasks
+
+    w, world = cfg.world, make_world(cfg.world.seed)
+    lm = None if w.responses == "candidates" else load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
+    out = []
+    for split, n, offset in (("train", w.examples, 0), ("heldout", w.eval_examples, 1)):
+        examples = [e for f in world_families(cfg) for e in make_tasks(world, w.seed, f, split, n)]
+        annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed + offset))
+        ranking = split == "train" and is_ranking_loss(cfg)
+        out.append(annotate(examples, annotator, w.aspect, ranking, w.pairs_per_prompt, w.ranking_k,
+                            world_responses(cfg, examples, lm, tokenizer, split)))
+    ctx.print(f"world ({w.aspect}, {w.responses}, noise {w.noise_temperature}): {len(out[0])} training "
+              f"{'rankings' if is_ranking_loss(cfg) else 'pairs'}, {len(out[1])} held-out pairs")
+    return out[0], out[1]
+
+
+# --- normalization ----------------------------------------------------------------------------
+
+def reference_set(cfg: RewardConfig, records: list, tokenizer) -> tuple[list, list[str], str]:
+    """(prompts, responses, description) the exported scores are standardized on."""
+    from posttrain.generation.best_of_n import sample_responses
+    from posttrain.models.loading import load_causal_lm
+
+    prompts = list({json.dumps(as_dicts(r.prompt), sort_keys=True): as_dicts(r.prompt) for r in records}.values())
+    random.Random(f"reward-norm:{cfg.train.seed}").shuffle(prompts)
+    prompts = prompts[:cfg.norm_prompts]
+    if cfg.normalize == "data":
+        chosen = {json.dumps(as_dicts(r.prompt), sort_keys=True): as_dicts(_responses(r)[0])[-1]["content"]
+                  for r in records}
+        responses = [chosen[json.dumps(p, sort_keys=True)] for p in prompts]
+        return prompts, responses, f"{len(prompts)} training prompts with their preferred responses"
+    if is_reward_folder(cfg.model.name_or_path):
+        raise TrainingError(f"normalize=sft_samples samples the starting model, but {cfg.model.name_or_path} is a "
+                            f"reward model, not the SFT model; use normalize=data or none")
+    lm = load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
+    samples = sample_responses(lm, tokenizer, prompts, 1, cfg.norm_max_new_tokens, seed=cfg.train.seed)
+    return prompts, [s[0] for s in samples], (f"{len(prompts)} training prompts with responses sampled from "
+                                              f"{cfg.model.name_or_path} (temperature 1)")
+
+
+def is_reward_folder(name_or_path: str) -> bool:
+    """Whether a local model folder holds a sequence-classification (reward) model."""
+    from posttrain.models.loading import resolve_model_path
+
+    config = Path(resolve_model_path(name_or_path)) / "config.json"
+    if not config.is_file():
+        return False
+    architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
+    return any(a.endswith("ForSequenceClassification") for a in architectures)
+
+
+def measure_normalization(cfg: RewardConfig, scorer: RewardScorer, records: list, tokenizer) -> RewardNormalization:
+    if cfg.normalize == "none":
+        return RewardNormalization(reference="none: raw scores")
+    prompts, responses, description = reference_set(cfg, records, tokenizer)
+    return fit_normalization(scorer.score(prompts, responses, batch_size=32, normalize=False), description)
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def build_model(cfg: RewardConfig, tokenizer) -> RewardModel:
+    """The SFT model with a new scalar head (or a reward model to train further), ready to train."""
+    hf = load_reward_model(cfg.model, tokenizer)
+    if cfg.packing and str(hf.config._attn_implementation or "") in ("sdpa", "eager"):
+        use_shared_prefix_attention(hf)  # attention per packed response over its prompt, no (T, T) mask
+    if cfg.train.gradient_checkpointing:
+        hf.gradient_checkpointing_enable()
+    return RewardModel(hf)
+
+
+def finish(cfg: RewardConfig, ctx: RunContext, hf, tokenizer, records: list, held_out: list, step: int) -> Path:
+    """Measure the normalization, write the held-out report, export ``run_dir/final`` with both."""
+    from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
+    from posttrain.models.export import export_model
+
+    out = ctx.run_dir / "final"
+    if ctx.is_main:
+        scorer = RewardScorer(hf, tokenizer)
+        scorer.normalization = measure_normalization(cfg, scorer, records, tokenizer)
+        ctx.print(f"normalization: mean {scorer.normalization.mean:.4f}, std {scorer.normalization.std:.4f} "
+                  f"over {scorer.normalization.reference}")
+        if held_out:
+            report = reward_report(scorer, held_out)
+            write_report(report, ctx.run_dir / "eval" / "reward.json")
+            ctx.metrics.log(step, flat_metrics(report))
+            ctx.print(summary_line(report))
+        export_model(hf, tokenizer, out, extra_files={NORMALIZATION_FILE: scorer.normalization.to_json()})
+        ctx.print(f"final reward model written to {out}")
+    ctx.metrics.close()
+    ctx.accelerator.wait_for_everyone()
+    return out
+
+
+def reward(cfg: RewardConfig) -> Path:
+    """Train, checkpoint, normalize, evaluate and export ``run_dir/final``; return its path."""
+    from posttrain.models.loading import load_tokenizer
+
+    ctx = setup_run(cfg)
+    tc = cfg.train
+    if cfg.center_coef and is_ranking_loss(cfg):
+        raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
+    tokenizer = load_tokenizer(cfg.model)
+    records, held_out = file_records(cfg, ctx) if cfg.data.train else world_records(cfg, tokenizer, ctx)
+    train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")
+    eval_data = tokenize_comparisons(tokenizer, held_out, dataclasses.replace(cfg, loss="bradley_terry"), ctx, "eval")
+    model = build_model(cfg, tokenizer)
+
+    sampler = StepSampler(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
+    total = total_steps(tc, sampler.steps_per_epoch)
+    if sampler.dropped_per_epoch:
+        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_data)} comparisons do not fill the last global batch "
+                  f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    optimizer = build_optimizer(model, tc)
+    scheduler = build_scheduler(optimizer, tc, total)
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()
+    loss_fn, eval_loss_fn = make_loss_fn(cfg), make_loss_fn(cfg, "bradley_terry")
+    batch = lambda items: collate(items, tokenizer.pad_token_id, cfg.packing).to(ctx.device)  # noqa: E731
+
+    def eval_batches():
+        mine = shard(eval_data, ctx)
+        return (batch(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+
+    timer = Timer()
+    with ProgressBar(ctx, total, start=state.step, description="reward") as bar:
+        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+            if state.step >= total:
+                break
+            batches = [batch([train_data[i] for i in ids]) for ids in micro]
+            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_comparisons, state.step + 1)
+            state.advance(epoch, index)
+            per_s = result.units / max(timer.lap(), 1e-9)
+            if state.step % tc.log_every == 0 or state.step == total:
+                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                                             "comparisons_per_s": per_s, "epoch": epoch, **result.metrics})
+            bar.update(state.step, loss=result.loss, acc=result.metrics.get("accuracy", 0.0), per_s=per_s)
+            if eval_data and ((tc.eval_every and state.step % tc.eval_every == 0) or state.step == total):
+                scores = evaluate(ctx, model, eval_batches(), eval_loss_fn, count_comparisons)
+                ctx.metrics.log(state.step, {"eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"]})
+            ckpt.maybe_save(state)
+            timer.lap()  # evaluation and checkpoint time is not training throughput
+    ckpt.maybe_save(state, final=True)
+    return finish(cfg, ctx, ctx.accelerator.unwrap_model(model).model, tokenizer, records, held_out, state.step)
