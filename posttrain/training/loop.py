@@ -157,10 +157,11 @@ def resolve_resume(cfg: TrainConfig, ckpt_dir: Path) -> Path | None:
     return path
 
 
-RESUMABLE_CHANGES = ("train.max_steps", "train.epochs", "train.resume", "train.log_every", "train.eval_every",
-                     "train.save_every", "train.keep_checkpoints", "train.progress", "train.tensorboard")
-"""Config keys a resumed run may change (how long it runs and what it reports); any other change
-would make the resumed run a different experiment than the checkpoint's."""
+RESUMABLE_CHANGES = ("train.run_dir", "train.max_steps", "train.epochs", "train.resume", "train.log_every",
+                     "train.eval_every", "train.save_every", "train.keep_checkpoints", "train.progress",
+                     "train.tensorboard")
+"""Config keys a resumed run may change (where the run folder lives, how long it runs, what it
+reports); any other change would make the resumed run a different experiment than the checkpoint's."""
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
