@@ -112,8 +112,6 @@ def test_packed_and_padded_runs_have_the_same_loss_curve(packed_run, tiny_model_
 def test_resume_from_a_checkpoint_reproduces_the_run(packed_run, tiny_model_dir, prefs, tmp_path, capsys):
     run_dir = tmp_path / "resumed"
     shutil.copytree(packed_run, run_dir)
-    saved = run_dir / "config.yaml"  # the copy is the same run, moved: its saved config says where it lives now
-    saved.write_text(saved.read_text().replace(str(packed_run), str(run_dir)))
     shutil.rmtree(run_dir / "checkpoints" / "step-000006")  # as if it died after the step-3 checkpoint
     shutil.rmtree(run_dir / "final")
     _reward(*_args(tiny_model_dir, [prefs / "pairs.jsonl"], run_dir, "packing=true"))
@@ -177,3 +175,22 @@ def _a_reward_folder(tiny_model_dir: Path, tmp_path: Path) -> Path:
     AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1).save_pretrained(out)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(out)
     return out
+
+
+def test_lora_run_trains_the_head_and_exports_a_merged_plain_model(tiny_model_dir, prefs, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    run_dir = tmp_path / "lora"
+    final = _reward(*_args(tiny_model_dir, [prefs / "pairs.jsonl"], run_dir, "model.lora.enabled=true",
+                           "model.lora.r=4", "model.lora.alpha=8", "train.lr=1e-2", "normalize=none"))
+    assert not (final / "adapter_config.json").exists()
+    merged = AutoModelForSequenceClassification.from_pretrained(final)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    q = "model.layers.0.self_attn.q_proj.weight"
+    assert (merged.state_dict()[q] - base.state_dict()[q]).abs().max() > 1e-4  # the adapter was merged in
+    losses = _metric(run_dir, "loss")
+    assert np.mean([losses[5], losses[6]]) < np.mean([losses[1], losses[2]]), losses
+    scorer = RewardScorer.from_pretrained(final, device="cpu")
+    prompts = [[m.to_dict() for m in _prompt(i)] for i in range(8)]
+    scores = scorer.score(prompts, [_answers(i)[0] for i in range(8)])
+    assert scores.std() > 0

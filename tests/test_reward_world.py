@@ -40,7 +40,7 @@ def world_rm(sft_final, tmp_path_factory) -> Path:
     cfg = load_config(RewardConfig, CONFIG, [
         f"model.name_or_path={sft_final}", f"train.run_dir={run_dir}", "train.progress=false",
         "train.tensorboard=false", "train.save_every=0", "train.eval_every=0", "train.epochs=1",
-        "world.examples=100", "world.eval_examples=40", "norm_prompts=64"])
+        "world.examples=64", "world.eval_examples=32", "norm_prompts=48"])
     reward(cfg)
     return run_dir
 
@@ -49,7 +49,7 @@ def world_rm(sft_final, tmp_path_factory) -> Path:
     "not reached on the shipped 4-layer world model: a reward read at the last token learns length, refusals, "
     "rules and sorting but not whether a fact or a sum is right (a linear probe of the SFT model's last hidden "
     "state is at chance there, while its log-likelihood gets 97% of correct-vs-wrong pairs), so held-out "
-    "accuracy plateaus at about 0.83 of the oracle's"))
+    "accuracy plateaus at 0.82-0.83 of the oracle's (0.664 vs 0.810 at this size)"))
 def test_world_reward_model_reaches_90_percent_of_the_gold_oracle(world_rm):
     report = json.loads((world_rm / "eval" / "reward.json").read_text())
     summary = (f"accuracy {report['accuracy']:.3f}, oracle {report['oracle_accuracy']:.3f}, "
@@ -61,7 +61,7 @@ def test_world_reward_model_learns_the_annotators_preferences(world_rm):
     report = json.loads((world_rm / "eval" / "reward.json").read_text())
     strength = report["accuracy_by_strength"]
     summary = f"accuracy {report['accuracy']:.3f} oracle {report['oracle_accuracy']:.3f} by strength {strength}"
-    assert report["pairs"] >= 500 and 0.7 < report["oracle_accuracy"] < 0.95, summary
+    assert report["pairs"] >= 400 and 0.7 < report["oracle_accuracy"] < 0.95, summary
     assert report["accuracy"] > 0.6 and report["gold"]["agreement"] > 0.65, summary
     # Clear preferences are learned better than near-ties (Llama 2, Table 8).
     assert strength["4"]["accuracy"] > strength["1"]["accuracy"] + 0.1, summary
@@ -77,7 +77,7 @@ def test_world_normalization_is_saved_and_standardizes_the_sft_responses(world_r
     from posttrain.world.tasks import TRAIN_FAMILIES, make_tasks
 
     norm = json.loads((world_rm / "final" / NORMALIZATION_FILE).read_text())
-    assert norm["count"] == 64 and norm["std"] > 0 and "sampled from" in norm["reference"]
+    assert norm["count"] == 48 and norm["std"] > 0 and "sampled from" in norm["reference"]
     # Fresh SFT responses to other prompts (another seed) come out near mean 0, std 1.
     world = make_world(0)
     prompts = [e.messages for f in TRAIN_FAMILIES for e in make_tasks(world, 0, f, "train", 150)[100:108]]
@@ -119,8 +119,9 @@ def test_best_of_n_by_the_gold_reward_rises_with_n(best_of_n_curves):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "the world reward model cannot tell a right fact or sum from a wrong one (see the oracle test), so among "
-    "the SFT model's samples, which differ mostly in that, its best of 16 is no better than its best of 4"))
+    "the world reward model cannot tell a right fact or sum from a wrong one (see the oracle test), and the SFT "
+    "model's samples differ mostly in that: selecting by it over-optimizes, toward long or garbled samples it "
+    "never saw in training (mean gold 0.82, 0.80, 0.70 for n = 1, 4, 16; by gold 0.82, 0.91, 0.97)"))
 def test_best_of_n_by_the_reward_model_rises_with_n(best_of_n_curves):
     curve = best_of_n_curves["reward_model"]
     assert curve[0] < curve[1] < curve[2], best_of_n_curves

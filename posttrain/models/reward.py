@@ -260,8 +260,8 @@ class RewardModel(torch.nn.Module):
     """A sequence-classification model whose forward returns one raw reward per sequence.
 
     ``forward(batch)`` takes a padded :class:`~posttrain.data.collate.Batch`, a packed
-    :class:`~posttrain.data.packing.PackedBatch` or a :class:`SharedPrefixBatch` and returns (N,) float32. Being a module, it is
-    what DDP wraps in training.
+    :class:`~posttrain.data.packing.PackedBatch` or a :class:`SharedPrefixBatch` and returns (N,)
+    float32. Being a module, it is what DDP wraps in training.
     """
 
     def __init__(self, model: torch.nn.Module):
@@ -304,7 +304,7 @@ def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = T
         check_safetensors_folder(path)
     transformers_logger = logging.getLogger("transformers.modeling_utils")
     level = transformers_logger.level
-    transformers_logger.setLevel(logging.ERROR)  # "score.weight newly initialized" is expected; reported below
+    transformers_logger.setLevel(logging.ERROR)  # "score.weight newly initialized" is expected; said below
     try:
         model = AutoModelForSequenceClassification.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
@@ -312,6 +312,9 @@ def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = T
                              f"sequence-classification folder): {e}") from None
     finally:
         transformers_logger.setLevel(level)
+    if not any(a.endswith("ForSequenceClassification") for a in model.config.architectures or []):
+        logger.info("%s: the LM head is dropped and a new scalar head initialised (a reward model from a causal LM)",
+                    path)
     if tokenizer is not None:
         fit_embeddings(model, tokenizer)
         model.config.pad_token_id = tokenizer.pad_token_id
