@@ -172,6 +172,7 @@ def _series(run_dir: Path, key: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def ppo_run(tiny_model_dir, prompt_file, tmp_path_factory) -> Path:
+    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
     run_dir = tmp_path_factory.mktemp("ppo") / "run"
     _ppo(*_args(tiny_model_dir, prompt_file, run_dir))
     return run_dir
@@ -278,3 +279,71 @@ def test_config_errors_say_what_to_change(tiny_model_dir, prompt_file, tmp_path)
         _ppo(*_args(tiny_model_dir, prompt_file, tmp_path / "b", "prompts_per_step=6"))
     with pytest.raises(TrainingError, match="cannot import"):
         _ppo(*_args(tiny_model_dir, prompt_file, tmp_path / "c", "rewards=[test_ppo:nothing_here]", "reward_weights=[]"))
+
+
+# --- the embedded world ----------------------------------------------------------------------
+# Starts from the session's world SFT model (the ``world_sft`` fixture, a few minutes once per
+# session). For development only, ``POSTTRAIN_DEV_SFT=<finished SFT run dir>`` (e.g. /work/shared-sft)
+# makes this module use that run's ``final/`` instead of training one.
+
+WORLD_KL_TARGET = 1.0
+
+
+@pytest.fixture(scope="module")
+def world_ppo(request, tmp_path_factory) -> Path:
+    """configs/ppo/world.yaml at test size against the world's gold reward, for now (the learned
+    reward model costs its own minutes of training here, and PPO against it raises the proxy, not
+    gold: see the note on the gold test), with a value head on whitened scores, KL steered to 1 nat."""
+    import os
+
+    from posttrain.recipes.ppo import ppo
+
+    torch.set_num_threads(1)
+    dev = os.environ.get("POSTTRAIN_DEV_SFT")
+    sft_final = Path(dev) / "final" if dev else request.getfixturevalue("world_sft") / "final"
+    run_dir = tmp_path_factory.mktemp("ppo-world") / "run"
+    config = Path(__file__).resolve().parents[1] / "configs" / "ppo" / "world.yaml"
+    ppo(load_config(PPOConfig, config, [
+        f"model.name_or_path={sft_final}", f"train.run_dir={run_dir}", "train.progress=false",
+        "train.tensorboard=false", "train.save_every=0", "train.max_steps=10", "train.eval_every=0",
+        "rewards=[world_gold]", "critic=head", "whiten_rewards=true", "prompts_per_step=16", "eval_examples=16",
+        "kl_coef=0.05",
+        f"kl_target={WORLD_KL_TARGET}", "kl_horizon=200"]))
+    return run_dir
+
+
+def test_world_ppo_keeps_the_kl_near_its_target(world_ppo):
+    records = read_metrics(world_ppo / "metrics.jsonl")
+    steps = [r for r in records if "kl" in r]
+    assert len(steps) == 10 and (world_ppo / "proxy_vs_gold.png").exists()
+    late = np.mean([r["kl"] for r in steps[-5:]])
+    summary = ", ".join(f"{r['kl']:.2f}@{r['kl_coef']:.3f}" for r in steps)
+    assert late < 3 * WORLD_KL_TARGET, f"KL per response (at beta): {summary}"
+    assert all(abs(r["rollout/logp_diff"]) < 1e-3 for r in steps)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "not reached at test size: on the shipped 4-layer world model, 10 steps x 16 prompts of PPO move held-out "
+    "gold by less than its sampling noise (RLOO/GRPO and 20-60 step runs against the gold reward did not raise "
+    "it either; against the learned reward model the proxy rises while gold falls) - see the PPO report"))
+def test_world_ppo_raises_the_held_out_gold_reward(world_ppo):
+    evals = [r for r in read_metrics(world_ppo / "metrics.jsonl") if "eval/gold" in r]
+    assert [r["step"] for r in evals] == [0, 10]
+    assert evals[-1]["eval/gold"] > evals[0]["eval/gold"] + 0.02, evals
+
+
+def test_hacking_summary_reads_proxy_up_gold_down_from_the_metrics(tmp_path):
+    from posttrain.rl.diagnostics import hacking_summary, plot_proxy_vs_gold
+
+    records = [{"step": 0, "eval/score": 0.0, "eval/gold": 0.80}]
+    for step in range(1, 21):  # the proxy keeps rising; gold rises, peaks at step 8, then falls
+        records.append({"step": step, "reward/score": 0.1 * step, "reward/gold": 0.8 + 0.01 * min(step, 16 - step),
+                        "kl": 0.5 * step})
+    records += [{"step": 10, "eval/score": 1.0, "eval/gold": 0.84}, {"step": 20, "eval/score": 2.0, "eval/gold": 0.70}]
+    summary = hacking_summary(records)
+    assert summary["proxy_start"] == 0.0 and summary["proxy_end"] == 2.0  # held-out values win when logged
+    assert summary["gold_peak"] == pytest.approx(0.84) and summary["gold_peak_step"] == 10
+    assert summary["gold_drop_from_peak"] == pytest.approx(0.14) and summary["kl_end"] == pytest.approx(9.0)
+    assert plot_proxy_vs_gold(records, tmp_path / "plot.png").stat().st_size > 1000
+    assert hacking_summary([r for r in records if "reward/score" in r and "gold" not in str(r)]) == {}
+    assert plot_proxy_vs_gold([{"step": 1, "reward/score": 1.0}], tmp_path / "none.png") is None

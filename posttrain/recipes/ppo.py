@@ -222,8 +222,9 @@ def forward_rollout(model: ActorCritic, reference: torch.nn.Module | None, rollo
 
     parts: dict[str, list[torch.Tensor]] = {}
     model.eval()
+    order = by_length(rollout, torch.arange(len(rollout)))
     for start in range(0, len(rollout), batch_size):
-        chunk = rollout.select(range(start, min(start + batch_size, len(rollout))))
+        chunk = rollout.select(order[start:start + batch_size])
         ids, inputs = chunk.response_ids, chunk.model_inputs()
         out = model(**inputs, with_values=model.has_values)
         with nullcontext() if reference is not None else disabled_adapter(model.policy):
@@ -235,7 +236,8 @@ def forward_rollout(model: ActorCritic, reference: torch.nn.Module | None, rollo
             if value is not None:  # back to the rollout's width (select() dropped all-padding columns)
                 pad = rollout.response_length - value.shape[1]
                 parts.setdefault(key, []).append(torch.nn.functional.pad(value, (0, pad)))
-    return {k: torch.cat(v) for k, v in parts.items()}
+    restore = torch.argsort(order).to(rollout.input_ids.device)
+    return {k: torch.cat(v)[restore] for k, v in parts.items()}
 
 
 def ppo_advantages(cfg: PPOConfig, score, fwd, mask, kl_coef) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -347,6 +349,14 @@ ALGORITHMS = {
 }
 
 
+def by_length(rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` ordered by prompt + response length: cut into micro-batches, similar lengths share
+    one and there is little padding. The gradient of a minibatch is the sum over its micro-batches,
+    so how its rows are grouped changes nothing else."""
+    lengths = rollout.attention_mask[rows.to(rollout.attention_mask.device)].sum(dim=1).cpu()
+    return rows[torch.argsort(lengths, descending=True, stable=True)]
+
+
 def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experience: Experience, kl_coef: float,
            step: int) -> dict[str, float]:
     """ppo_epochs passes over the experience in shuffled minibatches; metrics averaged over updates."""
@@ -359,7 +369,7 @@ def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experie
         order = torch.randperm(len(experience), generator=torch.Generator().manual_seed(
             zlib.crc32(f"{tc.seed}-{step}-{epoch}".encode())))
         for start in range(0, len(experience), minibatch):
-            rows = order[start:start + minibatch]
+            rows = by_length(experience.rollout, order[start:start + minibatch])
             micro = [experience.select(rows[i:i + tc.batch_size]) for i in range(0, len(rows), tc.batch_size)]
             result = train_step(ctx, model, optimizer, scheduler, micro, partial(algorithm.loss, cfg, kl_coef),
                                 count, step=step)
@@ -396,10 +406,11 @@ def check_shapes(cfg: PPOConfig) -> int:
     episodes = cfg.prompts_per_step * cfg.samples_per_prompt
     minibatch = cfg.train.batch_size * cfg.train.grad_accum
     if cfg.algorithm != "ppo" and cfg.samples_per_prompt < 2:
-        raise TrainingError(f"algorithm={cfg.algorithm} compares samples of the same prompt: set samples_per_prompt >= 2")
+        raise TrainingError(f"algorithm={cfg.algorithm} compares samples of the same prompt: "
+                            f"set samples_per_prompt >= 2")
     if episodes % minibatch:
-        raise TrainingError(f"prompts_per_step x samples_per_prompt = {episodes} episodes do not split into minibatches "
-                            f"of train.batch_size x train.grad_accum = {minibatch}; make it a divisor")
+        raise TrainingError(f"prompts_per_step x samples_per_prompt = {episodes} episodes do not split into "
+                            f"minibatches of train.batch_size x train.grad_accum = {minibatch}; make it a divisor")
     return episodes
 
 
@@ -424,7 +435,8 @@ def evaluate(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, tokenizer, hel
     """Answer the held-out prompts (greedy unless eval_temperature > 0) and score the answers."""
     prompts, reward = heldout
     rollout = sample_rollouts(model.policy, tokenizer, prompts.ids, max_new_tokens=cfg.max_new_tokens,
-                              temperature=cfg.eval_temperature, batch_size=cfg.generation_batch_size, seed=cfg.train.seed)
+                              temperature=cfg.eval_temperature, batch_size=cfg.generation_batch_size,
+                              seed=cfg.train.seed)
     scores = reward(rollout.prompt_index.tolist(), rollout)
     out = {f"eval/{k.split('/')[-1]}": float(v.mean()) for k, v in scores.items()}
     out["eval/length"] = float(rollout.response_lengths.float().mean())
@@ -444,7 +456,7 @@ def train(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, tokeni
     updates_per_step = cfg.ppo_epochs * episodes // (tc.batch_size * tc.grad_accum)
     sampler = StepSampler(len(prompts), cfg.prompts_per_step, 1, ctx.world_size, ctx.rank, tc.seed)
     optimizer = build_optimizer(model, tc)
-    value_head = model.value_head or (model.critic.head if model.critic is not None else None)
+    value_head = model.critic.head if model.critic is not None else model.value_head
     if value_head is not None and cfg.value_lr > 0:
         own_learning_rate(optimizer, list(value_head.parameters()), cfg.value_lr)
     scheduler = build_scheduler(optimizer, tc, tc.max_steps * updates_per_step)
@@ -475,7 +487,8 @@ def train(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, tokeni
             experience_s = timer.lap()
             stats.update(update(ctx, cfg, model, optimizer, scheduler, experience, controller.kl_coef, step))
             update_s = timer.lap()
-            stats.update({"kl_coef": controller.kl_coef, "response/length": float(rollout.response_lengths.float().mean()),
+            stats.update({"kl_coef": controller.kl_coef,
+                          "response/length": float(rollout.response_lengths.float().mean()),
                           "response/finished": float(rollout.finished.float().mean()),
                           "episodes_per_s": len(rollout) / (rollout_s + experience_s + update_s),
                           "time/rollout_s": rollout_s, "time/experience_s": experience_s, "time/update_s": update_s})

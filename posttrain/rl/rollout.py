@@ -33,13 +33,15 @@ class Rollout:
     """Sampled responses to prompts, padded into tensors (shapes: B rows, P prompt columns, R response columns)."""
 
     input_ids: torch.Tensor
-    """(B, P + R) long: left-padded prompt, then right-padded response; padding holds the pad id (never searched for)."""
+    """(B, P + R) long: left-padded prompt, then right-padded response; padding holds the pad id
+    (never searched for)."""
     attention_mask: torch.Tensor
     """(B, P + R) bool, True on real prompt and response tokens."""
     response_mask: torch.Tensor
     """(B, R) bool, True on real response tokens (the stop token included when the policy chose it)."""
     rollout_token_logps: torch.Tensor
-    """(B, R) float32 log-prob of each response token under the sampling policy, as the sampler computed it; 0 on padding."""
+    """(B, R) float32 log-prob of each response token under the sampling policy, as the sampler
+    computed it; 0 on padding."""
     prompt_index: torch.Tensor
     """(B,) long: which prompt (index into the prompts given to :func:`sample_rollouts`) each row answers."""
     finished: torch.Tensor
@@ -98,8 +100,8 @@ class Rollout:
         last = int(self.response_mask.any(dim=0).nonzero().max()) + 1 if bool(self.response_mask.any()) else 1
         columns = slice(first, self.prompt_width + last)
         return replace(self, input_ids=self.input_ids[:, columns], attention_mask=self.attention_mask[:, columns],
-                       response_mask=self.response_mask[:, :last], rollout_token_logps=self.rollout_token_logps[:, :last],
-                       prompt_width=self.prompt_width - first)
+                       response_mask=self.response_mask[:, :last],
+                       rollout_token_logps=self.rollout_token_logps[:, :last], prompt_width=self.prompt_width - first)
 
     def to(self, device: torch.device | str) -> "Rollout":
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
