@@ -254,7 +254,7 @@ class PPOConfig:
     reward_clip: float = 0.0
     """Clip each sequence's score to [-reward_clip, reward_clip] before the KL penalty; 0: no clipping."""
     whiten_rewards: bool = False
-    """Whiten each rollout batch's scores (mean 0, std 1) before the KL penalty is subtracted, as Llama 2 does (ppo and rloo; grpo normalizes per group anyway)."""
+    """Whiten each rollout batch's scores (mean 0, std 1) before the KL penalty is subtracted, as Llama 2 does (ppo and rloo; grpo normalizes per group anyway). Gives a fresh value head (critic=head) targets on a unit scale; note that beta then weighs the KL against scores in batch standard deviations."""
     missing_eos_penalty: float = 0.0
     """Subtracted from the score of responses that reach max_new_tokens without a stop token."""
     gamma: float = 1.0
@@ -329,6 +329,8 @@ class DPOConfig:
     """Who labels pairs of sampled responses: the world's simulated annotators (world.noise_temperature), the world's gold reward, or reward_model. A scorer passed in Python (dpo(cfg, scorer=...)) replaces it."""
     reward_model: str = ""
     """Reward-model folder (posttrain reward's export) for labeler=reward_model."""
+    pairing: Literal["best_worst", "random"] = "best_worst"
+    """Pairs made from each prompt's sampled responses: best_worst, the labeler's best against its worst (one pair per prompt, as iterative DPO does); random, world.pairs_per_prompt random pairs each ordered by the labeler."""
     round_reference: Literal["previous", "initial"] = "previous"
     """Reference of each round: the model the round starts from (previous), or the first round's starting policy (initial; not with LoRA)."""
     world: WorldPreferenceConfig = field(default_factory=lambda: WorldPreferenceConfig(responses="both", examples=50, eval_examples=25))

@@ -6,13 +6,16 @@ DPO (Rafailov et al. 2023) writes the reward in terms of the policy, r = beta * 
 + beta * log Z(x), so the partition function cancels in the Bradley-Terry likelihood of a pair
 and preference learning becomes classification of (chosen, rejected) log-ratio differences. The
 loss is chosen by ``loss`` among the pure functions of ``posttrain.losses.dpo`` (DPO, cDPO, IPO,
-SimPO, ORPO, KTO; each cites its paper and equation).
+SimPO, ORPO, KTO; each cites its paper and equation); ``nll_weight`` adds the chosen responses'
+NLL to a pairwise loss (DPO+NLL, Pang et al. 2024), without which the chosen likelihood tends to
+fall along with the rejected one's (on the world's near-identical pairs, a lot).
 
 Efficiency:
 
-- **One forward per micro-batch**: the B chosen and B rejected sequences are padded into one
-  (2B, T) batch (``posttrain.data.preference``) and only the positions that predict a response
-  token go through the LM head (:class:`SequenceLogps`).
+- **One forward per micro-batch**: the B chosen and B rejected sequences go through the model
+  together, packed side by side in one row with no padding (``packing``, attention per sequence)
+  or padded into (2B, T) (``posttrain.data.preference``); only the positions that predict a
+  response token go through the LM head (:class:`SequenceLogps`).
 - **Reference log-probs computed once** (``reference=precompute``): before training, the reference
   scores every training and held-out sequence and the (N, 2) table is cached on disk as
   safetensors under a key of (reference weights, tokenized data, dtype); a rerun or a resume finds
@@ -27,15 +30,16 @@ KL(policy || reference) on held-out prompts from sampled responses (k1 and k3 es
 
 Data: preference files (``data.train``), or the embedded world (``data.train`` empty): prompts of
 its task families, responses sampled from the policy and/or the world's candidate responses,
-pairs labelled by its simulated annotators, its gold reward or a reward model (``labeler``). In
-the world the run also reports the held-out gold reward and the gold win-rate against the
-starting policy.
+ranked by its simulated annotators, its gold reward or a reward model (``labeler``), and paired
+best against worst (``pairing``). In the world the run also reports the held-out gold reward and
+the gold win-rate against the starting policy, greedy and sampled (``run_dir/world_gold.json``
+has them per family).
 
-Iterative DPO (``rounds`` > 1): each round samples responses from the current policy, labels pairs
-of them, and trains on the new pairs from the last round's model, which is also the round's
-reference (``round_reference``); Llama 2's iterative rounds (Touvron et al. 2023, §3.2) and
-iterative DPO (Xu et al. 2023, "Some things are more cringe than others"). Round k lives in
-``run_dir/round-k``; the last round's model is ``run_dir/final``; ``run_dir/rounds.json``
+Iterative DPO (``rounds`` > 1): each round takes new prompts, samples responses from the current
+policy, labels pairs of them, and trains on the new pairs from the last round's model, which is
+also the round's reference (``round_reference``); Llama 2's iterative rounds (Touvron et al. 2023,
+§3.2) and iterative DPO (Xu et al. 2023, "Some things are more cringe than others"). Round k
+lives in ``run_dir/round-k``; the last round's model is ``run_dir/final``; ``run_dir/rounds.json``
 summarizes them. Finished rounds are skipped when a run is started again.
 """
 
@@ -369,29 +373,33 @@ def as_scorer(scorer) -> Scorer | None:
     raise TypeError(f"scorer must be a callable (prompts, responses) -> rewards or have a .score method; got {type(scorer)}")
 
 
-def label_pairs(prompts: list, pools: list[list[str]], judge, pairs_per_prompt: int, seed: int,
+def label_pairs(prompts: list, pools: list[list[str]], rank, pairing: str, pairs_per_prompt: int, seed: int,
                 metas: list[dict]) -> tuple[list[Preference], int]:
-    """Pairs drawn at random from each prompt's pool of distinct responses, ordered by ``judge(i, a, b)``
-    (0: a preferred, 1: b preferred, None: a tie, skipped). Returns the records and the ties skipped."""
+    """Preference records from each prompt's pool of distinct responses, ordered by ``rank(i, responses)``
+    (best first, or None when the labeler finds them all equal).
+
+    pairing="best_worst": one pair per prompt, the best of the pool against the worst (as iterative
+    DPO builds its pairs, Xu et al. 2023; Pang et al. 2024); "random": ``pairs_per_prompt`` random
+    pairs. Returns the records and the number of tied pairs skipped."""
     rng, out, ties = random.Random(f"dpo-pairs:{seed}"), [], 0
     for i, (prompt, pool) in enumerate(zip(prompts, pools)):
         pool = list(dict.fromkeys(pool))
         if len(pool) < 2:
             continue
-        for _ in range(pairs_per_prompt):
-            a, b = rng.sample(pool, 2)
-            choice = judge(i, a, b)
-            if choice is None:
+        candidates = [pool] if pairing == "best_worst" else [rng.sample(pool, 2) for _ in range(pairs_per_prompt)]
+        for responses in candidates:
+            order = rank(i, responses)
+            if order is None:
                 ties += 1
                 continue
-            chosen, rejected = (a, b) if choice == 0 else (b, a)
-            out.append(Preference([Message(m["role"], m["content"]) for m in prompt],
-                                  [Message("assistant", chosen)], [Message("assistant", rejected)], None, dict(metas[i])))
+            out.append(Preference([Message(m["role"], m["content"]) for m in prompt], [Message("assistant", order[0])],
+                                  [Message("assistant", order[-1])], None, dict(metas[i])))
     return out, ties
 
 
-def make_judge(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None, scorer: Scorer | None):
-    """judge(i, a, b) for the configured labeler (a Python scorer wins)."""
+def make_ranker(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None, scorer: Scorer | None):
+    """rank(i, responses) -> the responses best first (None: all equal), by the configured labeler
+    (a Python scorer wins): the annotators' Plackett-Luce draw, or sorted by gold / scorer rewards."""
     if scorer is None and cfg.labeler == "reward_model":
         if not cfg.reward_model:
             raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
@@ -403,7 +411,7 @@ def make_judge(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: 
 
         w = cfg.world
         annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed))
-        return lambda i, a, b: annotator.prefer(examples[i], a, b, w.aspect)[0]
+        return lambda i, responses: [responses[j] for j in annotator.rank(examples[i], responses, w.aspect)]
     if scorer is None:  # gold
         from posttrain.world.gold import gold_reward
 
@@ -412,7 +420,12 @@ def make_judge(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: 
         flat = [(i, t) for i, pool in enumerate(pools) for t in dict.fromkeys(pool)]
         values = scorer([prompts[i] for i, _ in flat], [t for _, t in flat]).float().flatten().tolist()
         score = dict(zip(flat, values))
-    return lambda i, a, b: None if score[i, a] == score[i, b] else (0 if score[i, a] > score[i, b] else 1)
+
+    def rank(i: int, responses: list[str]) -> list[str] | None:
+        order = sorted(responses, key=lambda t: -score[i, t])  # stable: ties keep pool order
+        return None if score[i, order[0]] == score[i, order[-1]] else order
+
+    return rank
 
 
 def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
@@ -435,7 +448,7 @@ def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list,
     from posttrain.generation.best_of_n import sample_responses
 
     w = cfg.world
-    sampled = w.responses != "candidates" or round_index > 1 or examples is None
+    sampled = w.responses != "candidates" or examples is None
     pools = [[] for _ in prompts]
     if sampled:
         pools = sample_responses(lm, tokenizer, prompts, w.samples_per_prompt, w.sample_max_tokens,
@@ -443,10 +456,13 @@ def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list,
     if with_candidates and examples is not None:
         from posttrain.world.annotators import candidate_responses
 
-        pools = [[c.text for c in candidate_responses(e)] + p for e, p in zip(examples, pools)]
+        # Not the worked solutions: the policy answers directly, and gold scores brevity against the
+        # direct answer, so a chosen chain of thought would teach a style that costs reward.
+        pools = [[c.text for c in candidate_responses(e) if c.kind != "cot"] + p for e, p in zip(examples, pools)]
     metas = [{"task_id": e.id, "family": e.family} if examples else {} for e in (examples or prompts)]
-    judge = make_judge(cfg, prompts, pools, examples, scorer)
-    records, ties = label_pairs(prompts, pools, judge, w.pairs_per_prompt, cfg.train.seed * 1000 + round_index, metas)
+    rank = make_ranker(cfg, prompts, pools, examples, scorer)
+    records, ties = label_pairs(prompts, pools, rank, cfg.pairing, w.pairs_per_prompt,
+                                cfg.train.seed * 1000 + round_index, metas)
     sources = [f"{w.samples_per_prompt} policy samples"] * sampled + ["the world's candidates"] * with_candidates
     ctx.print(f"round {round_index}: {len(records)} pairs from {len(prompts)} prompts ({' + '.join(sources)} each, "
               f"labelled by {'a scorer' if scorer else cfg.labeler}); {ties} tied pairs skipped")
@@ -479,7 +495,7 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
                               False)
     else:
         examples = world_examples(cfg, "train", round_index)
-        with_candidates = round_index == 1 and cfg.world.responses in ("candidates", "both")
+        with_candidates = cfg.world.responses in ("candidates", "both")
         train = sampled_pairs(cfg, ctx, lm, tokenizer, [e.messages for e in examples], examples, scorer,
                               round_index, with_candidates)
     if ctx.is_main and not saved.exists():
@@ -559,40 +575,54 @@ def measure_kl(cfg: DPOConfig, policy: SequenceLogps, ref: ReferencePolicy, toke
     return {"kl_k1": k1 / n, "kl_k3": k3 / n, "kl_responses": len(rows)}
 
 
-def greedy_responses(lm, tokenizer, examples: list, max_tokens: int) -> list[str]:
+def world_answers(cfg: DPOConfig, lm, tokenizer, examples: list) -> dict[str, dict[str, list[str]]]:
+    """Each held-out example's greedy answer and ``EVAL_SAMPLES`` answers sampled at temperature 1
+    (the policy itself, whose expected reward DPO optimizes), by example id."""
     from posttrain.generation import generate_chat
+    from posttrain.generation.best_of_n import sample_responses
 
-    outputs = generate_chat(lm, tokenizer, [e.messages for e in examples], max_new_tokens=max_tokens, temperature=0.0,
-                            batch_size=64)
-    return [o.text.strip() for o in outputs]
+    prompts = [e.messages for e in examples]
+    greedy = generate_chat(lm, tokenizer, prompts, max_new_tokens=cfg.world.sample_max_tokens, temperature=0.0,
+                           batch_size=64)
+    sampled = sample_responses(lm, tokenizer, prompts, EVAL_SAMPLES, cfg.world.sample_max_tokens,
+                               seed=cfg.train.seed + 7)
+    return {"greedy": {e.id: [o.text.strip()] for e, o in zip(examples, greedy)},
+            "sampled": {e.id: s for e, s in zip(examples, sampled)}}
 
 
-def world_gold(cfg: DPOConfig, lm, tokenizer, baseline: dict[str, str]) -> dict:
-    """Held-out gold reward of greedy answers and the gold win-rate against the starting policy
-    (ties count half)."""
+EVAL_SAMPLES = 2
+"""Sampled answers per held-out world prompt in the gold evaluation."""
+
+
+def world_gold(cfg: DPOConfig, lm, tokenizer, baseline: dict) -> dict:
+    """Held-out gold reward of the policy's answers, greedy and sampled, and the gold win-rate of each
+    against the starting policy's answer to the same prompt (the i-th sample against its i-th; ties
+    count half)."""
     from posttrain.world.gold import gold_reward
 
     examples = world_examples(cfg, "heldout")
-    answers = greedy_responses(lm, tokenizer, examples, cfg.world.sample_max_tokens)
-    gold = [gold_reward(e, a).total for e, a in zip(examples, answers)]
-    base = [gold_reward(e, baseline[e.id]).total for e in examples]
-    wins = [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in zip(gold, base)]
-    return {"gold": sum(gold) / len(gold), "gold_start": sum(base) / len(base), "win_rate": sum(wins) / len(wins),
-            "held_out_prompts": len(examples)}
+    answers = world_answers(cfg, lm, tokenizer, examples)
+    out, families = {}, {}
+    for mode, suffix in (("greedy", ""), ("sampled", "_sampled")):
+        rows = [(e.family, gold_reward(e, a).total, gold_reward(e, b).total)
+                for e in examples for a, b in zip(answers[mode][e.id], baseline[mode][e.id])]
+        for family in [None, *dict.fromkeys(f for f, _, _ in rows)]:
+            mine = [(g, b) for f, g, b in rows if family in (None, f)]
+            wins = [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in mine]
+            scores = {f"gold{suffix}": sum(g for g, _ in mine) / len(mine),
+                      f"gold_start{suffix}": sum(b for _, b in mine) / len(mine), f"win_rate{suffix}": sum(wins) / len(wins)}
+            (out if family is None else families.setdefault(family, {})).update(scores)
+    return {**out, "held_out_prompts": len(examples), "families": families}
 
 
-def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool) -> dict[str, str]:
-    """The starting policy's greedy held-out answers (world), made once and kept in run_dir/baseline.json."""
+def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool) -> dict:
+    """The starting policy's held-out answers (world), made once and kept in run_dir/baseline.json."""
     path = top_dir / "baseline.json"
     if path.exists():
         return json.loads(path.read_text(encoding="utf-8"))
-    examples = world_examples(cfg, "heldout")
-    answers = dict(zip([e.id for e in examples], greedy_responses(lm, tokenizer, examples, cfg.world.sample_max_tokens)))
+    answers = world_answers(cfg, lm, tokenizer, world_examples(cfg, "heldout"))
     if is_main:
-        top_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(answers, indent=1), encoding="utf-8")
-        os.replace(tmp, path)
+        write_json(path, answers)
     return answers
 
 
@@ -663,7 +693,10 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
         if held_out_prompts and uses_reference(cfg) and ctx.is_main:
             scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
         if baseline is not None and ctx.is_main:
-            scores.update(world_gold(cfg, policy.lm, tokenizer, baseline))
+            gold = world_gold(cfg, policy.lm, tokenizer, baseline)
+            write_json(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
+            gold.pop("families")
+            scores.update(gold)
         ctx.metrics.log(step, scores)
         ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         return scores
@@ -721,7 +754,7 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
             summaries.append(json.loads((round_dir / "summary.json").read_text(encoding="utf-8")))
         else:
             summaries.append(train_round(round_cfg, scorer, k, top))
-            (round_dir / "summary.json").write_text(json.dumps(summaries[-1], indent=1), encoding="utf-8")
+            write_json(round_dir / "summary.json", summaries[-1])
             if k == cfg.rounds:
                 shutil.move(str(round_dir / "final"), str(final))
         start = str(done)
@@ -729,8 +762,13 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
     return final
 
 
-def write_summary(top: Path, summaries: list[dict]) -> None:
-    path = top / "rounds.json"
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically (a reader never sees half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summaries, indent=1), encoding="utf-8")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def write_summary(top: Path, summaries: list[dict]) -> None:
+    write_json(top / "rounds.json", summaries)
