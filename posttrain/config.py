@@ -145,13 +145,28 @@ def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
 def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
     """Build dataclass ``cls`` from a nested mapping, checking keys and types."""
     hints = _resolved_types(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in (data or {}).items():
-        if key not in names:
+        if key not in fields:
             raise _unknown_key_error(cls, key, where)
+        if isinstance(value, dict) and _is_dataclass_type(hints[key]):
+            # A section given in part keeps this class's own defaults for the rest (a recipe's
+            # train section may default to another learning rate than TrainConfig does).
+            value = {**_section_default(fields[key]), **value}
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
+
+
+def _section_default(f: dataclasses.Field) -> dict[str, Any]:
+    """The default of a section field as a plain mapping ({} when it has none)."""
+    if f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return {}
+    return to_dict(default) if dataclasses.is_dataclass(default) else {}
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -57,3 +57,15 @@ def test_saved_config_round_trips_with_docs(tmp_path: Path):
     text = out.read_text()
     assert "# How many steps." in text and "# Learning rate." in text
     assert load_config(Outer, out) == cfg
+
+
+def test_a_partial_section_keeps_the_recipes_own_section_defaults():
+    """Overriding one key of a section must not reset the rest to the section class's defaults:
+    PPO's train section defaults to its own learning rate, not TrainConfig's."""
+    from posttrain.recipes.config import PPOConfig
+    from posttrain.training.config import TrainConfig
+
+    recipe_lr = PPOConfig().train.lr
+    assert recipe_lr != TrainConfig().lr  # otherwise this test could not fail
+    cfg = load_config(PPOConfig, None, ["train.max_steps=3"])
+    assert cfg.train.max_steps == 3 and cfg.train.lr == recipe_lr
