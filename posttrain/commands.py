@@ -13,6 +13,12 @@ recipe_command("pretrain", rc.PretrainConfig, "posttrain.recipes.pretrain:pretra
                "Pretrain a causal LM on text (next-token prediction), from scratch or from a checkpoint.")
 recipe_command("eval", rc.EvalConfig, "posttrain.evaluation.run:run_eval",
                "Prompt a model on the world's task families: zero-shot, few-shot, CoT and multiple choice.")
+recipe_command("contamination", rc.ContaminationConfig, "posttrain.evaluation.contamination:run_contamination",
+               "Check evaluation sets for training-data contamination: word n-gram overlap, reported per set.")
+recipe_command("export-lm-eval", rc.LmEvalExportConfig, "posttrain.evaluation.lm_eval_export:run_export",
+               "Export world task families as lm-evaluation-harness tasks (YAML + local JSONL).")
+recipe_command("compare", rc.CompareConfig, "posttrain.compare:run_compare",
+               "The same prompts to several checkpoints side by side, judged against the first: terminal table, HTML page, win-rates.")
 recipe_command("sft", rc.SFTConfig, "posttrain.recipes.sft:sft",
                "Supervised fine-tuning on conversations: assistant-token loss, packing, LoRA, data mixing and rehearsal.")
 recipe_command("reward", rc.RewardConfig, "posttrain.recipes.reward:reward",

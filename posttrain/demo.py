@@ -2,16 +2,22 @@
 
 Each stage writes its own folder under ``run_dir`` and a ``stage.json`` when it has finished;
 a rerun skips finished stages and reuses what they wrote, so an interrupted demo continues
-where it stopped. The stages so far:
+where it stopped. The stages:
 
 1. ``world``     — the world's entities, corpus statistics, task suite and simulated-annotator
                    preference files (pairs with 4-point strength, rankings, unpaired labels);
 2. ``base``      — the base model: the shipped one, or pretrained here with ``pretrain: true``;
 3. ``prompting`` — what the base model does before any fine-tuning: zero-shot, few-shot,
                    chain of thought and log-prob multiple choice, per task family;
-4. ``sft``       — instruction fine-tuning on the world's tasks, then the same evaluation.
+4. ``sft``       — instruction fine-tuning on the world's tasks, then the same evaluation;
+5. ``reward``    — reward models trained on the simulated annotators' comparisons;
+6. ``dpo``       — DPO from the SFT model on its own samples ranked by the world's judge;
+7. ``ppo``       — PPO from the SFT model against the reward model, KL-penalized;
+8. ``final``     — every model on the same held-out prompts: gold reward, exact match,
+                   gold win-rate against SFT (raw and length-controlled), KL to SFT.
 
-``summary.json`` and ``summary.md`` in ``run_dir`` gather every stage's numbers.
+``summary.json`` and ``summary.md`` in ``run_dir`` gather every stage's numbers; ``report.html``
+shows them with plots, and every exported model gets a model card.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from statistics import fmean
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,17 +119,106 @@ def stage_prompting(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[st
     return {"accuracy": _evaluate(cfg, done["base"]["model"], out, chat=False)}
 
 
-def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+def _configs(kind: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "configs" / kind
+
+
+def _recipe_config(cfg: DemoConfig, config_cls: type, kind: str, overrides: list[str], name: str = ""):
+    """The recipe's world config (configs/<kind>/world[-name].yaml, or tiny.yaml with quick) with the
+    demo's seed and the given overrides."""
     from posttrain.config import load_config
+
+    path = _configs(kind) / ("tiny.yaml" if cfg.quick and not name else f"world{'-' + name if name else ''}.yaml")
+    return load_config(config_cls, path if path.exists() else None,
+                       [f"train.seed={cfg.seed}", "train.tensorboard=false", *overrides])
+
+
+def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     from posttrain.recipes.config import SFTConfig
     from posttrain.recipes.sft import sft
 
-    root = Path(__file__).resolve().parent.parent / "configs" / "sft"
-    name = "tiny.yaml" if cfg.quick else "world.yaml"
-    overrides = [f"train.run_dir={out / 'run'}", f"train.seed={cfg.seed}", f"model.name_or_path={done['base']['model']}"]
-    scfg = load_config(SFTConfig, root / name if (root / name).exists() else None, overrides)
-    final = sft(scfg)
+    final = sft(_recipe_config(cfg, SFTConfig, "sft", [f"train.run_dir={out / 'run'}",
+                                                         f"model.name_or_path={done['base']['model']}"]))
     return {"model": str(final), "accuracy": _evaluate(cfg, str(final), out / "eval", chat=True)}
+
+
+def stage_reward(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """The reward model PPO optimizes (the annotators' overall preference) and, by demo.reward_models,
+    Llama 2's separate helpfulness and safety models, each evaluated on held-out annotated pairs."""
+    from posttrain.recipes.config import RewardConfig
+    from posttrain.recipes.reward import reward
+
+    models = {}
+    for name in cfg.reward_models:
+        overrides = [f"train.run_dir={out / name / 'run'}", f"model.name_or_path={done['sft']['model']}"]
+        if cfg.quick:
+            overrides += ["world.examples=40", "world.eval_examples=20", "norm_prompts=16"]
+        final = reward(_recipe_config(cfg, RewardConfig, "reward", overrides, "" if name == "overall" else name))
+        report = json.loads((out / name / "run" / "eval" / "reward.json").read_text(encoding="utf-8"))
+        models[name] = {"model": str(final), **{k: v for k, v in report.items() if isinstance(v, (int, float))}}
+        console.print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in models[name].items() if k != "model"))
+    return {"models": models}
+
+
+def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from posttrain.recipes.config import DPOConfig
+    from posttrain.recipes.dpo import dpo
+
+    overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}"]
+    final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides + (["world.examples=20"] if cfg.quick else [])))
+    summary = json.loads((out / "run" / "rounds.json").read_text(encoding="utf-8"))[-1]
+    return {"model": str(final), **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}
+
+
+def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    from posttrain.recipes.config import PPOConfig
+    from posttrain.recipes.ppo import ppo
+
+    rm = done["reward"]["models"]["overall"]["model"]
+    overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
+                 f"critic={rm}"]
+    final = ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides + (["train.max_steps=4"] if cfg.quick else [])))
+    hacking = out / "run" / "reward_hacking.json"
+    return {"model": str(final), **(json.loads(hacking.read_text(encoding="utf-8")) if hacking.exists() else {})}
+
+
+def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """Every model of the journey on the same held-out world prompts: gold reward (per family),
+    exact match, response length, gold win-rate against the SFT model, KL to the SFT model."""
+    from posttrain.evaluation.policy import gold_by_family, sampled_kl
+    from posttrain.evaluation.scoring import solved
+    from posttrain.evaluation.winrate import GoldJudge, compare_answers, generate_answers
+    from posttrain.models.config import ModelConfig
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+    from posttrain.world import make_world
+    from posttrain.world.tasks import FAMILIES, make_tasks
+
+    world = make_world(cfg.seed)
+    examples = [e for f in FAMILIES for e in make_tasks(world, cfg.seed, f, "heldout", cfg.final_n)]
+    prompts = [e.messages for e in examples]
+    paths = {name: done[name]["model"] for name in ("base", "sft", "dpo", "ppo") if name in done}
+    sft_mcfg = ModelConfig(name_or_path=paths["sft"])
+    tokenizer = load_tokenizer(sft_mcfg)
+    sft_model = load_causal_lm(sft_mcfg, for_training=False)
+    answers, gold, accuracy, kl = {}, {}, {}, {}
+    for name, path in paths.items():
+        model = sft_model if name == "sft" else load_causal_lm(ModelConfig(name_or_path=path), for_training=False)
+        answers[name] = generate_answers(model, tokenizer, prompts, cfg.final_max_tokens, batch_size=64)
+        gold[name] = gold_by_family(examples, answers[name])
+        accuracy[name] = {f: round(100 * fmean(solved(e, a) for e, a in zip(examples, answers[name]) if e.family == f), 1)
+                          for f in FAMILIES}
+        if name in ("dpo", "ppo"):
+            kl[name] = sampled_kl(model, sft_model, tokenizer, prompts[::cfg.kl_every], cfg.final_max_tokens, cfg.seed)
+        console.print(f"  {name}: gold {gold[name]['mean']:.3f}, exact match {fmean(accuracy[name].values()):.1f}%"
+                      + (f", KL to SFT {kl[name]['kl_k1']:.2f}" if name in kl else ""))
+    judge, lengths = GoldJudge(examples), lambda a: len(tokenizer(a)["input_ids"])
+    wins = {name: compare_answers(judge, prompts, answers[name], answers["sft"], length=lengths).summary()
+            for name in paths if name != "sft"}
+    _write_json(out / "answers.json", {"examples": [e.id for e in examples], "answers": answers})
+    return {"models": paths, "gold": {k: {"mean": v["mean"], "families": v["families"]} for k, v in gold.items()},
+            "win_rate_vs_sft": wins, "kl_to_sft": {k: v["kl_k1"] for k, v in kl.items()}, "kl": kl,
+            "mean_length": {k: fmean(map(lengths, v)) for k, v in answers.items()}, "accuracy": accuracy,
+            "held_out_prompts": len(examples)}
 
 
 STAGES = [
@@ -130,16 +226,11 @@ STAGES = [
     Stage("base", "base model", stage_base),
     Stage("prompting", "prompting the base model (zero-shot, few-shot, CoT, multiple choice)", stage_prompting),
     Stage("sft", "instruction fine-tuning (SFT) and its evaluation", stage_sft),
+    Stage("reward", "reward models from the annotators' comparisons", stage_reward),
+    Stage("dpo", "DPO from the SFT model", stage_dpo),
+    Stage("ppo", "PPO against the reward model, KL-penalized to the SFT model", stage_ppo),
+    Stage("final", "every model on the same held-out prompts: gold reward, win-rate, KL", stage_final),
 ]
-
-
-def _available(stage: Stage) -> bool:
-    """Stages whose recipe is not part of this installation are skipped (and said so)."""
-    if stage.name == "sft":
-        import importlib.util
-
-        return importlib.util.find_spec("posttrain.recipes.sft") is not None
-    return True
 
 
 # --- the run -----------------------------------------------------------------------------------
@@ -156,9 +247,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         if cfg.stages and stage.name not in cfg.stages:
             console.print("  skipped (not in demo.stages)")
             continue
-        if not _available(stage):
-            console.print("  not available yet in this version")
-            continue
         if marker.exists():
             done[stage.name] = json.loads(marker.read_text(encoding="utf-8"))["results"]
             console.print(f"  finished earlier, reusing {out}")
@@ -171,8 +259,36 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         console.print(f"  done in {time.time() - t0:.0f}s")
     _write_json(root / "summary.json", done)
     (root / "summary.md").write_text(summary_markdown(done), encoding="utf-8")
-    console.rule(f"demo finished in {time.time() - started:.0f}s: {root / 'summary.md'}")
+    write_model_cards(root, done, cfg.seed)
+    from posttrain.report import build_report
+
+    report = build_report(root)
+    console.rule(f"demo finished in {time.time() - started:.0f}s: {report}")
     return done
+
+
+CARD_DATA = {"sft": ("tasks", "corpus"), "reward": ("preferences",), "dpo": ("tasks", "preferences"), "ppo": ("tasks",)}
+"""The world's data each stage's model was trained on (rehearsal mixes the corpus into SFT)."""
+
+
+def write_model_cards(root: Path, done: dict[str, Any], seed: int) -> None:
+    """A model card (README.md) beside every model the demo exported, with its scores."""
+    from posttrain.models.card import world_data_sources, write_model_card
+
+    final = done.get("final", {})
+    exported = [(s, s, root / s / "run", done[s]["model"]) for s in ("sft", "dpo", "ppo") if s in done]
+    exported += [("reward", f"{name} reward model", root / "reward" / name / "run", info["model"])
+                 for name, info in done.get("reward", {}).get("models", {}).items()]
+    for stage, name, run, model in exported:
+        base = done["base"]["model"] if stage == "sft" else done["sft"]["model"]
+        scores = ({k: v for k, v in done["reward"]["models"][name.split()[0]].items() if k != "model"} if stage == "reward"
+                  else {"held-out gold reward": final.get("gold", {}).get(stage, {}).get("mean"),
+                        "exact match by family (%)": final.get("accuracy", {}).get(stage),
+                        "gold win-rate vs SFT": final.get("win_rate_vs_sft", {}).get(stage, {}).get("win_rate"),
+                        "KL to SFT": final.get("kl_to_sft", {}).get(stage)})
+        write_model_card(model, base_model=base, data=world_data_sources(seed, CARD_DATA[stage]),
+                         training_config=run / "config.yaml" if (run / "config.yaml").exists() else None, stage=stage, name=f"posttrain demo: {name}",
+                         scores={k: v for k, v in scores.items() if v is not None})
 
 
 def summary_markdown(done: dict[str, Any]) -> str:

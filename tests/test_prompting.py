@@ -144,6 +144,10 @@ def test_evaluate_suite_on_a_tiny_model_fills_every_cell(tiny_model, tiny_tokeni
     chat = evaluate_suite(tiny_model, tiny_tokenizer, families=["chat_rule", "fact_lookup"],
                           strategies=["few_shot", "mc"], n=4, shots=1, batch_size=4, max_new_tokens=6, chat=True)
     assert chat.settings["prompt_format"] == "chat" and chat.settings["chat_template"] == tiny_tokenizer.chat_template
+    import hashlib
+
+    assert chat.settings["chat_template_sha256"] == hashlib.sha256(tiny_tokenizer.chat_template.encode()).hexdigest()
+    assert report.settings["chat_template_sha256"] is None and report.settings["dtype"] == "float32"
     assert chat.cells["chat_rule"]["few_shot"].n == 4 and chat.cells["fact_lookup"]["mc_norm"].n == 4
     assert tiny_model.generation_config.eos_token_id == saved
 
@@ -163,8 +167,12 @@ def test_posttrain_eval_writes_results_with_every_setting(tmp_path, tiny_model_d
     data = json.loads((run_dir / "results.json").read_text())
     settings = data["settings"]
     for key in ("n_per_family", "shots", "seed", "batch_size", "prompt_format", "tasks_version",
-                "posttrain_version", "model", "max_prompt_tokens", "split"):
+                "posttrain_version", "model", "max_prompt_tokens", "split", "strategies", "max_new_tokens",
+                "mc_shots", "chat_template_sha256", "dtype", "device", "torch_version", "transformers_version"):
         assert key in settings, key
+    assert settings["model"] == str(tiny_model_dir.resolve()) and settings["dtype"] == "float32"
+    assert settings["strategies"] == ["zero_shot", "few_shot", "cot", "zero_shot_cot", "mc"]
+    assert (settings["shots"], settings["batch_size"], settings["max_new_tokens"]) == (1, 4, 6)
     assert data["results"]["sorting"]["zero_shot"]["n"] == 4
     assert (run_dir / "config.yaml").exists()
     lines = (run_dir / "predictions.jsonl").read_text().splitlines()

@@ -5,8 +5,9 @@ CoT, and multiple choice by summed / length-normalized log-prob) it scores ``n``
 prints accuracy with its 95% interval, and writes into the run directory:
 
 - ``results.json``: every cell (n, correct, accuracy, interval, chance, prompts truncated) and every
-  setting that changes scores (model, prompt format and chat template, shots, n, seed, split,
-  batch size, token budgets, posttrain and task-suite versions);
+  setting that changes scores (model, its dtype and device, prompt format, chat template and its
+  SHA-256, strategies, shots, n, seed, split, batch size, token budgets, posttrain, task-suite,
+  torch and transformers versions);
 - ``predictions.jsonl``: each example's completion, extracted answer and verdict;
 - ``config.yaml``: the resolved config.
 
@@ -251,10 +252,29 @@ def evaluate_suite(model, tokenizer, *, families: Sequence[str] = FAMILIES, stra
                     progress(family, cell.strategy, cell)
     settings = {"families": list(families), "strategies": list(strategies), "n_per_family": n, "shots": shots,
                 "mc_shots": mc_shots, "seed": seed, "split": split, "prompt_format": "chat" if chat else "plain",
-                "chat_template": tokenizer.chat_template if chat else None, "batch_size": batch_size,
-                "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens, "decoding": "greedy",
-                "tasks_version": TASKS_VERSION}
+                "chat_template": tokenizer.chat_template if chat else None,
+                "chat_template_sha256": _sha256(tokenizer.chat_template) if chat else None,
+                "batch_size": batch_size, "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens,
+                "decoding": "greedy", "mc_scoring": "summed and per-token mean log-prob of each full answer",
+                "tasks_version": TASKS_VERSION, **_model_settings(model)}
     return EvalReport(cells, settings)
+
+
+def _sha256(text: str | None) -> str | None:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest() if isinstance(text, str) else None
+
+
+def _model_settings(model) -> dict[str, Any]:
+    """Weights dtype, device and the libraries that compute the scores (each can move them)."""
+    import torch
+    import transformers
+
+    param = next(iter(model.parameters()), None)
+    return {"dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
+            "device": str(param.device) if param is not None else None,
+            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,8 +368,9 @@ def run_eval(cfg) -> EvalReport:
                             chat=cfg.prompt_format == "chat", batch_size=cfg.batch_size,
                             max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
                             progress=progress)
-    extra = {"model": resolve_model_path(cfg.model.name_or_path), "posttrain_version": posttrain.__version__,
-             "seconds": round(time.time() - start, 1)}
+    extra = {"model": resolve_model_path(cfg.model.name_or_path), "tokenizer": cfg.model.tokenizer,
+             "dtype_requested": cfg.model.dtype, "chat_template_override": cfg.model.chat_template,
+             "posttrain_version": posttrain.__version__, "seconds": round(time.time() - start, 1)}
     path = write_report(report, run_dir, extra)
     console.print(results_table(report))
     console.print(f"results: {path}")

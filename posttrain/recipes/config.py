@@ -27,7 +27,15 @@ class DemoConfig:
     eval_n: int = 100
     """Held-out examples per task family in each evaluation (200 resolves 5-point differences, 100 about 7)."""
     stages: list[str] = field(default_factory=list)
-    """Run only these stages (world, base, prompting, sft); empty runs them all."""
+    """Run only these stages (world, base, prompting, sft, reward, dpo, ppo, final); empty runs them all."""
+    reward_models: list[str] = field(default_factory=lambda: ["overall"])
+    """Reward models to train: overall (the one PPO optimizes; always needed), helpfulness and safety (Llama 2's pair, configs/reward/world-<name>.yaml)."""
+    final_n: int = 20
+    """Held-out prompts per task family in the final comparison of every model."""
+    final_max_tokens: int = 64
+    """Longest answer in tokens in the final comparison (and the KL samples)."""
+    kl_every: int = 2
+    """The KL to the SFT model is measured on every kl_every-th final prompt."""
 
 
 @dataclass
@@ -102,6 +110,98 @@ class EvalConfig:
     """Prompts per generation / scoring batch (results do not depend on it)."""
     max_new_tokens: int = 128
     """Cap on generated tokens; each cell generates its longest canonical solution plus a margin, up to this."""
+
+
+@dataclass
+class ContaminationConfig:
+    train: list[str] = field(default_factory=lambda: ["world:sft", "world:corpus"])
+    """Training data: files of any posttrain record format (JSONL/Parquet/text, world task files too), world:sft (the world's instruction-tuning examples) and/or world:corpus (its pretraining corpus)."""
+    eval: list[str] = field(default_factory=lambda: ["world:heldout"])
+    """Evaluation sets, each reported on its own: files (world task files or records), world:heldout (one set per family's held-out split) or world:sft (the training examples themselves, a check that reads 100%)."""
+    n: int = 8
+    """Words per n-gram (GPT-3 used 13; 8 catches shorter copies)."""
+    threshold: float = 0.0
+    """An example is contaminated when the share of its distinct n-grams found in training is above this (0: any shared n-gram)."""
+    worst: int = 5
+    """Most overlapping examples listed per set."""
+    skip_invalid: bool = False
+    """Skip (and count) invalid records in data files instead of stopping at the first."""
+    world_seed: int = 0
+    """Seed of the embedded world whose tasks and corpus the world: sources name."""
+    world_families: list[str] = field(default_factory=list)
+    """World task families of world:heldout and world:sft; empty: every family (world:sft: every trained family)."""
+    world_examples: int = 1000
+    """Training examples per family in world:sft (as `posttrain sft`'s world_examples)."""
+    world_eval_examples: int = 250
+    """Held-out examples per family in world:heldout (the first ones, so any smaller evaluation is covered)."""
+    world_corpus_mb: float = 0.0
+    """Megabytes of world:corpus; 0: the corpus the shipped base model was pretrained on (assets/corpus.json)."""
+    run_dir: str = "runs/contamination"
+    """Where contamination.json and config.yaml are written."""
+
+
+@dataclass
+class LmEvalExportConfig:
+    out_dir: str = "runs/lm-eval-tasks"
+    """Folder that receives one YAML task config and one JSONL file per task, a group YAML and a README."""
+    families: list[str] = field(default_factory=list)
+    """World task families to export; empty: all of posttrain.world.tasks.FAMILIES (multiple choice only for families with choices)."""
+    kinds: list[str] = field(default_factory=lambda: ["mc"])
+    """Task kinds: mc (multiple_choice by log-prob: lm-eval's acc is `posttrain eval`'s mc_sum) and/or gen (generate_until, zero-shot, greedy, scored by posttrain's answer checker)."""
+    split: Literal["heldout", "train"] = "heldout"
+    """Which split of each family to export."""
+    n_per_family: int = 200
+    """Examples per family (the first n, as `posttrain eval` takes them)."""
+    seed: int = 0
+    """Seed of the world, its task suite and the few-shot draws."""
+    mc_shots: int = 0
+    """Solved examples written into each multiple-choice context (as `posttrain eval`'s mc_shots); lm-eval's num_fewshot must stay 0."""
+    prompt_format: Literal["plain", "chat"] = "plain"
+    """plain: the corpus' "Q: ...\\nA:" text; chat: the prompt rendered by the chat template of `model`."""
+    model: str = "world"
+    """Model (or tokenizer) folder whose chat template renders chat prompts and counts generation budgets; 'world' is the shipped base model."""
+    prefix: str = "posttrain_world"
+    """Task names are <prefix>_<family>_<kind>; the group of them all is <prefix>."""
+
+
+@dataclass
+class CompareConfig:
+    models: list[str] = field(default_factory=list)
+    """Checkpoints to compare (HF folders, 'world' for the shipped base model), e.g. [runs/sft/final, runs/dpo/final]; the first is the baseline every other is judged against."""
+    names: list[str] = field(default_factory=list)
+    """Column names of the models, in order; empty: each folder's name (made unique)."""
+    run_dir: str = "runs/compare"
+    """Where compare.html, compare.json and config.yaml are written."""
+    prompts: str = "world"
+    """world: held-out task prompts of the embedded world; otherwise a JSONL file of {"prompt": ...} or {"messages": [...]} records (a conversation's last assistant turns are dropped)."""
+    families: list[str] = field(default_factory=list)
+    """World task families to take prompts from (prompts=world); empty: every family (posttrain.world.tasks.FAMILIES)."""
+    n: int = 24
+    """Prompts compared: world prompts are spread evenly over the families; from a file, its first n (0: all)."""
+    seed: int = 0
+    """Seed of the world (its prompts) and of sampling when temperature > 0."""
+    max_new_tokens: int = 128
+    """Longest answer in tokens; answers cut there are counted."""
+    temperature: float = 0.0
+    """0: greedy answers; > 0: sampled at this temperature (seeded)."""
+    batch_size: int = 16
+    """Prompts per generation (and judge) batch; greedy answers do not depend on it."""
+    judge: Literal["auto", "gold", "reward_model", "llm", "none"] = "auto"
+    """Who says which answer is better: gold (the world's gold reward), reward_model or llm (judge_model folder), none; auto: gold for world prompts, none for a file."""
+    judge_model: str = ""
+    """Reward-model folder (judge=reward_model) or causal-LM folder (judge=llm)."""
+    judge_template: str = ""
+    """LLM judge question with {question}, {answer_a} and {answer_b} (other braces doubled); empty: posttrain.evaluation.winrate.DEFAULT_JUDGE_TEMPLATE."""
+    judge_combine: Literal["average", "agree"] = "average"
+    """LLM judge, asked both orders: average P(better) over the two orders, or a tie where the orders disagree."""
+    judge_max_answer_tokens: int = 0
+    """LLM judge: cut answers longer than this many tokens in the judge prompt (counted); 0: no cut."""
+    device: str = "auto"
+    """Device of the models and the judge: auto, cpu, cuda, cuda:1, mps."""
+    dtype: str = "auto"
+    """Weights dtype: auto, float32, bfloat16 or float16."""
+    show_chars: int = 80
+    """Characters of each answer shown in the terminal table (compare.html shows them whole)."""
 
 
 @dataclass
