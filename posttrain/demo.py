@@ -53,6 +53,20 @@ def _write_json(path: Path, data: Any) -> None:
 
 # --- stages ----------------------------------------------------------------------------------
 
+def _configs(kind: str) -> Path:
+    return Path(__file__).resolve().parent.parent / "configs" / kind
+
+
+def _recipe_config(cfg: DemoConfig, config_cls: type, kind: str, overrides: list[str], name: str = ""):
+    """configs/<kind>/<name>.yaml (default: tiny.yaml with quick, else world.yaml) with the demo's
+    seed and the given overrides."""
+    from posttrain.config import load_config
+
+    path = _configs(kind) / f"{name or ('tiny' if cfg.quick else 'world')}.yaml"
+    return load_config(config_cls, path if path.exists() else None,
+                       [f"train.seed={cfg.seed}", "train.tensorboard=false", *overrides])
+
+
 def stage_world(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     from posttrain.world import generate_corpus, make_world
     from posttrain.world.annotators import AnnotatorConfig, write_preference_files
@@ -86,16 +100,12 @@ def stage_base(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, An
         path = base_model_path()
         console.print(f"  using the shipped base model {path} (pretrain=true trains one here)")
         return {"model": str(path), "source": "shipped"}
-    from posttrain.config import load_config
     from posttrain.recipes.config import PretrainConfig
     from posttrain.recipes.pretrain import pretrain
 
-    root = Path(__file__).resolve().parent.parent / "configs" / "pretrain"
-    name = "tiny.yaml" if cfg.quick else "world.yaml"
-    overrides = [f"train.run_dir={out / 'run'}", f"train.seed={cfg.seed}", f"world_seed={cfg.seed}"]
-    pcfg = load_config(PretrainConfig, root / name if (root / name).exists() else None, overrides)
-    final = pretrain(pcfg)
-    return {"model": str(final), "source": f"pretrained with configs/pretrain/{name}"}
+    final = pretrain(_recipe_config(cfg, PretrainConfig, "pretrain", [f"train.run_dir={out / 'run'}",
+                                                                     f"world_seed={cfg.seed}"]))
+    return {"model": str(final), "source": f"pretrained with configs/pretrain/{'tiny' if cfg.quick else 'world'}.yaml"}
 
 
 def _evaluate(cfg: DemoConfig, model_path: str, out: Path, chat: bool) -> dict[str, Any]:
@@ -119,20 +129,6 @@ def stage_prompting(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[st
     return {"accuracy": _evaluate(cfg, done["base"]["model"], out, chat=False)}
 
 
-def _configs(kind: str) -> Path:
-    return Path(__file__).resolve().parent.parent / "configs" / kind
-
-
-def _recipe_config(cfg: DemoConfig, config_cls: type, kind: str, overrides: list[str], name: str = ""):
-    """The recipe's world config (configs/<kind>/world[-name].yaml, or tiny.yaml with quick) with the
-    demo's seed and the given overrides."""
-    from posttrain.config import load_config
-
-    path = _configs(kind) / ("tiny.yaml" if cfg.quick and not name else f"world{'-' + name if name else ''}.yaml")
-    return load_config(config_cls, path if path.exists() else None,
-                       [f"train.seed={cfg.seed}", "train.tensorboard=false", *overrides])
-
-
 def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     from posttrain.recipes.config import SFTConfig
     from posttrain.recipes.sft import sft
@@ -153,7 +149,8 @@ def stage_reward(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, 
         overrides = [f"train.run_dir={out / name / 'run'}", f"model.name_or_path={done['sft']['model']}"]
         if cfg.quick:
             overrides += ["world.examples=40", "world.eval_examples=20", "norm_prompts=16"]
-        final = reward(_recipe_config(cfg, RewardConfig, "reward", overrides, "" if name == "overall" else name))
+        final = reward(_recipe_config(cfg, RewardConfig, "reward", overrides,
+                                      "world" if name == "overall" else f"world-{name}"))
         report = json.loads((out / name / "run" / "eval" / "reward.json").read_text(encoding="utf-8"))
         models[name] = {"model": str(final), **{k: v for k, v in report.items() if isinstance(v, (int, float))}}
         console.print(f"  {name}: " + ", ".join(f"{k} {v:.3f}" for k, v in models[name].items() if k != "model"))

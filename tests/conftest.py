@@ -84,3 +84,52 @@ def world_sft(tmp_path_factory):
                                           "train.save_every=0", f"eval_exact_match={WORLD_SFT_EVAL_N}"])
     sft(cfg)
     return run_dir
+
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's headless Chromium driven by playwright (never `playwright install`): a browser for
+    tests that open the pages posttrain writes. Fails, saying how to install it, when missing."""
+    import os
+
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is not installed: `pip install -e '.[test]'` (playwright==1.65.2; it drives the "
+                    "system Chromium, so never run `playwright install`)", pytrace=False)
+    if not os.path.exists(CHROMIUM):
+        pytest.fail(f"Chromium not found at {CHROMIUM}: tests open posttrain's HTML pages in Debian's headless "
+                    f"Chromium. Install it with `apt-get update && apt-get install -y chromium` "
+                    f"(.ci/run does this in CI).", pytrace=False)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture()
+def open_page(chromium):
+    """open_page(path) -> (page, problems, requests): the file opened in a fresh 1280-wide page,
+    with every console error, page error and failed request collected in ``problems`` and every
+    URL asked for in ``requests``."""
+    pages = []
+
+    def _open(path):
+        page = chromium.new_page(viewport={"width": 1280, "height": 900})
+        pages.append(page)
+        problems, requests = [], []
+        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(path.as_uri(), wait_until="load")
+        return page, problems, requests
+
+    yield _open
+    for page in pages:
+        page.close()

@@ -27,9 +27,6 @@ import yaml
 from posttrain.models.card import WORLD_DATA_LICENSE, card_license, world_data_sources, write_model_card
 from posttrain.report import build_report, load_run, model_cards, report_stage_table, table_families
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 FAMILIES = ["fact_lookup", "arithmetic", "reverse", "chat_rule", "harmful"]
 PLOTS = {"plot-losses", "plot-ppo", "plot-gold", "plot-win-rates", "plot-accuracy"}
 
@@ -254,46 +251,24 @@ def test_model_card_refuses_data_without_license(tmp_path):
 
 # --- in a browser ------------------------------------------------------------------------------
 
-def _launch(playwright):
-    if not CHROMIUM.exists():
-        pytest.fail(f"Chromium not found at {CHROMIUM}: the report test opens the page in Debian's headless "
-                    f"Chromium. Install it with `apt-get update && apt-get install -y chromium` "
-                    f"(.ci/run does this in CI).", pytrace=False)
-    return playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-
-
-def test_report_opens_in_headless_chromium(report, tmp_path):
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is not installed: `pip install -e '.[test]'` (playwright==1.65.2; it drives the "
-                    "system Chromium, so never run `playwright install`)", pytrace=False)
-    problems, requests = [], []
+def test_report_opens_in_headless_chromium(report, tmp_path, open_page):
     started = time.perf_counter()
-    with sync_playwright() as p:
-        browser = _launch(p)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
-        page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
-        page.on("request", lambda r: requests.append(r.url))
-        page.goto(report.as_uri(), wait_until="load")
-        assert page.title() == "posttrain demo report"
-        assert page.locator("#stage-table").is_visible()
-        assert page.locator("#stage-table tbody tr").count() == 7
-        assert "0.612" in page.locator('#stage-table tr[data-model="dpo"]').inner_text()
-        images = page.eval_on_selector_all("img.plot", "els => els.map(e => ({id: e.id, complete: e.complete, "
-                                                       "w: e.naturalWidth, h: e.naturalHeight}))")
-        assert {i["id"] for i in images} == PLOTS
-        assert all(i["complete"] and i["w"] > 100 and i["h"] > 100 for i in images), images
-        assert page.locator("#timings tbody tr").count() == 8
-        card_links = page.eval_on_selector_all("a.model-card", "els => els.map(e => e.href)")
-        assert len(card_links) == 7 and all(Path(unquote(u.removeprefix("file://"))).is_file() for u in card_links)
-        # readable at laptop width: the page itself never scrolls sideways (wide tables scroll in their box)
-        assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
-        shot = tmp_path / "report.png"
-        page.screenshot(path=str(shot), full_page=True)
-        browser.close()
+    page, problems, requests = open_page(report)
+    assert page.title() == "posttrain demo report"
+    assert page.locator("#stage-table").is_visible()
+    assert page.locator("#stage-table tbody tr").count() == 7
+    assert "0.612" in page.locator('#stage-table tr[data-model="dpo"]').inner_text()
+    images = page.eval_on_selector_all("img.plot", "els => els.map(e => ({id: e.id, complete: e.complete, "
+                                                   "w: e.naturalWidth, h: e.naturalHeight}))")
+    assert {i["id"] for i in images} == PLOTS
+    assert all(i["complete"] and i["w"] > 100 and i["h"] > 100 for i in images), images
+    assert page.locator("#timings tbody tr").count() == 8
+    card_links = page.eval_on_selector_all("a.model-card", "els => els.map(e => e.href)")
+    assert len(card_links) == 7 and all(Path(unquote(u.removeprefix("file://"))).is_file() for u in card_links)
+    # readable at laptop width: the page itself never scrolls sideways (wide tables scroll in their box)
+    assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
+    shot = tmp_path / "report.png"
+    page.screenshot(path=str(shot), full_page=True)
     assert problems == []
     assert all(u.startswith(("file://", "data:")) for u in requests), requests  # nothing fetched from outside
     assert shot.stat().st_size > 50_000

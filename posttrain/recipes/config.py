@@ -32,8 +32,8 @@ class DemoConfig:
     """Reward models to train: overall (the one PPO optimizes; always needed), helpfulness and safety (Llama 2's pair, configs/reward/world-<name>.yaml)."""
     final_n: int = 20
     """Held-out prompts per task family in the final comparison of every model."""
-    final_max_tokens: int = 64
-    """Longest answer in tokens in the final comparison (and the KL samples)."""
+    final_max_tokens: int = 256
+    """Longest answer in tokens in the final comparison and its KL samples (worked sums need about 200)."""
     kl_every: int = 2
     """The KL to the SFT model is measured on every kl_every-th final prompt."""
 
