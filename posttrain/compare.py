@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from posttrain.errors import UserError
+from posttrain.files import write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     from posttrain.evaluation.winrate import Judge
@@ -249,26 +248,6 @@ def build_result(cfg: "CompareConfig", prompts: PromptSet, answers: list[Answers
     return {"settings": settings, "summary": summary, "rows": rows}
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN (an LC win-rate that cannot be computed) as null: strict JSON has no NaN."""
-    if isinstance(value, float) and value != value:
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 # --------------------------------------------------------------------------- terminal
 
 
@@ -466,9 +445,8 @@ def run_compare(cfg: "CompareConfig") -> dict[str, Any]:
         console.print(f"  {name}: {len(a.texts)} answers in {a.seconds:.1f}s "
                       f"({a.cut} cut at max_new_tokens={cfg.max_new_tokens})")
     result = build_result(cfg, prompts, answers, judge, time.time() - start)
-    text = json.dumps(_json_safe(result), indent=2, ensure_ascii=False, allow_nan=False)
-    _write_atomic(run_dir / "compare.json", text + "\n")
-    _write_atomic(run_dir / "compare.html", render_html(result))
+    write_json_atomic(run_dir / "compare.json", result)
+    write_text_atomic(run_dir / "compare.html", render_html(result))
     console.print(answers_table(result, cfg.show_chars))
     console.print(summary_table(result))
     console.print(f"written: {run_dir / 'compare.html'}, {run_dir / 'compare.json'}")

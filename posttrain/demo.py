@@ -23,7 +23,6 @@ shows them with plots, and every exported model gets a model card.
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from statistics import fmean
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rich.console import Console
+
+from posttrain.files import write_json_atomic
 
 from posttrain.recipes.config import DemoConfig
 
@@ -43,12 +44,6 @@ class Stage:
     title: str
     run: Callable[[DemoConfig, Path, dict[str, Any]], dict[str, Any]]
     """(config, stage folder, results of earlier stages) -> this stage's results (JSON-able)."""
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # --- stages ----------------------------------------------------------------------------------
@@ -162,7 +157,7 @@ def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     from posttrain.recipes.dpo import dpo
 
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}"]
-    final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides + (["world.examples=20"] if cfg.quick else [])))
+    final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides + [f"world.examples={20 if cfg.quick else cfg.dpo_prompts}"]))
     summary = json.loads((out / "run" / "rounds.json").read_text(encoding="utf-8"))[-1]
     return {"model": str(final), **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}
 
@@ -211,7 +206,7 @@ def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, A
     judge, lengths = GoldJudge(examples), lambda a: len(tokenizer(a)["input_ids"])
     wins = {name: compare_answers(judge, prompts, answers[name], answers["sft"], length=lengths).summary()
             for name in paths if name != "sft"}
-    _write_json(out / "answers.json", {"examples": [e.id for e in examples], "answers": answers})
+    write_json_atomic(out / "answers.json", {"examples": [e.id for e in examples], "answers": answers})
     return {"models": paths, "gold": {k: {"mean": v["mean"], "families": v["families"]} for k, v in gold.items()},
             "win_rate_vs_sft": wins, "kl_to_sft": {k: v["kl_k1"] for k, v in kl.items()}, "kl": kl,
             "mean_length": {k: fmean(map(lengths, v)) for k, v in answers.items()}, "accuracy": accuracy,
@@ -251,10 +246,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         results = stage.run(cfg, out, done)
-        _write_json(marker, {"stage": stage.name, "seconds": round(time.time() - t0, 1), "results": results})
+        write_json_atomic(marker, {"stage": stage.name, "seconds": round(time.time() - t0, 1), "results": results})
         done[stage.name] = results
         console.print(f"  done in {time.time() - t0:.0f}s")
-    _write_json(root / "summary.json", done)
+    write_json_atomic(root / "summary.json", done)
     (root / "summary.md").write_text(summary_markdown(done), encoding="utf-8")
     write_model_cards(root, done, cfg.seed)
     from posttrain.report import build_report

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from posttrain.files import write_text_atomic
 from posttrain.rl.diagnostics import series, smooth
 from posttrain.training.metrics import read_metrics
 
@@ -659,7 +660,4 @@ def build_report(run_dir: str | Path) -> Path:
     """Write ``run_dir/report.html`` for a demo run folder and return its path."""
     run = load_run(run_dir)
     path = run.run_dir / "report.html"
-    tmp = path.with_suffix(".html.tmp")
-    tmp.write_text(render_report(run), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, render_report(run))

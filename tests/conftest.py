@@ -35,21 +35,26 @@ def tiny_model(tiny_tokenizer):
     return tiny_llama(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4)
 
 
+def save_tiny_llama(path, tokenizer, seed: int = 0, tie_word_embeddings: bool = True):
+    """Save a random tiny Llama for ``tokenizer`` as a plain HF folder (safetensors, tokenizer, chat
+    template) at ``path``; return the path. Untied models answer differently from one another
+    (a random tied model greedily repeats its last input token)."""
+    from posttrain.models.tiny import tiny_llama
+
+    model = tiny_llama(len(tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=seed,
+                       tie_word_embeddings=tie_word_embeddings)
+    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        setattr(model.config, key, getattr(tokenizer, key))
+        setattr(model.generation_config, key, getattr(tokenizer, key))
+    model.save_pretrained(path, safe_serialization=True)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     """A plain HF folder (safetensors + tokenizer + chat template) of a random tiny Llama."""
-    from posttrain.models.tiny import tiny_llama
-
-    path = tmp_path_factory.mktemp("tiny_model")
-    model = tiny_llama(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4)
-    model.config.pad_token_id = tiny_tokenizer.pad_token_id
-    model.config.eos_token_id = tiny_tokenizer.eos_token_id
-    model.config.bos_token_id = tiny_tokenizer.bos_token_id
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.generation_config, key, getattr(model.config, key))
-    model.save_pretrained(path, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny_model"), tiny_tokenizer)
 
 
 WORLD_SFT_EVAL_N = 100

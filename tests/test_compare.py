@@ -9,6 +9,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from conftest import save_tiny_llama
 from posttrain.cli import _register, app
 from posttrain.compare import model_names, spread
 
@@ -21,17 +22,8 @@ def other_model_dir(tmp_path_factory, tiny_tokenizer):
     """A second tiny model (another seed, so its answers differ from tiny_model_dir's)."""
     import torch
 
-    from posttrain.models.tiny import tiny_llama
-
     torch.set_num_threads(1)
-    path = tmp_path_factory.mktemp("other_model")
-    model = tiny_llama(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=1)
-    for key in ("pad_token_id", "eos_token_id", "bos_token_id"):
-        setattr(model.config, key, getattr(tiny_tokenizer, key))
-        setattr(model.generation_config, key, getattr(tiny_tokenizer, key))
-    model.save_pretrained(path, safe_serialization=True)
-    tiny_tokenizer.save_pretrained(path)
-    return path
+    return save_tiny_llama(tmp_path_factory.mktemp("other_model"), tiny_tokenizer, seed=1)
 
 
 def answer_rows(page: str) -> int:

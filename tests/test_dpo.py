@@ -128,7 +128,7 @@ STARTING_LOSS = {  # at step 0 the policy is its own reference: log-ratios are 0
 @pytest.mark.parametrize("loss", ["sigmoid", "cdpo", "ipo", "simpo", "orpo", "kto"])
 def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
     from posttrain.data.preference import collate_unpaired, preferences_to_unpaired, tokenize_unpaired
-    from posttrain.recipes.dpo import Micro, SequenceLogps, columns, inputs, make_loss_fn
+    from posttrain.recipes.dpo import Micro, SequenceLogps, columns, make_loss_fn
 
     lm, tokenizer = load(tiny_model_dir)
     cfg = load_config(DPOConfig, None, [f"loss={loss}", "beta=0.5"])

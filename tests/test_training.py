@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -8,7 +8,6 @@ import random
 import re
 import subprocess
 import sys
-from collections import Counter
 
 import pytest
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from posttrain.files import write_json_atomic
+
 if TYPE_CHECKING:
     from posttrain.data.records import Record
     from posttrain.world.tasks import TaskExample
@@ -431,9 +433,7 @@ def run_contamination(cfg) -> ContaminationReport:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     path = run_dir / "contamination.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    write_json_atomic(path, report.to_json())
     console.print(contamination_table(report))
     console.print(f"results: {path}")
     return report

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from posttrain.evaluation.prompting import build_prompt, select_shots
+from posttrain.files import write_jsonl_atomic, write_text_atomic
 from posttrain.world.tasks import FAMILIES, TASKS_VERSION, TaskExample, make_tasks
 
 KINDS = ("mc", "gen")
@@ -111,15 +112,6 @@ def generation_budget(tokenizer, examples: Sequence[TaskExample], cap: int = 128
     return max(1, min(cap, math.ceil(longest * 1.25) + 4))
 
 
-def _write_jsonl(path: Path, docs: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="\n") as f:
-        for doc in docs:
-            f.write(json.dumps(doc, ensure_ascii=False) + "\n")
-    tmp.replace(path)
-
-
 def _write_yaml(path: Path, config: dict[str, Any], extra_lines: Sequence[str] = ()) -> None:
     import yaml
 
@@ -132,9 +124,7 @@ def _write_yaml(path: Path, config: dict[str, Any], extra_lines: Sequence[str] =
 
     Dumper.add_representer(str, string)
     text = yaml.dump(config, Dumper=Dumper, sort_keys=False, allow_unicode=True, width=120)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text + "".join(f"{line}\n" for line in extra_lines), encoding="utf-8")
-    tmp.replace(path)
+    write_text_atomic(path, text + "".join(f"{line}\n" for line in extra_lines))
 
 
 def _task_config(name: str, data_path: Path, metadata: dict[str, Any]) -> dict[str, Any]:
@@ -153,7 +143,7 @@ def export_mc_task(examples: Sequence[TaskExample], out_dir: str | Path, name: s
     docs = [mc_document(ex, select_shots(ex, pool, shots, seed) if shots > 0 else [], chat, tokenizer)
             for ex in examples]
     data_path = out_dir / f"{name}.jsonl"
-    _write_jsonl(data_path, docs)
+    write_jsonl_atomic(data_path, docs)
     config = {**_task_config(name, data_path, metadata or {}), "output_type": "multiple_choice",
               "doc_to_choice": "choices", "doc_to_target": "label",
               # posttrain scores " <option>" after a plain "A:", and the option itself after a chat header.
@@ -173,7 +163,7 @@ def export_gen_task(examples: Sequence[TaskExample], out_dir: str | Path, name: 
     out_dir = Path(out_dir)
     docs = [gen_document(ex, chat, tokenizer) for ex in examples]
     data_path = out_dir / f"{name}.jsonl"
-    _write_jsonl(data_path, docs)
+    write_jsonl_atomic(data_path, docs)
     (out_dir / "utils.py").write_text(UTILS_PY, encoding="utf-8")
     # Plain answers are one line; a chat reply ends with its turn (lm-eval adds the eos token itself).
     until = ["<|im_end|>"] if chat else ["\n"]

@@ -15,6 +15,18 @@ Generation is greedy and batched. Plain Q/A completions stop and are read at the
 (answers are one line); chat replies end at <|im_end|> or eos and are read whole. Each cell's
 token budget is the longest canonical solution of its examples, worked or direct, plus a margin
 (capped by ``max_new_tokens``), so a cell costs little more than its answers.
+
+Three more evaluations run when asked, each a section of ``results.json`` with its own settings
+(``strategies: []`` skips the prompting suite, e.g. to evaluate a reward model alone):
+
+- ``reward_model`` (``preference_data``): a reward model's accuracy on comparisons, by preference
+  strength, its calibration and, on the world's pairs, its agreement with gold
+  (:func:`posttrain.evaluation.reward.reward_report`);
+- ``kl`` (``reference``): KL(model || reference) on the model's own samples
+  (:func:`posttrain.evaluation.policy.sampled_kl`);
+- ``win_rate`` (``win_rate_against``): the model's greedy answers judged against another model's on
+  the same prompts, raw and length-controlled (:mod:`posttrain.evaluation.winrate`); each prompt's
+  two answers and verdict go to ``win_rate.jsonl``.
 """
 
 from __future__ import annotations
@@ -23,13 +35,13 @@ import contextlib
 import functools
 import json
 import math
-import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from posttrain.errors import UserError
+from posttrain.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from posttrain.evaluation.prompting import STRATEGIES, build_prompt, completion_answer, select_shots, uses_shots
 from posttrain.evaluation.scoring import exact_match, extract_answer, follows_rule, proportion_ci, solved
 from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TaskExample, make_tasks
@@ -207,13 +219,16 @@ class EvalReport:
     cells: dict[str, dict[str, Cell]]
     """family -> column (strategy, mc_sum, mc_norm) -> cell."""
     settings: dict[str, Any]
+    sections: dict[str, Any] = field(default_factory=dict)
+    """The other evaluations run (reward_model, kl, win_rate), each {"settings": ..., results...}."""
 
     def accuracy(self, family: str, column: str) -> float:
         return self.cells[family][column].accuracy
 
     def to_json(self) -> dict[str, Any]:
         return {"settings": self.settings,
-                "results": {f: {c: cell.summary() for c, cell in cols.items()} for f, cols in self.cells.items()}}
+                "results": {f: {c: cell.summary() for c, cell in cols.items()} for f, cols in self.cells.items()},
+                **self.sections}
 
 
 def evaluate_suite(model, tokenizer, *, families: Sequence[str] = FAMILIES, strategies: Sequence[str] = (*STRATEGIES, "mc"),
@@ -266,15 +281,19 @@ def _sha256(text: str | None) -> str | None:
     return hashlib.sha256(text.encode("utf-8")).hexdigest() if isinstance(text, str) else None
 
 
-def _model_settings(model) -> dict[str, Any]:
-    """Weights dtype, device and the libraries that compute the scores (each can move them)."""
+def _versions() -> dict[str, str]:
+    """The libraries that compute the scores (each can move them)."""
     import torch
     import transformers
 
+    return {"torch_version": torch.__version__, "transformers_version": transformers.__version__}
+
+
+def _model_settings(model) -> dict[str, Any]:
+    """Weights dtype and device, and the library versions."""
     param = next(iter(model.parameters()), None)
     return {"dtype": str(param.dtype).removeprefix("torch.") if param is not None else None,
-            "device": str(param.device) if param is not None else None,
-            "torch_version": torch.__version__, "transformers_version": transformers.__version__}
+            "device": str(param.device) if param is not None else None, **_versions()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -311,30 +330,314 @@ def results_table(report: EvalReport, title: str = "Accuracy % (± 95% CI half-w
     return table
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
 def write_report(report: EvalReport, run_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:
     """results.json and predictions.jsonl in ``run_dir``; returns the results path."""
     run_dir = Path(run_dir)
     data = report.to_json()
     data["settings"] = {**data["settings"], **(extra or {})}
     results = run_dir / "results.json"
-    _write_atomic(results, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    write_json_atomic(results, data)
     lines = [json.dumps({"family": f, **p}, ensure_ascii=False)
              for f, cols in report.cells.items() for cell in cols.values() for p in cell.predictions]
-    _write_atomic(run_dir / "predictions.jsonl", "\n".join(lines) + "\n")
+    write_text_atomic(run_dir / "predictions.jsonl", "".join(line + "\n" for line in lines))
     return results
 
 
+# ---------------------------------------------------------------------------------------------
+# Reward-model accuracy, KL to a reference, win-rate against a reference
+
+
+class EvalError(UserError):
+    """An eval setting that cannot work; the message says which and what to do."""
+
+
+def is_reward_model(name_or_path: str) -> bool:
+    """Whether the model's config.json names a sequence-classification (reward) architecture."""
+    from transformers import AutoConfig
+
+    from posttrain.models.loading import resolve_model_path
+
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
+    except (OSError, ValueError):  # e.g. a peft adapter folder: loaded (or refused) as a causal LM
+        return False
+    return any(a.endswith("ForSequenceClassification") for a in config.architectures or [])
+
+
+def check_modes(cfg, reward_model: bool) -> None:
+    """Refuse, before any model is loaded, the evaluations that cannot work on this model and config."""
+    name = cfg.model.name_or_path
+    if reward_model and cfg.strategies:
+        raise EvalError(f"strategies: {name} is a reward model, which cannot be prompted; set strategies: [] to "
+                        f"evaluate it on preference_data alone")
+    if reward_model and (cfg.reference or cfg.win_rate_against):
+        raise EvalError(f"reference / win_rate_against: {name} is a reward model; the KL and the win-rate evaluate "
+                        f"a causal LM (a policy)")
+    if cfg.preference_data and not reward_model:
+        raise EvalError(f"preference_data: {name} is not a reward model (its config.json names no "
+                        f"*ForSequenceClassification architecture); give model.name_or_path a folder written by "
+                        f"`posttrain reward` (its final/), or leave preference_data empty")
+    if "world" in cfg.preference_data and cfg.preference_examples < 1:
+        raise EvalError(f"preference_examples: preference_data=world needs at least 1 prompt per family "
+                        f"(got {cfg.preference_examples})")
+    if cfg.reference and min(cfg.kl_prompts, cfg.kl_max_tokens) < 1:
+        raise EvalError(f"kl_prompts ({cfg.kl_prompts}) and kl_max_tokens ({cfg.kl_max_tokens}) must be at least 1 "
+                        f"when reference is set")
+    if cfg.win_rate_against and min(cfg.win_rate_prompts, cfg.win_rate_max_tokens) < 1:
+        raise EvalError(f"win_rate_prompts ({cfg.win_rate_prompts}) and win_rate_max_tokens "
+                        f"({cfg.win_rate_max_tokens}) must be at least 1 when win_rate_against is set")
+    if cfg.win_rate_against and cfg.judge == "gold" and cfg.prompts != "world":
+        raise EvalError("judge=gold scores the embedded world's tasks only; use prompts=world, or judge=reward_model "
+                        "/ llm with judge_model=<folder>")
+    if not (cfg.strategies or cfg.preference_data or cfg.reference or cfg.win_rate_against):
+        raise EvalError("nothing to evaluate: strategies is empty and none of preference_data, reference or "
+                        "win_rate_against is set")
+
+
+def world_preference_pairs(families: Sequence[str], n: int, seed: int) -> tuple[list, dict[str, Any]]:
+    """(pairs, how they were made): ``n`` held-out prompts per family (empty: the trained families), each
+    with 2 pairs of its candidate responses labelled by the world's simulated annotators, with the
+    defaults of ``posttrain reward``'s world data; for seed 0 these are the pairs it holds out."""
+    from posttrain.recipes.config import WorldPreferenceConfig
+    from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
+    from posttrain.world.entities import make_world
+    from posttrain.world.tasks import TRAIN_FAMILIES
+
+    w = WorldPreferenceConfig()
+    families = list(families) or list(TRAIN_FAMILIES)
+    world = make_world(seed)
+    examples = [e for f in families for e in make_tasks(world, seed, f, "heldout", n)]
+    annotator = AnnotatorConfig(w.noise_temperature, w.length_bias, seed + 1)
+    about = {"source": "world held-out pairs of candidate responses", "families": families,
+             "prompts_per_family": n, "pairs_per_prompt": w.pairs_per_prompt,
+             "annotator_noise_temperature": annotator.noise_temperature, "annotator_length_bias": annotator.length_bias,
+             "annotator_seed": annotator.seed}
+    return make_preferences(examples, Annotator(annotator), w.pairs_per_prompt), about
+
+
+def preference_pairs(source: str, cfg) -> tuple[list, dict[str, Any]]:
+    """(preference pairs, what they are) of one preference_data entry; a ranking gives every pair it implies."""
+    if source == "world":
+        return world_preference_pairs(cfg.families, cfg.preference_examples, cfg.seed)
+    from posttrain.data.readers import read_records
+
+    result = read_records(source)
+    records = result.expect("preference", "ranking")
+    pairs = [p for r in records for p in (r.to_pairs() if r.kind == "ranking" else [r])]
+    if not pairs:
+        raise EvalError(f"preference_data: {source} holds no preference or ranking records")
+    return pairs, {"source": str(source), "records": len(records),
+                   "rankings": sum(r.kind == "ranking" for r in records)}
+
+
+def evaluate_reward_model(cfg, console) -> dict[str, Any]:
+    """The reward_model section: :func:`~posttrain.evaluation.reward.reward_report` on each preference set."""
+    from posttrain.evaluation.reward import reward_report
+    from posttrain.models.loading import resolve_model_path
+    from posttrain.models.reward import RewardScorer
+
+    scorer = RewardScorer.from_pretrained(cfg.model.name_or_path, device=cfg.model.device, dtype=cfg.model.dtype)
+    scorer.max_length = getattr(scorer.model.config, "max_position_embeddings", None)
+    sets = {}
+    for source in cfg.preference_data:
+        pairs, about = preference_pairs(source, cfg)
+        cut = scorer.truncated
+        sets[source] = {**about, **reward_report(scorer, pairs, cfg.batch_size),
+                        "cut_to_context": scorer.truncated - cut}
+    console.print(reward_table(sets))
+    settings = {"model": resolve_model_path(cfg.model.name_or_path), "max_length": scorer.max_length,
+                "scores": "raw: the saved normalization changes no order, and calibration needs the trained logits",
+                "batch_size": cfg.batch_size, **_model_settings(scorer.model)}
+    return {"settings": settings, "sets": sets}
+
+
+def eval_prompts(cfg, n: int):
+    """The first ``n`` prompts of ``cfg.prompts`` (a :class:`posttrain.compare.PromptSet`)."""
+    from posttrain.compare import file_prompts, world_prompts
+
+    if cfg.prompts == "world":
+        return world_prompts(list(cfg.families), n, cfg.seed)
+    return file_prompts(cfg.prompts, n)
+
+
+def load_other(path: str, cfg, loaded: dict[str, tuple[Any, Any]]) -> tuple[Any, Any]:
+    """(model, tokenizer) of the reference or win-rate model, on the model's device and dtype; each folder once."""
+    from posttrain.models.config import ModelConfig
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+
+    if path not in loaded:
+        model_cfg = ModelConfig(name_or_path=path, device=cfg.model.device, dtype=cfg.model.dtype)
+        tokenizer = load_tokenizer(model_cfg)
+        loaded[path] = (load_causal_lm(model_cfg, for_training=False, tokenizer=tokenizer), tokenizer)
+    return loaded[path]
+
+
+def evaluate_kl(cfg, model, tokenizer, loaded: dict, console) -> dict[str, Any]:
+    """The kl section: KL(model || reference) per response on the model's samples to kl_prompts prompts."""
+    from posttrain.evaluation.policy import sampled_kl
+    from posttrain.models.loading import resolve_model_path
+
+    prompts = eval_prompts(cfg, cfg.kl_prompts)
+    reference, reference_tokenizer = load_other(cfg.reference, cfg, loaded)
+    if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise EvalError(f"reference: {cfg.reference} has another tokenizer than the model; the KL compares both "
+                        f"models' probabilities of the same tokens, so give a reference with the model's tokenizer "
+                        f"(e.g. the SFT model it was trained from)")
+    kl = sampled_kl(model, reference, tokenizer, prompts.messages, cfg.kl_max_tokens, cfg.seed, cfg.batch_size)
+    settings = {"reference": resolve_model_path(cfg.reference), "prompts": prompts.source,
+                "n_prompts": len(prompts.messages), "max_new_tokens": cfg.kl_max_tokens, "temperature": 1.0,
+                "seed": cfg.seed, "batch_size": cfg.batch_size,
+                "estimators": "per response, summed over its tokens: k1 = log(pi / pi_ref), k3 = r - 1 - log r with "
+                              "r = pi_ref / pi; means over responses"}
+    section = {"settings": settings, **kl}
+    console.print(kl_table(section))
+    return section
+
+
+def greedy_answers(model, tokenizer, prompts: Sequence[Sequence[dict]], cfg) -> tuple[list[str], int]:
+    """(each prompt's greedy answer through the chat template, answers cut at win_rate_max_tokens)."""
+    from posttrain.generation.hf import generate_chat
+
+    outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=cfg.win_rate_max_tokens, temperature=0.0,
+                            batch_size=cfg.batch_size)
+    return [o.text for o in outputs], sum(not o.finished for o in outputs)
+
+
+def judge_settings(judge) -> dict[str, Any]:
+    """What the judge is and, for an LLM judge, everything that moves its verdicts."""
+    out: dict[str, Any] = {"judge": judge.name}
+    if hasattr(judge, "template"):
+        out.update({"judge_template_sha256": _sha256(judge.template), "judge_both_orders": judge.both_orders,
+                    "judge_combine": judge.combine, "judge_label_mass": judge.label_mass,
+                    "judge_answers_cut": judge.truncated})
+    return out
+
+
+def evaluate_win_rate(cfg, model, tokenizer, loaded: dict, console, run_dir: Path) -> dict[str, Any]:
+    """The win_rate section: the model's greedy answers judged against win_rate_against's on the same
+    prompts (:func:`~posttrain.evaluation.winrate.compare_answers`); per-prompt rows to win_rate.jsonl."""
+    from posttrain.compare import make_judge
+    from posttrain.evaluation.winrate import ScorerJudge, compare_answers
+    from posttrain.models.loading import resolve_model_path
+    from posttrain.recipes.config import CompareConfig
+
+    prompts = eval_prompts(cfg, cfg.win_rate_prompts)
+    judge = make_judge(CompareConfig(judge=cfg.judge, judge_model=cfg.judge_model, device=cfg.model.device,
+                                     dtype=cfg.model.dtype, batch_size=cfg.batch_size), prompts)
+    other, other_tokenizer = load_other(cfg.win_rate_against, cfg, loaded)
+    ours, ours_cut = greedy_answers(model, tokenizer, prompts.messages, cfg)
+    theirs, theirs_cut = greedy_answers(other, other_tokenizer, prompts.messages, cfg)
+    comparison = compare_answers(judge, prompts.messages, ours, theirs)
+    settings = {"against": resolve_model_path(cfg.win_rate_against), **judge_settings(judge),
+                "prompts": prompts.source, "n_prompts": len(prompts.messages),
+                "max_new_tokens": cfg.win_rate_max_tokens, "decoding": "greedy", "batch_size": cfg.batch_size,
+                "length_unit": "words", "verdict": "1: the model's answer is better than the reference's, 0: worse, "
+                                                   "0.5: tie"}
+    section = {"settings": settings, **comparison.summary(), "answers_cut": ours_cut,
+               "reference_answers_cut": theirs_cut}
+    scores = {}
+    if isinstance(judge, ScorerJudge):  # gold or reward model: the per-answer scores behind the verdicts
+        scores = {"model": judge.scores(prompts.messages, ours), "reference": judge.scores(prompts.messages, theirs)}
+        section["mean_score"] = sum(scores["model"]) / len(ours)
+        section["reference_mean_score"] = sum(scores["reference"]) / len(theirs)
+    rows = [{"id": prompts.ids[i], "family": prompts.families[i], "prompt": prompts.messages[i], "answer": ours[i],
+             "reference_answer": theirs[i], "verdict": comparison.verdicts[i],
+             **({"score": scores["model"][i], "reference_score": scores["reference"][i]} if scores else {})}
+            for i in range(len(ours))]
+    write_jsonl_atomic(run_dir / "win_rate.jsonl", rows)
+    console.print(win_rate_table(section))
+    return section
+
+
+# ---------------------------------------------------------------------------------------------
+# Their tables
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None or x != x else f"{100 * x:.1f}"
+
+
+def reward_table(sets: dict[str, dict[str, Any]]):
+    """Rich table: one row per preference set."""
+    from rich.table import Table
+
+    levels = sorted({level for r in sets.values() for level in r.get("accuracy_by_strength", {})})
+    table = Table(title="Reward model: accuracy % on preference pairs (ties half)")
+    for name in ("set", "pairs", "accuracy", *(f"strength {level}" for level in levels), "ECE", "gold agreement",
+                 "oracle"):
+        table.add_column(name, justify="left" if name == "set" else "right")
+    for source, r in sets.items():
+        by = r.get("accuracy_by_strength", {})
+        table.add_row(source, str(r["pairs"]), _pct(r["accuracy"]),
+                      *(f"{_pct(by[level]['accuracy'])} ({by[level]['pairs']})" if level in by else "—"
+                        for level in levels),
+                      f"{r['calibration']['ece']:.3f}", _pct(r.get("gold", {}).get("agreement")),
+                      _pct(r.get("oracle_accuracy")))
+    table.caption = ("ECE: expected calibration error of sigmoid(r_a - r_b); oracle: the gold reward's accuracy "
+                     "on the same labels")
+    return table
+
+
+def kl_table(section: dict[str, Any]):
+    from rich.table import Table
+
+    s = section["settings"]
+    table = Table(title="KL(model || reference), nats per response sampled from the model at temperature 1")
+    table.add_column("reference")
+    for name in ("responses", "max tokens", "KL k1", "KL k3"):
+        table.add_column(name, justify="right")
+    table.add_row(s["reference"], str(section["responses"]), str(s["max_new_tokens"]), f"{section['kl_k1']:.4f}",
+                  f"{section['kl_k3']:.4f}")
+    return table
+
+
+def win_rate_table(section: dict[str, Any]):
+    from rich.table import Table
+
+    s = section["settings"]
+    table = Table(title=f"Win-rate % of the model's answers against the reference's (judge: {s['judge']}; ties half)")
+    table.add_column("reference")
+    for name in ("prompts", "win-rate ±95%", "wins / ties / losses", "LC win-rate [95%]", "words (model / ref.)",
+                 "cut (model / ref.)"):
+        table.add_column(name, justify="right")
+    lc = _pct(section["lc_win_rate"])
+    if section["lc_low"] == section["lc_low"]:
+        lc += f" [{_pct(section['lc_low'])}–{_pct(section['lc_high'])}]"
+    table.add_row(s["against"], str(section["n"]), f"{_pct(section['win_rate'])} ±{_pct(section['ci'])}",
+                  f"{section['wins']} / {section['ties']} / {section['losses']}", lc,
+                  f"{section['mean_length_a']:.1f} / {section['mean_length_b']:.1f}",
+                  f"{section['answers_cut']} / {section['reference_answers_cut']}")
+    if section["lc_note"]:
+        table.caption = section["lc_note"]
+    return table
+
+
+# ---------------------------------------------------------------------------------------------
+# The command
+
+
+def evaluate_prompting(cfg, model, tokenizer, families: list[str], console) -> EvalReport:
+    """The prompting suite of the config, a progress line per cell, then its table."""
+    import time
+
+    start = time.time()
+
+    def progress(family: str, column: str, cell: Cell) -> None:
+        console.print(f"  {family:22s} {column:14s} {100 * cell.accuracy:5.1f}%  (n={cell.n}, "
+                      f"{time.time() - start:.0f}s)")
+
+    report = evaluate_suite(model, tokenizer, families=families, strategies=cfg.strategies, n=cfg.n_per_family,
+                            shots=cfg.shots, mc_shots=cfg.mc_shots, seed=cfg.seed, split=cfg.split,
+                            chat=cfg.prompt_format == "chat", batch_size=cfg.batch_size,
+                            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
+                            progress=progress)
+    console.print(results_table(report))
+    return report
+
+
 def run_eval(cfg) -> EvalReport:
-    """The `posttrain eval` command: load the model, evaluate the suite, print the table, write the run dir."""
+    """The `posttrain eval` command: load the model, run the evaluations the config asks for (each
+    prints its table), write the run dir."""
     import time
 
     import torch
@@ -350,28 +653,34 @@ def run_eval(cfg) -> EvalReport:
     families = list(cfg.families) or list(FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
-        raise SystemExit(f"eval: unknown families {unknown} in `families`; known: {', '.join(FAMILIES)}")
+        raise EvalError(f"families: unknown task families {unknown}; known: {', '.join(FAMILIES)}")
+    reward_model = is_reward_model(cfg.model.name_or_path)
+    check_modes(cfg, reward_model)
     torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer(cfg.model)
-    model = load_causal_lm(cfg.model, for_training=False)
+    model = tokenizer = None
+    if not reward_model:
+        tokenizer = load_tokenizer(cfg.model)
+        model = load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")
     start = time.time()
 
-    def progress(family: str, column: str, cell: Cell) -> None:
-        console.print(f"  {family:22s} {column:14s} {100 * cell.accuracy:5.1f}%  (n={cell.n}, "
-                      f"{time.time() - start:.0f}s)")
-
-    report = evaluate_suite(model, tokenizer, families=families, strategies=cfg.strategies, n=cfg.n_per_family,
-                            shots=cfg.shots, mc_shots=cfg.mc_shots, seed=cfg.seed, split=cfg.split,
-                            chat=cfg.prompt_format == "chat", batch_size=cfg.batch_size,
-                            max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
-                            progress=progress)
+    if cfg.strategies:
+        report = evaluate_prompting(cfg, model, tokenizer, families, console)
+    else:
+        report = EvalReport({}, {"strategies": [], "seed": cfg.seed, "tasks_version": TASKS_VERSION,
+                                 **(_model_settings(model) if model is not None else _versions())})
+    loaded: dict[str, tuple[Any, Any]] = {}  # reference and win-rate models, by folder: one copy if the same
+    if cfg.preference_data:
+        report.sections["reward_model"] = evaluate_reward_model(cfg, console)
+    if cfg.reference:
+        report.sections["kl"] = evaluate_kl(cfg, model, tokenizer, loaded, console)
+    if cfg.win_rate_against:
+        report.sections["win_rate"] = evaluate_win_rate(cfg, model, tokenizer, loaded, console, run_dir)
     extra = {"model": resolve_model_path(cfg.model.name_or_path), "tokenizer": cfg.model.tokenizer,
              "dtype_requested": cfg.model.dtype, "chat_template_override": cfg.model.chat_template,
              "posttrain_version": posttrain.__version__, "seconds": round(time.time() - start, 1)}
     path = write_report(report, run_dir, extra)
-    console.print(results_table(report))
     console.print(f"results: {path}")
     return report

@@ -24,8 +24,10 @@ class DemoConfig:
     """Tiny sizes everywhere: a smoke test of the whole journey in a few minutes."""
     pretrain: bool = False
     """Pretrain the base model here (configs/pretrain/world.yaml) instead of using the shipped one."""
-    eval_n: int = 100
-    """Held-out examples per task family in each evaluation (200 resolves 5-point differences, 100 about 7)."""
+    eval_n: int = 40
+    """Held-out examples per task family in the prompting and SFT evaluations (the demo's budget; 200 resolves 5-point differences, 40 about 20: `posttrain eval` measures with more)."""
+    dpo_prompts: int = 30
+    """Training prompts per task family for the DPO stage (configs/dpo/world.yaml uses 100)."""
     stages: list[str] = field(default_factory=list)
     """Run only these stages (world, base, prompting, sft, reward, dpo, ppo, final); empty runs them all."""
     reward_models: list[str] = field(default_factory=lambda: ["overall"])
@@ -110,6 +112,28 @@ class EvalConfig:
     """Prompts per generation / scoring batch (results do not depend on it)."""
     max_new_tokens: int = 128
     """Cap on generated tokens; each cell generates its longest canonical solution plus a margin, up to this."""
+    preference_data: list[str] = field(default_factory=list)
+    """Comparisons to score the model on as a reward model (a `posttrain reward` folder; set strategies: [] for it): preference/ranking files (any posttrain record format; a ranking counts as every pair it implies) and/or world (the world's held-out annotated pairs). Reports accuracy, by strength, calibration, and agreement with gold for world; empty: skipped."""
+    preference_examples: int = 50
+    """preference_data=world: held-out prompts per family of `families` (empty: the trained families), 2 annotated pairs each, annotator noise 0.1 and seed seed + 1 (posttrain reward's held-out pairs with its defaults)."""
+    prompts: str = "world"
+    """Prompts of the KL and win-rate evaluations: world (held-out prompts of `families`, spread evenly) or a JSONL file of {"prompt": ...} or {"messages": [...]} records (a conversation's last assistant turns are dropped)."""
+    reference: str = ""
+    """Model folder to measure KL(model || reference) against, on the model's samples at temperature 1 (k1 and k3 estimates); it must share the model's tokenizer. Empty: skipped."""
+    kl_prompts: int = 64
+    """Prompts (of `prompts`) whose sampled responses measure the KL."""
+    kl_max_tokens: int = 64
+    """Longest sampled response for the KL, in tokens (the KL is that of the first kl_max_tokens tokens)."""
+    win_rate_against: str = ""
+    """Model folder whose greedy answers the model's greedy answers are judged against: win-rate (ties half) with its 95% interval and the length-controlled win-rate. Empty: skipped."""
+    win_rate_prompts: int = 64
+    """Prompts (of `prompts`) both models answer for the win-rate."""
+    win_rate_max_tokens: int = 128
+    """Longest answer in tokens in the win-rate; answers cut there are counted."""
+    judge: Literal["gold", "reward_model", "llm"] = "gold"
+    """Who says which answer is better: gold (the world's gold reward; prompts=world only), reward_model or llm (judge_model; the LLM is asked both orders and the two readings averaged)."""
+    judge_model: str = ""
+    """Reward-model folder (judge=reward_model) or causal-LM folder (judge=llm)."""
 
 
 @dataclass

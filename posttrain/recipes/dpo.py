@@ -64,6 +64,7 @@ from posttrain.data.preference import (
     preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
 )
 from posttrain.data.records import Message, Preference
+from posttrain.files import write_json_atomic
 from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
 from posttrain.losses.sft import linear_token_logps, shift_labels, token_logps
 from posttrain.recipes.config import DPOConfig
@@ -622,7 +623,7 @@ def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool
         return json.loads(path.read_text(encoding="utf-8"))
     answers = world_answers(cfg, lm, tokenizer, world_examples(cfg, "heldout"))
     if is_main:
-        write_json(path, answers)
+        write_json_atomic(path, answers)
     return answers
 
 
@@ -694,7 +695,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
             scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
         if baseline is not None and ctx.is_main:
             gold = world_gold(cfg, policy.lm, tokenizer, baseline)
-            write_json(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
+            write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
             gold.pop("families")
             scores.update(gold)
         ctx.metrics.log(step, scores)
@@ -754,7 +755,7 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
             summaries.append(json.loads((round_dir / "summary.json").read_text(encoding="utf-8")))
         else:
             summaries.append(train_round(round_cfg, scorer, k, top))
-            write_json(round_dir / "summary.json", summaries[-1])
+            write_json_atomic(round_dir / "summary.json", summaries[-1])
             if k == cfg.rounds:
                 shutil.move(str(round_dir / "final"), str(final))
         start = str(done)
@@ -762,13 +763,5 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
     return final
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write ``data`` as JSON atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_summary(top: Path, summaries: list[dict]) -> None:
-    write_json(top / "rounds.json", summaries)
+    write_json_atomic(top / "rounds.json", summaries)
