@@ -138,3 +138,15 @@ def open_page(chromium):
     yield _open
     for page in pages:
         page.close()
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models run faster without threading overhead, and the suite shares two cores."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -26,12 +26,7 @@ PAIRS = [  # (prompt, chosen, rejected, strength)
 RANKING = ("Add 1 and 2.", ["The answer is 3.", "3", "The answer is 4."])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

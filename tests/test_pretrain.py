@@ -69,12 +69,7 @@ def _env() -> dict[str, str]:
             "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -27,12 +27,7 @@ PROMPTS = [[{"role": "user", "content": "What is the capital of Zorbia?"}],
 RESPONSES = ["The capital of Zorbia is Quell.", "THE ANSWER IS 19.", "apple, fig, pear. I hope this helps you today!"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
