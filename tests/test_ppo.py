@@ -237,6 +237,7 @@ def test_critic_free_runs_with_lora_keep_the_reference_inside_the_model(tiny_mod
 def test_critic_starts_from_a_reward_model_folder(tiny_model_dir, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
+    from posttrain.models.reward import RewardNormalization
     from posttrain.models.value import load_critic
 
     rm = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=1)
@@ -250,6 +251,11 @@ def test_critic_starts_from_a_reward_model_folder(tiny_model_dir, tmp_path):
         values = critic(ids, mask, positions)  # (B, T): the reward model's score at every position
         scores = rm(input_ids=ids).logits.squeeze(-1)
     torch.testing.assert_close(values[:, -1], scores, atol=1e-5, rtol=0)
+    # With a saved normalization the critic predicts normalized scores, as the rewards PPO sees are.
+    RewardNormalization(mean=0.7, std=2.5, count=10).save(tmp_path / "rm")
+    normalized = load_critic(str(tmp_path / "rm"), torch.float32, torch.device("cpu"))
+    with torch.no_grad():
+        torch.testing.assert_close(normalized(ids, mask, positions)[:, -1], (scores - 0.7) / 2.5, atol=1e-5, rtol=0)
     from_lm = load_critic(str(tiny_model_dir), torch.float32, torch.device("cpu"))  # a causal LM: head at zero
     assert torch.all(from_lm(ids, mask, positions) == 0)
 

@@ -71,12 +71,14 @@ class Critic(nn.Module):
 
 def load_critic(path: str, dtype: torch.dtype, device: torch.device) -> Critic:
     """A :class:`Critic` from a Hugging Face folder: a reward model (``*ForSequenceClassification``
-    with one label: its backbone, and its score layer as the head) or a causal LM (its backbone;
-    the head starts at zero). Weights from safetensors only."""
+    with one label: its backbone, and its score layer as the head, rescaled by the reward model's saved
+    normalization so that values start on the scale of the normalized rewards) or a causal LM (its
+    backbone; the head starts at zero). Weights from safetensors only."""
     from safetensors import safe_open
     from transformers import AutoModel
 
     from posttrain.models.loading import check_safetensors_folder, resolve_model_path
+    from posttrain.models.reward import RewardNormalization
 
     folder = Path(resolve_model_path(path))
     check_safetensors_folder(folder)
@@ -96,6 +98,11 @@ def load_critic(path: str, dtype: torch.dtype, device: torch.device) -> Critic:
             bias = weight[: -len("weight")] + "bias"
             if bias in f.keys():
                 head.summary.bias.data.copy_(f.get_tensor(bias).reshape(1))
+    normalization = RewardNormalization.load(folder)
+    if normalization is not None:
+        # The rewards RL sees are normalized, (raw - mean) / std: start the values on that scale.
+        head.summary.weight.data.div_(normalization.std)
+        head.summary.bias.data.sub_(normalization.mean).div_(normalization.std)
     return Critic(backbone, head).to(device)
 
 
