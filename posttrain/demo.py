@@ -169,7 +169,7 @@ def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     rm = done["reward"]["models"]["overall"]["model"]
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
                  f"critic={rm}"]
-    final = ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides + (["train.max_steps=4"] if cfg.quick else [])))
+    final = ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides + [f"train.max_steps={4 if cfg.quick else cfg.ppo_steps}"]))
     hacking = out / "run" / "reward_hacking.json"
     return {"model": str(final), **(json.loads(hacking.read_text(encoding="utf-8")) if hacking.exists() else {})}
 

@@ -329,9 +329,10 @@ def test_world_ppo_keeps_the_kl_near_its_target(world_ppo):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "not reached at test size: on the shipped 4-layer world model, 10 steps x 16 prompts of PPO move held-out "
-    "gold by less than its sampling noise (RLOO/GRPO and 20-60 step runs against the gold reward did not raise "
-    "it either; against the learned reward model the proxy rises while gold falls) - see the PPO report"))
+    "the world's learned reward model prefers worse answers among the SFT model's own samples: its top pick of 8 "
+    "has lower gold than their average in 7 of 8 families (within-prompt correlation with gold 0.16), so PPO "
+    "against it lowers held-out gold (-0.008 at beta 0.3, -0.028 at 0.05, 200 paired prompts); the recipe itself "
+    "raises training gold 0.85 -> 0.96 against the gold reward - see the issue 7 notes"))
 def test_world_ppo_raises_the_held_out_gold_reward(world_ppo):
     evals = [r for r in read_metrics(world_ppo / "metrics.jsonl") if "eval/gold" in r]
     assert [r["step"] for r in evals] == [0, 10]

@@ -28,6 +28,8 @@ class DemoConfig:
     """Held-out examples per task family in the prompting and SFT evaluations (the demo's budget; 200 resolves 5-point differences, 40 about 20: `posttrain eval` measures with more)."""
     dpo_prompts: int = 30
     """Training prompts per task family for the DPO stage (configs/dpo/world.yaml uses 100)."""
+    ppo_steps: int = 15
+    """Rollout batches of the PPO stage (configs/ppo/world.yaml runs 30)."""
     stages: list[str] = field(default_factory=list)
     """Run only these stages (world, base, prompting, sft, reward, dpo, ppo, final); empty runs them all."""
     reward_models: list[str] = field(default_factory=lambda: ["overall"])
