@@ -17,8 +17,11 @@ What is compared
 - Reference: precomputed before training by both (TRL ``precompute_ref_log_probs=True``;
   posttrain's ``reference=precompute`` with its on-disk cache in a fresh folder, so it computes).
 - Settings, each in its own forked process, posttrain and TRL alternating, in rounds:
-  posttrain packed (its default: the 2B sequences in one row, attention per sequence), posttrain
-  padded, TRL padded (TRL 1.16's ``padding_free`` is disabled in its DPO trainer).
+  posttrain packed (its default, ``packing=true``: the B pairs of a step in one row with no
+  padding, each pair as [prompt, chosen, rejected], the prompt computed once and each response
+  continuing from it, attending to the prompt and to itself only), posttrain padded (2B rows, the
+  prompt in each), TRL padded (TRL 1.16's ``padding_free`` is disabled in its DPO trainer; it
+  runs each prompt twice, in the chosen and in the rejected row).
   Then posttrain alone: precomputed vs live reference (a second copy of the model in memory) vs
   the LoRA-disabled reference (a LoRA r=16 adapter on every linear layer, reference live through
   the same weights with the adapter switched off).

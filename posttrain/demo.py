@@ -157,7 +157,8 @@ def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     from posttrain.recipes.dpo import dpo
 
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}"]
-    final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides + [f"world.examples={20 if cfg.quick else cfg.dpo_prompts}"]))
+    overrides += [f"world.examples={20 if cfg.quick else cfg.dpo_prompts}", f"world.families=[{','.join(cfg.dpo_families)}]"]
+    final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides))
     summary = json.loads((out / "run" / "rounds.json").read_text(encoding="utf-8"))[-1]
     return {"model": str(final), **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}
 

@@ -8,6 +8,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -94,27 +95,65 @@ def batch_of(tokenizer, n: int = 4):
 
 # --- scoring and losses ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("lora,packed", [(False, False), (True, False), (False, True)])
+def lora_at_work(lm) -> None:
+    """Random LoRA B matrices (peft starts them at 0), so that the adapter changes the outputs."""
+    with torch.no_grad():
+        for name, p in lm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.2)
+
+
+@pytest.mark.parametrize("lora,packed", [(False, False), (True, False), (False, True), (True, True)])
 def test_concatenated_forward_equals_each_sequence_scored_alone(tiny_model_dir, lora, packed):
-    """Response-only LM head on the (2B, T) padded or (1, N) packed batch == full logits of each sequence alone."""
-    from posttrain.recipes.dpo import SequenceLogps, inputs, prepare_attention
+    """Response-only LM head on the (2B, T) padded batch, or on the (1, N) row with each pair's prompt
+    once (chosen and rejected continuing from it) == full logits of each prompt + response alone (fp32)."""
+    from posttrain.recipes.dpo import SequenceLogps, collate, inputs, prepare_attention
 
     lm, tokenizer = load(tiny_model_dir, lora)
+    if lora:
+        lora_at_work(lm)
     prepare_attention(load_config(DPOConfig, None, [f"packing={packed}"]), lm)
-    examples, _ = tokenize_preferences(tokenizer, records(4))
-    batch = collate_preferences(examples, tokenizer.pad_token_id, packed=packed)
+    examples, _ = tokenize_preferences(tokenizer, records(5))  # prompts with and without a system turn
+    batch = collate(examples, tokenizer.pad_token_id, packed=packed)
     padded = collate_preferences(examples, tokenizer.pad_token_id)
+    lengths = padded.attention_mask.sum(-1)
+    assert len(set(lengths.tolist())) > 3  # pairs of different lengths
+    if packed:  # one row, every prompt once
+        prompts = sum(e.chosen.response_start for e in examples)
+        assert batch.input_ids.shape == (1, int(lengths.sum()) - prompts)
     logps = SequenceLogps(lm)(**inputs(batch))
-    assert logps.shape == (8,)
-    for row in range(8):
-        n = int(padded.attention_mask[row].sum())
+    assert logps.shape == (10,)
+    for row in range(10):
+        n = int(lengths[row])
         ids, mask = padded.input_ids[row, :n], padded.response_mask[row, :n]
         with torch.no_grad():
             full = torch.log_softmax(lm(input_ids=ids[None]).logits[0].float(), -1)  # (n, V)
         by_hand = sum(full[t - 1, ids[t]].item() for t in range(1, n) if mask[t])
-        assert logps[row].item() == pytest.approx(by_hand, abs=1e-4)
+        assert logps[row].item() == pytest.approx(by_hand, abs=1e-5)
     logps.sum().backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in lm.parameters() if p.requires_grad)
+    grads = {name: p.grad.clone() for name, p in lm.named_parameters() if p.grad is not None}
+    assert grads and any(g.abs().sum() > 0 for g in grads.values())
+    if packed:  # and the backward through the shared prompts is that of the padded batch
+        lm.zero_grad()
+        SequenceLogps(lm)(**inputs(padded)).sum().backward()
+        for name, p in lm.named_parameters():
+            if name in grads:
+                scale = float(p.grad.abs().max())  # float32 rounding grows with the gradient's size
+                torch.testing.assert_close(grads[name], p.grad, rtol=0, atol=1e-5 * max(scale, 1e-3))
+
+
+def test_reference_table_does_not_depend_on_the_layout(tiny_model_dir):
+    """The cached reference log-probs are keyed by data, not layout: packed and padded scoring agree."""
+    from posttrain.recipes.dpo import SequenceLogps, prepare_attention, score_examples
+
+    lm, tokenizer = load(tiny_model_dir)
+    prepare_attention(load_config(DPOConfig, None, ["packing=true"]), lm)
+    examples, _ = tokenize_preferences(tokenizer, records(7))
+    ctx = SimpleNamespace(rank=0, world_size=1, device=torch.device("cpu"))  # all score_examples reads
+    tables = [score_examples(ctx, SequenceLogps(lm), examples, tokenizer.pad_token_id, 3, packed=p)
+              for p in (True, False)]
+    assert tables[0].shape == (7, 2)
+    torch.testing.assert_close(tables[0], tables[1], rtol=0, atol=1e-5)
 
 
 STARTING_LOSS = {  # at step 0 the policy is its own reference: log-ratios are 0
@@ -164,10 +203,7 @@ def test_lora_disabled_reference_equals_a_separately_loaded_reference(tiny_model
     from posttrain.recipes.dpo import ReferencePolicy, SequenceLogps, inputs, weights_fingerprint
 
     policy, tokenizer = load(tiny_model_dir, lora=True)
-    with torch.no_grad():  # make the adapter do something, so that policy != reference
-        for name, p in policy.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)
+    lora_at_work(policy)  # so that policy != reference
     plain, _ = load(tiny_model_dir)
     batch = batch_of(tokenizer)
     cfg = load_config(DPOConfig, None, ["reference=live"])
@@ -243,6 +279,9 @@ def test_live_reference_and_padding_give_the_same_run_as_precomputed_and_packed(
     assert not (live / "reference_logps").exists()
     a, b = metric(base_run, "loss"), metric(live, "loss")
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-5)
+    for key in ("logps/chosen", "logps/rejected"):  # packed with shared prompts, or padded: the same log-probs
+        a, b = metric(base_run, key), metric(live, key)
+        np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-6, atol=1e-5)
 
 
 def test_lora_and_kto_runs(tiny_model_dir, pairs_dir, tmp_path):

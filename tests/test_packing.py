@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from posttrain.data.chat import Example
 from posttrain.data.collate import IGNORE_INDEX, pad_collate
 from posttrain.data.packing import (
-    LengthGroupedSampler, length_grouped_order, pack_examples, pack_rows, padding_fraction, segment_bounds,
-    use_packed_attention,
+    LengthGroupedSampler, length_grouped_order, pack_examples, pack_rows, pack_shared_prefix, padding_fraction,
+    previous_token_columns, segment_bounds, use_packed_attention, use_shared_prefix_attention,
 )
 from posttrain.training.sampler import StepSampler
 
@@ -146,6 +146,53 @@ def test_per_example_attention_gradients_and_generation_match_sdpa(tiny_tokenize
     outputs = {attn: [o.completion_ids for o in generate(m, tiny_tokenizer, prompts, max_new_tokens=6,
                                                           stop_at_eos=False)] for attn, m in models.items()}
     assert outputs["sdpa"] == outputs["per_example"]
+
+
+def test_shared_prefix_layout_with_target_masks_by_hand():
+    F, T = False, True
+    batch = pack_shared_prefix([[[7, 8, 9, 4], [7, 8, 5, 6, 2]], [[3, 3], [3, 1]]],
+                               [[[F, F, T, T], [F, F, T, T, T]], [[T, T], [F, T]]])
+    # Group 0 shares [7, 8]; group 1 shares [3] (a sequence's first token is never a target).
+    assert batch.input_ids.tolist() == [[7, 8, 9, 4, 5, 6, 2, 3, 3, 1]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 3, 2, 3, 4, 0, 1, 1]]
+    assert batch.sequence_ids.tolist() == [[0, 0, 0, 0, 1, 1, 1, 2, 2, 3]]
+    assert batch.target_mask.tolist() == [[F, F, T, T, T, T, T, F, T, T]]
+    assert batch.score_columns.tolist() == [3, 6, 8, 9] and batch.num_sequence_tokens == 13
+    # Each token's predictor: the previous column, but the prefix's last token for a continuation's first.
+    assert previous_token_columns(batch.position_ids).tolist() == [[-1, 0, 1, 2, 1, 4, 5, -1, 7, 7]]
+    # Responses that begin alike: the common prefix stops at the first target.
+    same_start = [[[1, 2, 3, 4], [1, 2, 3, 5]]]
+    assert pack_shared_prefix(same_start).input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert pack_shared_prefix(same_start, [[[F, F, T, T]] * 2]).input_ids.tolist() == [[1, 2, 3, 4, 3, 5]]
+    with pytest.raises(ValueError, match="masks do not match"):
+        pack_shared_prefix(same_start, [[[F, T], [F, T]]])
+
+
+def test_shared_prefix_row_gives_each_sequence_its_logits_alone():
+    """Every token of every sequence, in the prefix or in its own rest, has the logits it has alone."""
+    model = _model("sdpa")
+    assert use_shared_prefix_attention(model) == "sdpa"
+    rng = np.random.default_rng(4)
+    draw = lambda n: rng.integers(4, 60, size=n).tolist()  # noqa: E731
+    groups = []
+    for prompt, rests in ((9, (5, 11)), (3, (7, 2, 4)), (14, (1, 6))):
+        head = draw(prompt)
+        groups.append([head + draw(n) for n in rests])
+    batch = pack_shared_prefix(groups)
+    assert batch.num_tokens == batch.num_sequence_tokens - (9 + 3 * 2 + 14)
+    prev = previous_token_columns(batch.position_ids)[0]
+    with torch.no_grad():
+        row = model(**batch.model_inputs()).logits[0]  # (T, V)
+        for i, seq in enumerate(s for g in groups for s in g):
+            alone = model(input_ids=torch.tensor([seq])).logits[0]  # (n, V)
+            # Walk back from the sequence's last column through its predecessors: its columns, in order.
+            cols, c = [], int(batch.score_columns[i])
+            while c >= 0:
+                cols.append(c)
+                c = int(prev[c])
+            cols = cols[::-1]
+            assert batch.input_ids[0, cols].tolist() == seq
+            torch.testing.assert_close(row[cols], alone, rtol=0, atol=1e-5)
 
 
 def test_length_grouped_sampler_groups_and_covers():

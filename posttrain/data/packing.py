@@ -28,6 +28,13 @@ runs causal sdpa on each example of the row separately: a whole micro-batch can 
 with no padding at all and attention costs what the examples cost alone (``row_length=None``, the
 SFT recipe's default). Masked or cached calls (generation) go to transformers' sdpa unchanged.
 
+**Shared prefix.** Sequences that begin with the same prompt (a reward model's responses to one
+prompt, a DPO pair's chosen and rejected) can share it: :func:`pack_shared_prefix` lays out each
+group as [prefix, rest_1, rest_2, ...] in one row, each rest's positions continuing from the
+prefix, and :func:`shared_prefix_sdpa_attention` (:func:`use_shared_prefix_attention`) lets each
+rest attend to its prefix and to itself only, so the prompt is computed once per group and every
+sequence gets the hidden states it has alone (see the section comment below).
+
 **What a batch is.** Packing changes the *layout* of a micro-batch, not its content: a micro-batch
 is the same ``batch_size`` examples that would be padded, packed instead. So a packed run and a
 padded run with the same seed train on the same examples at every step, normalized by the same
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -247,13 +254,13 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
                                       **kwargs)
     gqa = query.shape[1] != key.shape[1]
     rows = []
-    for b in range(query.shape[0]):
-        bounds = segment_bounds(position_ids[b if position_ids.shape[0] > 1 else 0])
+    # split, not slicing: a slice's backward makes a zero tensor as large as the row for every example.
+    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        sizes = [e - s for s, e in segment_bounds(position_ids[b if position_ids.shape[0] > 1 else 0])]
         rows.append(torch.cat([
-            torch.nn.functional.scaled_dot_product_attention(
-                query[b:b + 1, :, s:e], key[b:b + 1, :, s:e], value[b:b + 1, :, s:e], dropout_p=dropout,
-                scale=scaling, is_causal=True, enable_gqa=gqa)
-            for s, e in bounds], dim=2))
+            torch.nn.functional.scaled_dot_product_attention(qe, ke, ve, dropout_p=dropout, scale=scaling,
+                                                             is_causal=True, enable_gqa=gqa)
+            for qe, ke, ve in zip(q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2))], dim=2))
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
@@ -279,4 +286,190 @@ def use_packed_attention(model) -> str:
     AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
     before = model.config._attn_implementation
     model.set_attn_implementation(PACKED_ATTENTION)
+    return before
+
+
+# --------------------------------------------------------------------------- shared-prefix packing
+#
+# Sequences that share a prompt (the responses of one comparison, chosen and rejected of a DPO pair)
+# need not compute it more than once. Causal attention makes a prompt token's hidden states
+# independent of what follows it, so the prompt (any common prefix) can be computed once and each
+# sequence continue from it: [prefix, rest_1, rest_2, ...] in one row, rest_i's positions continuing
+# from the prefix, and rest_i attending to the prefix and to itself only. The encoding lives in
+# position_ids alone: a segment starts wherever a position does not follow the previous one by 1; a
+# segment starting at position 0 is a root, one starting at p > 0 continues the latest root's first
+# p tokens. (Roots only is plain packing.) Hidden states, hence scores and token log-probs, equal
+# separate forwards of each whole sequence up to float rounding, at the cost of the prefix once
+# instead of K times. The token before rest_i's first one is the prefix's last token, not the
+# previous column: :func:`previous_token_columns` says where each token's predictor is.
+
+SHARED_PREFIX_ATTENTION = "posttrain_shared_prefix_sdpa"
+"""Name under which :func:`use_shared_prefix_attention` registers :func:`shared_prefix_sdpa_attention`."""
+
+
+@dataclass
+class SharedPrefixBatch:
+    """Groups of sequences sharing a prefix, packed in one row (see the section comment)."""
+
+    input_ids: torch.Tensor
+    """(1, T) token ids: each group's shared prefix once, then each sequence's remaining tokens."""
+    position_ids: torch.Tensor
+    """(1, T) positions each token has in its own whole sequence."""
+    score_columns: torch.Tensor
+    """(N,) long column of each sequence's last token, sequences in input order (group by group)."""
+    num_sequence_tokens: int
+    """Tokens of the N sequences as if unpacked (prefixes counted once per sequence)."""
+    sequence_ids: torch.Tensor | None = None
+    """(1, T) long: the sequence (0..N-1, input order) each column belongs to; a shared prefix is
+    counted to its group's first sequence."""
+    target_mask: torch.Tensor | None = None
+    """(1, T) bool: the given masks laid out in the row (never on a shared prefix or on a sequence's
+    first token); None when no masks were given."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens in the row (what the forward costs)."""
+        return int(self.input_ids.shape[1])
+
+    def to(self, device) -> "SharedPrefixBatch":
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return SharedPrefixBatch(move(self.input_ids), move(self.position_ids), move(self.score_columns),
+                                 self.num_sequence_tokens, move(self.sequence_ids), move(self.target_mask))
+
+    def model_inputs(self) -> dict[str, Any]:
+        # No attention_mask and no cache: the attention reads the layout from position_ids.
+        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+
+
+def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
+    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
+    limit = min(len(s) for s in sequences) - 1
+    n = 0
+    while n < limit and all(s[n] == sequences[0][n] for s in sequences[1:]):
+        n += 1
+    return n
+
+
+def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]],
+                       masks: Sequence[Sequence[Sequence[bool]]] | None = None) -> SharedPrefixBatch:
+    """One row holding every group: its shared prefix once, then the rest of each of its sequences.
+
+    ``masks`` (optional, shaped like ``groups``): a target mask per sequence (e.g. a response mask).
+    The shared prefix then stops before the first target of any sequence of the group, so that every
+    target belongs to one sequence's own tokens; the masks come back laid out as ``target_mask``.
+    """
+    ids: list[int] = []
+    positions: list[int] = []
+    owner: list[int] = []
+    targets: list[bool] = []
+    ends: list[int] = []
+    for g, group in enumerate(groups):
+        if not group or any(len(s) == 0 for s in group):
+            raise ValueError("pack_shared_prefix: every group needs at least one non-empty sequence")
+        group_masks = None if masks is None else [[bool(m) and t > 0 for t, m in enumerate(mask)]
+                                                  for mask in masks[g]]
+        if group_masks is not None and [len(m) for m in group_masks] != [len(s) for s in group]:
+            raise ValueError(f"pack_shared_prefix: group {g}'s masks do not match its sequences' lengths")
+        p = shared_prefix_length(group) if len(group) > 1 else 0
+        if group_masks is not None:  # a token that is some sequence's target stays that sequence's own
+            p = min([p] + [m.index(True) for m in group_masks if True in m])
+        first = len(ends)
+        ids += list(group[0][:p])
+        positions += list(range(p))
+        owner += [first] * p
+        targets += [False] * p
+        for k, seq in enumerate(group):
+            ids += list(seq[p:])
+            positions += list(range(p, len(seq)))
+            owner += [first + k] * (len(seq) - p)
+            targets += group_masks[k][p:] if group_masks is not None else [False] * (len(seq) - p)
+            ends.append(len(ids) - 1)
+    return SharedPrefixBatch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor(ends),
+                             sum(len(s) for g in groups for s in g), torch.tensor([owner]),
+                             None if masks is None else torch.tensor([targets]))
+
+
+def prefix_segments(positions: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """(start, end, root_start, prefix_length) of each segment of a row of positions (T,); a root has
+    prefix_length 0, a continuation attends to ``[root_start, root_start + prefix_length)`` first."""
+    breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
+    starts, firsts = [0] + breaks, positions[[0] + breaks].tolist()
+    out, root, root_end = [], 0, 0
+    for start, end, first in zip(starts, starts[1:] + [len(positions)], firsts):
+        if first == 0:
+            root, root_end = start, end
+            out.append((start, end, start, 0))
+        elif first <= root_end - root:
+            out.append((start, end, root, first))
+        else:
+            raise ValueError(f"positions {start}..{end} continue a prefix of {first} tokens, but the root "
+                             f"segment before them has {root_end - root}; build rows with pack_shared_prefix")
+    return out
+
+
+def previous_token_columns(position_ids: torch.Tensor) -> torch.Tensor:
+    """(R, T) positions of packed or shared-prefix rows -> (R, T) long: the column of the token that
+    precedes each token in its own sequence (the column whose logits predict it), -1 at the first
+    token of a sequence. Plain columns - 1, except at the start of a continuation segment, whose
+    predecessor is the last token of the prefix it continues."""
+    out = torch.arange(position_ids.shape[1], device=position_ids.device).expand_as(position_ids) - 1
+    out = out.clone()
+    for r in range(position_ids.shape[0]):
+        for start, _, root, prefix in prefix_segments(position_ids[r]):
+            out[r, start] = root + prefix - 1 if prefix else -1  # a continuation: the prefix's last token
+    return out
+
+
+def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                                 position_ids=None, **kwargs):
+    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
+    None)) for :class:`SharedPrefixBatch` rows: causal sdpa per root segment, and for a continuation
+    sdpa of its queries over [its prefix's keys, its own keys] (the prefix fully visible, itself causal).
+    Plainly packed rows (roots only) get the same per-example attention as :func:`packed_sdpa_attention`.
+    Masked or cached calls (padding, generation) go to transformers' sdpa unchanged."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    length = query.shape[2]
+    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    gqa = query.shape[1] != key.shape[1]
+    rows = []
+    # split, not slicing: the backward of a slice makes a zero tensor as large as the whole row for each
+    # segment (quadratic in the row), that of a split concatenates the segments' gradients once.
+    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        segments = prefix_segments(position_ids[b if position_ids.shape[0] > 1 else 0])
+        sizes = [end - start for start, end, _, _ in segments]
+        qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
+        where = {start: i for i, (start, _, _, _) in enumerate(segments)}
+        parts = []
+        for i, (start, end, root, prefix) in enumerate(segments):
+            if prefix == 0:
+                parts.append(sdpa(qs[i], ks[i], vs[i], dropout_p=dropout, scale=scaling, is_causal=True,
+                                  enable_gqa=gqa))
+                continue
+            r = where[root]
+            keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
+            values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
+            # Query j (position prefix + j) sees the whole prefix and its own tokens up to itself.
+            mask = torch.ones(end - start, prefix + end - start, dtype=torch.bool, device=q.device).tril(prefix)
+            parts.append(sdpa(qs[i], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+        rows.append(torch.cat(parts, dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def use_shared_prefix_attention(model) -> str:
+    """Switch a transformers model (sdpa or eager attention; a peft wrapper is looked through) to
+    :func:`shared_prefix_sdpa_attention` (which also runs plainly packed rows and padded batches);
+    return the implementation it had. As with :func:`use_packed_attention`, only the running model
+    changes: an exported model loads with transformers' default."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_sdpa_attention)
+    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _packed_mask)  # the same rule: none when unmasked
+    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    before = hf.config._attn_implementation
+    hf.set_attn_implementation(SHARED_PREFIX_ATTENTION)
     return before

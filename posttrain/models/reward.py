@@ -37,11 +37,14 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_che
 
 import torch
 
+from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are re-exported for older importers
+    SHARED_PREFIX_ATTENTION, PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, shared_prefix_length,
+    shared_prefix_sdpa_attention, use_shared_prefix_attention,
+)
 from posttrain.rl.math import last_token_index
 
 if TYPE_CHECKING:
     from posttrain.data.collate import Batch
-    from posttrain.data.packing import PackedBatch
     from posttrain.models.config import ModelConfig
 
 logger = logging.getLogger("posttrain.models")
@@ -90,7 +93,7 @@ def padded_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_ma
     return head(hidden[rows, last_token_index(attention_mask.bool())]).squeeze(-1).float()  # (B,)
 
 
-def packed_rewards(model: torch.nn.Module, batch: "PackedBatch") -> torch.Tensor:
+def packed_rewards(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Raw rewards (N,) of a packed batch, in the order the N examples were given to ``pack_examples``."""
     backbone, head = backbone_and_head(model)
     hidden = backbone(**batch.model_inputs()).last_hidden_state  # (R, T, H)
@@ -106,147 +109,8 @@ def packed_rewards(model: torch.nn.Module, batch: "PackedBatch") -> torch.Tensor
 
 # --------------------------------------------------------------------------- shared-prefix packing
 #
-# The responses of one comparison share their prompt. Causal attention makes a prompt token's hidden
-# states independent of what follows it, so the prompt (any common prefix) can be computed once and
-# each response continue from it: [prefix, rest_1, rest_2, ...] in one row, rest_i's positions
-# continuing from the prefix, and rest_i attending to the prefix and to itself only. The encoding
-# lives in position_ids alone: a segment starts wherever a position does not follow the previous
-# one by 1; a segment starting at position 0 is a root, one starting at p > 0 continues the latest
-# root's first p tokens. (Roots only is plain packing.) The scores equal separate forwards of each
-# whole sequence up to float rounding, at the cost of the prompt once instead of K times.
-
-SHARED_PREFIX_ATTENTION = "posttrain_shared_prefix_sdpa"
-"""Name under which :func:`use_shared_prefix_attention` registers :func:`shared_prefix_sdpa_attention`."""
-
-
-@dataclass
-class SharedPrefixBatch:
-    """Groups of sequences sharing a prefix, packed in one row (see the section comment)."""
-
-    input_ids: torch.Tensor
-    """(1, T) token ids: each group's shared prefix once, then each sequence's remaining tokens."""
-    position_ids: torch.Tensor
-    """(1, T) positions each token has in its own whole sequence."""
-    score_columns: torch.Tensor
-    """(N,) long column of each sequence's last token, sequences in input order."""
-    num_sequence_tokens: int
-    """Tokens of the N sequences as if unpacked (prefixes counted once per sequence)."""
-
-    @property
-    def num_tokens(self) -> int:
-        """Tokens in the row (what the forward costs)."""
-        return int(self.input_ids.shape[1])
-
-    def to(self, device) -> "SharedPrefixBatch":
-        return SharedPrefixBatch(self.input_ids.to(device), self.position_ids.to(device),
-                                 self.score_columns.to(device), self.num_sequence_tokens)
-
-    def model_inputs(self) -> dict[str, Any]:
-        # No attention_mask and no cache: the attention reads the layout from position_ids.
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
-
-
-def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
-    """Length of the longest common prefix, leaving every sequence at least one token of its own."""
-    limit = min(len(s) for s in sequences) - 1
-    n = 0
-    while n < limit and all(s[n] == sequences[0][n] for s in sequences[1:]):
-        n += 1
-    return n
-
-
-def pack_shared_prefix(groups: Sequence[Sequence[Sequence[int]]]) -> SharedPrefixBatch:
-    """One row holding every group: its shared prefix once, then the rest of each of its sequences."""
-    ids: list[int] = []
-    positions: list[int] = []
-    ends: list[int] = []
-    for group in groups:
-        if not group or any(len(s) == 0 for s in group):
-            raise ValueError("pack_shared_prefix: every group needs at least one non-empty sequence")
-        p = shared_prefix_length(group) if len(group) > 1 else 0
-        ids += list(group[0][:p])
-        positions += list(range(p))
-        for seq in group:
-            ids += list(seq[p:])
-            positions += list(range(p, len(seq)))
-            ends.append(len(ids) - 1)
-    return SharedPrefixBatch(torch.tensor([ids]), torch.tensor([positions]), torch.tensor(ends),
-                             sum(len(s) for g in groups for s in g))
-
-
-def prefix_segments(positions: torch.Tensor) -> list[tuple[int, int, int, int]]:
-    """(start, end, root_start, prefix_length) of each segment of a row of positions (T,); a root has
-    prefix_length 0, a continuation attends to ``[root_start, root_start + prefix_length)`` first."""
-    breaks = (torch.nonzero(positions[1:] != positions[:-1] + 1).flatten() + 1).tolist()
-    starts, firsts = [0] + breaks, positions[[0] + breaks].tolist()
-    out, root, root_end = [], 0, 0
-    for start, end, first in zip(starts, starts[1:] + [len(positions)], firsts):
-        if first == 0:
-            root, root_end = start, end
-            out.append((start, end, start, 0))
-        elif first <= root_end - root:
-            out.append((start, end, root, first))
-        else:
-            raise ValueError(f"positions {start}..{end} continue a prefix of {first} tokens, but the root "
-                             f"segment before them has {root_end - root}; build rows with pack_shared_prefix")
-    return out
-
-
-def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                                 position_ids=None, **kwargs):
-    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
-    None)) for :class:`SharedPrefixBatch` rows: causal sdpa per root segment, and for a continuation
-    sdpa of its queries over [its prefix's keys, its own keys] (the prefix fully visible, itself causal).
-    Masked or cached calls (padding, generation) go to transformers' sdpa unchanged."""
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention
-    length = query.shape[2]
-    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    gqa = query.shape[1] != key.shape[1]
-    rows = []
-    for b in range(query.shape[0]):
-        q, k, v = query[b:b + 1], key[b:b + 1], value[b:b + 1]
-        parts = []
-        for start, end, root, prefix in prefix_segments(position_ids[b if position_ids.shape[0] > 1 else 0]):
-            if prefix == 0:
-                parts.append(sdpa(q[:, :, start:end], k[:, :, start:end], v[:, :, start:end], dropout_p=dropout,
-                                  scale=scaling, is_causal=True, enable_gqa=gqa))
-                continue
-            keys = torch.cat([k[:, :, root:root + prefix], k[:, :, start:end]], dim=2)
-            values = torch.cat([v[:, :, root:root + prefix], v[:, :, start:end]], dim=2)
-            # Query i (position prefix + i) sees the whole prefix and its own tokens up to itself.
-            mask = torch.ones(end - start, prefix + end - start, dtype=torch.bool, device=q.device).tril(prefix)
-            parts.append(sdpa(q[:, :, start:end], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling,
-                              enable_gqa=gqa))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
-
-
-def _shared_prefix_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
-    """No mask for a training forward (the attention reads position_ids); transformers' sdpa mask otherwise."""
-    from transformers.masking_utils import sdpa_mask
-
-    if attention_mask is None and q_offset == 0 and q_length == kv_length:
-        return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
-
-
-def use_shared_prefix_attention(model: torch.nn.Module) -> str:
-    """Switch a transformers model (sdpa or eager attention) to :func:`shared_prefix_sdpa_attention`
-    (which also runs plainly packed rows and padded batches); return the implementation it had."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_sdpa_attention)
-    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _shared_prefix_mask)
-    hf = hf_model(model)
-    before = hf.config._attn_implementation
-    hf.set_attn_implementation(SHARED_PREFIX_ATTENTION)
-    return before
+# The responses of one comparison share their prompt: packed with it once (posttrain.data.packing's
+# SharedPrefixBatch), each response continuing from it, the whole comparison costs its distinct tokens.
 
 
 def shared_prefix_rewards(model: torch.nn.Module, batch: SharedPrefixBatch) -> torch.Tensor:

@@ -28,6 +28,8 @@ class DemoConfig:
     """Held-out examples per task family in the prompting and SFT evaluations (the demo's budget; 200 resolves 5-point differences, 40 about 20: `posttrain eval` measures with more)."""
     dpo_prompts: int = 30
     """Training prompts per task family for the DPO stage (configs/dpo/world.yaml uses 100)."""
+    dpo_families: list[str] = field(default_factory=lambda: ["fact_lookup", "reverse", "uppercase", "sorting", "classification", "summarization", "chat_rule", "harmful"])
+    """Task families of the DPO stage's prompts. The sums are left out: the world's best candidate for them is the bare answer, which the gold reward ranks above the worked solution SFT taught (brevity), so DPO unlearns the working and arithmetic falls from 100% to 25%."""
     ppo_steps: int = 15
     """Rollout batches of the PPO stage (configs/ppo/world.yaml runs 30)."""
     stages: list[str] = field(default_factory=list)
@@ -446,7 +448,7 @@ class DPOConfig:
     reference_cache: str = ""
     """Folder of cached reference log-probs (safetensors), keyed by the reference's weights, the tokenized data and the dtype; empty: run_dir/reference_logps. Several runs may share one folder."""
     packing: bool = True
-    """Padding-free: the 2 x batch_size sequences of a micro-batch side by side in one row, positions restarting per sequence, attention per sequence (posttrain.data.packing); false pads them to the longest. Same losses either way."""
+    """Padding-free: a micro-batch's pairs in one row, each pair's prompt once with chosen and rejected continuing from it (each response attends to its prompt and itself; posttrain.data.packing; needs sdpa or eager attention); false pads the 2 x batch_size sequences to the longest. Same log-probs either way."""
     lm_head_chunk: int = 0
     """Score response tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""
     rounds: int = 1

@@ -13,9 +13,12 @@ fall along with the rejected one's (on the world's near-identical pairs, a lot).
 Efficiency:
 
 - **One forward per micro-batch**: the B chosen and B rejected sequences go through the model
-  together, packed side by side in one row with no padding (``packing``, attention per sequence)
-  or padded into (2B, T) (``posttrain.data.preference``); only the positions that predict a
-  response token go through the LM head (:class:`SequenceLogps`).
+  together, either (``packing``) in one row with no padding and each pair's prompt once,
+  [prompt, chosen, rejected] pair after pair, each response continuing from its prompt and
+  attending to it and to itself only (:func:`collate_shared_prompt`), or padded into (2B, T)
+  (``posttrain.data.preference``). Only the positions that predict a response token go through
+  the LM head (:class:`SequenceLogps`). Log-probs are those of each sequence scored alone, in
+  either layout (up to float rounding).
 - **Reference log-probs computed once** (``reference=precompute``): before training, the reference
   scores every training and held-out sequence and the (N, 2) table is cached on disk as
   safetensors under a key of (reference weights, tokenized data, dtype); a rerun or a resume finds
@@ -58,7 +61,9 @@ from typing import Any, Callable
 import torch
 
 from posttrain.data.chat import PromptResponse
-from posttrain.data.collate import IGNORE_INDEX
+from posttrain.data.packing import (
+    SHARED_PREFIX_ATTENTION, pack_shared_prefix, previous_token_columns, use_shared_prefix_attention,
+)
 from posttrain.data.preference import (
     PreferenceBatch, PreferenceExample, UnpairedBatch, UnpairedExample, collate_preferences, collate_unpaired,
     preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
@@ -66,7 +71,7 @@ from posttrain.data.preference import (
 from posttrain.data.records import Message, Preference
 from posttrain.files import write_json_atomic
 from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
-from posttrain.losses.sft import linear_token_logps, shift_labels, token_logps
+from posttrain.losses.sft import linear_token_logps, token_logps
 from posttrain.recipes.config import DPOConfig
 from posttrain.recipes.sft import _LOGIT_TRANSFORMS, stop_at_end_of_turn, transformers_model
 from posttrain.training.loop import (
@@ -83,10 +88,14 @@ class SequenceLogps(torch.nn.Module):
     """A causal LM whose forward returns each sequence's summed log-prob of its response tokens, (R,).
 
     The backbone runs on every token; the LM head only on the positions that predict a response
-    token, so the (R, T, V) logits of prompts and padding are never made. Takes a padded or a
-    packed layout (``posttrain.data.preference.SequenceBatch``, through :func:`inputs`);
-    ``per_token=True`` returns the token log-probs instead, shaped like ``input_ids`` (the
-    log-prob of token t + 1 at position t, 0 off the response). Being a module, it is what DDP wraps.
+    token, so the (R, T, V) logits of prompts and padding are never made. Takes a padded, a packed
+    or a shared-prompt layout (``posttrain.data.preference.SequenceBatch``, through :func:`inputs`):
+    each response token is predicted by the token before it *in its own sequence*, which in a
+    shared-prompt row (:func:`collate_shared_prompt`) is the prompt's last token for the first
+    token of each response (``posttrain.data.packing.previous_token_columns``). ``per_token=True``
+    returns the token log-probs instead, shaped like ``input_ids`` (the log-prob of token t + 1 at
+    position t, 0 off the response; padded or plainly packed rows only). Being a module, it is what
+    DDP wraps.
     """
 
     def __init__(self, lm: torch.nn.Module, chunk_size: int = 0):
@@ -97,24 +106,30 @@ class SequenceLogps(torch.nn.Module):
     def forward(self, input_ids, response_mask, num_sequences: int, attention_mask=None, position_ids=None,
                 sequence_ids=None, per_token: bool = False) -> torch.Tensor:
         hf = transformers_model(self.lm)
-        targets = shift_labels(torch.where(response_mask, input_ids, IGNORE_INDEX))  # (R, T)
         model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                         "use_cache": False}
+        rows, cols = response_mask.nonzero(as_tuple=True)  # (N,) every response token
+        before = cols - 1 if position_ids is None else previous_token_columns(position_ids)[rows, cols]
+        kept = before >= 0  # a sequence's first token has nothing before it to predict it
+        rows, cols, before = rows[kept], cols[kept], before[kept]
+        targets = input_ids[rows, cols]  # (N,)
         head = hf.get_output_embeddings()
         if getattr(head, "bias", None) is not None or any(
                 getattr(hf.config, k, None) not in (None, 1.0) for k in _LOGIT_TRANSFORMS):
-            tokens = token_logps(self.lm(**model_inputs).logits, targets)  # (R, T)
+            logits = self.lm(**model_inputs).logits[rows, before]  # (N, V)
+            picked = token_logps(logits[None], targets[None])[0]
         else:
             hidden = hf.base_model(**model_inputs).last_hidden_state  # (R, T, H)
-            keep = targets != IGNORE_INDEX
-            picked = linear_token_logps(hidden[keep][None], head.weight, targets[keep][None],
+            picked = linear_token_logps(hidden[rows, before][None], head.weight, targets[None],
                                         chunk_size=self.chunk_size)[0]  # (N,)
-            tokens = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
         if per_token:
-            return tokens
-        if sequence_ids is None:
-            return tokens.sum(-1)
-        return tokens.new_zeros(num_sequences).index_add(0, sequence_ids.flatten(), tokens.flatten())
+            if bool((before != cols - 1).any()):
+                raise ValueError("per_token=True needs padded or plainly packed rows: in a shared-prompt row "
+                                 "several responses are predicted from the same prompt position")
+            return picked.new_zeros(input_ids.shape).index_put((rows, before), picked)
+        owner = rows if sequence_ids is None else sequence_ids[rows, cols]
+        # Summed in float64: a sum of hundreds of float32 log-probs would otherwise depend on their order.
+        return picked.new_zeros(num_sequences, dtype=torch.float64).index_add(0, owner, picked.double()).float()
 
 
 @dataclass
@@ -224,9 +239,32 @@ def data_fingerprint(examples: list) -> str:
 
 
 def collate(examples: list, pad_id: int, indices: list[int] | None = None, packed: bool = False):
+    """A micro-batch: padded, or (``packed``) in one row: pairs with their prompt once, unpaired
+    examples side by side."""
     if examples and isinstance(examples[0], UnpairedExample):
         return collate_unpaired(examples, pad_id, indices, packed)
-    return collate_preferences(examples, pad_id, indices, packed)
+    if packed:
+        return collate_shared_prompt(examples, indices)
+    return collate_preferences(examples, pad_id, indices)
+
+
+def collate_shared_prompt(examples: list[PreferenceExample], indices: list[int] | None = None) -> PreferenceBatch:
+    """B pairs in one row with no padding, each pair as [prompt, chosen response, rejected response]:
+    the prompt computed once, each response continuing from it and attending to it and to itself
+    only (``posttrain.data.packing.pack_shared_prefix``; the model needs ``use_shared_prefix_attention``).
+    The shared part is the pair's common prefix up to its first response token. Sequences are
+    numbered as in every PreferenceBatch, chosen 0..B-1 then rejected B..2B-1, so results (and the
+    cached reference log-probs) do not depend on the layout."""
+    row = pack_shared_prefix([[e.chosen.input_ids, e.rejected.input_ids] for e in examples],
+                             [[e.chosen.loss_mask, e.rejected.loss_mask] for e in examples])
+    b = len(examples)
+    number = torch.tensor([k * b + i for i in range(b) for k in (0, 1)])  # pair-major packing -> chosen first
+    strengths = [e.strength for e in examples]
+    return PreferenceBatch(
+        input_ids=row.input_ids, response_mask=row.target_mask, num_sequences=2 * b, position_ids=row.position_ids,
+        sequence_ids=number[row.sequence_ids],
+        strength=None if None in strengths else torch.tensor(strengths, dtype=torch.long),
+        index=None if indices is None else torch.as_tensor(list(indices), dtype=torch.long))
 
 
 def columns(batch, scorer) -> torch.Tensor:
@@ -287,13 +325,16 @@ def cached_reference(cfg: DPOConfig, ctx: RunContext, scorer, datasets: dict[str
 
 
 def prepare_attention(cfg: DPOConfig, lm) -> None:
-    """Packed batches need attention within each sequence: posttrain's per-sequence sdpa replaces
-    sdpa/eager (flash attention reads the restarting positions itself)."""
-    from posttrain.data.packing import use_packed_attention
-
+    """Packed batches need attention within each sequence, each response over its prompt and itself:
+    posttrain's shared-prefix sdpa replaces sdpa/eager (padded and generation calls go to sdpa)."""
     hf = transformers_model(lm)
-    if cfg.packing and str(hf.config._attn_implementation or "") in ("sdpa", "eager"):
-        use_packed_attention(hf)
+    if not cfg.packing or hf.config._attn_implementation == SHARED_PREFIX_ATTENTION:
+        return
+    if str(hf.config._attn_implementation or "") not in ("sdpa", "eager"):
+        raise TrainingError(f"packing=true lays out each pair's prompt once with both responses continuing from "
+                            f"it, which needs sdpa or eager attention; model.attn_implementation is "
+                            f"{hf.config._attn_implementation!r}: set it to sdpa, or set packing=false")
+    use_shared_prefix_attention(hf)
 
 
 def load_reference_lm(cfg: DPOConfig, tokenizer):

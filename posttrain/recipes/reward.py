@@ -16,7 +16,7 @@ reward model is the SFT model with its LM head replaced by a scalar head
 Batches: a micro-batch is ``train.batch_size`` comparisons (pairs, or rankings of K); all their
 responses, chosen and rejected alike, go through the model in **one forward**: packed in a single
 row with each comparison's prompt once and every response continuing from it, attention per
-response (``packing``: no padding, no repeated prompt; ``posttrain.models.reward.SharedPrefixBatch``),
+response (``packing``: no padding, no repeated prompt; ``posttrain.data.packing.SharedPrefixBatch``),
 or padded. The loss is
 normalized per pair (per ranking) over the whole step (``posttrain.training.loop``).
 
@@ -44,11 +44,11 @@ import torch
 
 from posttrain.data.chat import Example, render_prompt_response
 from posttrain.data.collate import Batch, pad_collate
+from posttrain.data.packing import SharedPrefixBatch, pack_shared_prefix, use_shared_prefix_attention
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
-from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer,
-                                     SharedPrefixBatch, as_dicts, fit_normalization, load_reward_model,
-                                     pack_shared_prefix, use_shared_prefix_attention)
+from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
+                                     fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, setup_run,
                                      shard, total_steps, train_step)
@@ -326,7 +326,12 @@ def measure_normalization(cfg: RewardConfig, scorer: RewardScorer, records: list
 def build_model(cfg: RewardConfig, tokenizer) -> RewardModel:
     """The SFT model with a new scalar head (or a reward model to train further), ready to train."""
     hf = load_reward_model(cfg.model, tokenizer)
-    if cfg.packing and str(hf.config._attn_implementation or "") in ("sdpa", "eager"):
+    if cfg.packing:
+        attention = str(hf.config._attn_implementation or "")
+        if attention not in ("sdpa", "eager"):
+            raise TrainingError(f"packing: true needs sdpa or eager attention (model.attn_implementation), not "
+                                f"{attention!r}: packed rows share each prompt, which {attention} cannot read; "
+                                f"set packing=false to pad instead")
         use_shared_prefix_attention(hf)  # attention per packed response over its prompt, no (T, T) mask
     if cfg.train.gradient_checkpointing:
         hf.gradient_checkpointing_enable()
