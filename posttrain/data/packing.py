@@ -246,22 +246,9 @@ def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: fl
     examples, which makes one long row per micro-batch (no padding at all) the cheapest layout.
     Anything else (a padding mask, a KV cache during generation) goes to transformers' sdpa.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    length = query.shape[2]
-    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    gqa = query.shape[1] != key.shape[1]
-    rows = []
-    # split, not slicing: a slice's backward makes a zero tensor as large as the row for every example.
-    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
-        sizes = [e - s for s, e in segment_bounds(position_ids[b if position_ids.shape[0] > 1 else 0])]
-        rows.append(torch.cat([
-            torch.nn.functional.scaled_dot_product_attention(qe, ke, ve, dropout_p=dropout, scale=scaling,
-                                                             is_causal=True, enable_gqa=gqa)
-            for qe, ke, ve in zip(q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2))], dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+    # A plainly packed row is a shared-prefix row whose segments are all roots (no prefix).
+    return shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout,
+                                        scaling=scaling, position_ids=position_ids, **kwargs)
 
 
 def _packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
