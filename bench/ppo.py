@@ -51,6 +51,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.sft import _status, reset_peak  # noqa: E402  (memory probes shared by every bench)
 TRL112_PYTHON = ROOT / "bench" / ".venv-trl112" / "bin" / "python"
 
 PROMPTS_PER_FAMILY = 64
@@ -96,19 +98,6 @@ def prepare_assets(folder: Path) -> None:
 # --------------------------------------------------------------------------- measuring
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> int:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0) and return the current RSS in bytes."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
-
-
 def step_end() -> tuple[float, float]:
     """(wall clock, this process's CPU time) now."""
     return time.perf_counter(), time.process_time()
@@ -137,7 +126,6 @@ def run_posttrain(algorithm: str, critic: str, assets: Path, steps: int) -> dict
     import torch
 
     from posttrain.config import load_config
-    from posttrain.models.config import ModelConfig
     from posttrain.models.loading import load_causal_lm, load_tokenizer
     from posttrain.models.value import ActorCritic, ValueHead, load_critic
     from posttrain.recipes import ppo as recipe
