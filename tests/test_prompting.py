@@ -238,3 +238,61 @@ def test_log_prob_multiple_choice_beats_chance(base_report):
     for family in ("fact_lookup", "sorting"):
         cell = base_report.cells[family]["mc_norm"]
         assert cell.accuracy > cell.chance + 3 * math.sqrt(cell.chance * (1 - cell.chance) / cell.n), (family, cell)
+
+
+# --------------------------------------------------------------------------- copying (induction) probe
+
+
+class _Copier:
+    """A hand-made induction head as a model: after the tokens (w, x) it predicts whatever followed
+    their last earlier occurrence (logit 8), else nothing in particular. What the probe must detect."""
+
+    def __init__(self, vocab: int):
+        import torch
+
+        self.vocab, self.training = vocab, False
+        self._param = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        yield self._param
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def __call__(self, input_ids, attention_mask=None):
+        import torch
+        from types import SimpleNamespace
+
+        logits = torch.zeros(*input_ids.shape, self.vocab)
+        for b, row in enumerate(input_ids.tolist()):
+            last = {}
+            for t in range(1, len(row)):
+                key = (row[t - 1], row[t])
+                if key in last:
+                    logits[b, t, row[last[key] + 1]] = 8.0
+                last[key] = t
+        return SimpleNamespace(logits=logits)
+
+
+def test_copying_probe_sees_an_induction_head_and_no_gain_without_one(tiny_tokenizer, tiny_model):
+    from posttrain.evaluation.copying import copying_gain
+
+    copier = copying_gain(_Copier(len(tiny_tokenizer)), tiny_tokenizer, n=8)
+    assert copier.gain > 3.0 and copier.second > -2.0, copier  # nearly every repeated token predicted
+    random_model = copying_gain(tiny_model, tiny_tokenizer, n=8)
+    assert abs(random_model.gain) < 0.3, random_model
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 3 open, and the cause of few-shot not helping: the shipped base model finds a random span no likelier "
+    "the second time (gain -0.28 nats/token). A 1000-step retrain with 18% of documents made of copying text "
+    "(spans said again, code tables looked up by name, letter games) reached only +0.6 and no few-shot gain"))
+def test_the_base_model_copies_from_its_context(base_model):
+    from posttrain.evaluation.copying import copying_gain
+
+    model, tokenizer = base_model
+    score = copying_gain(model, tokenizer)
+    assert score.gain > 1.0, score

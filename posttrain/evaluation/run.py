@@ -9,6 +9,9 @@ prints accuracy with its 95% interval, and writes into the run directory:
   SHA-256, strategies, shots, n, seed, split, batch size, token budgets, posttrain, task-suite,
   torch and transformers versions);
 - ``predictions.jsonl``: each example's completion, extracted answer and verdict;
+- ``copying`` in ``results.json``, beside the prompting suite: how much likelier a random span is the
+  second time it appears (:mod:`posttrain.evaluation.copying`), the induction a model needs before
+  any few-shot or chain-of-thought prompt can help it;
 - ``config.yaml``: the resolved config.
 
 Generation is greedy and batched. Plain Q/A completions stop and are read at their first newline
@@ -632,7 +635,20 @@ def evaluate_prompting(cfg, model, tokenizer, families: list[str], console) -> E
                             max_new_tokens=cfg.max_new_tokens, max_prompt_tokens=cfg.max_prompt_tokens,
                             progress=progress)
     console.print(results_table(report))
+    report.sections["copying"] = evaluate_copying(model, tokenizer, cfg.batch_size, console)
     return report
+
+
+def evaluate_copying(model, tokenizer, batch_size: int, console) -> dict[str, Any]:
+    """The copying probe (:mod:`posttrain.evaluation.copying`): whether shots in a prompt can help at all."""
+    from posttrain.evaluation.copying import FILLER, LEAD, copying_gain
+
+    score = copying_gain(model, tokenizer, batch_size=batch_size)
+    console.print(f"copying from the context: {score.gain:+.2f} nats/token on a random span's second appearance "
+                  f"(first {score.first:.2f}, second {score.second:.2f}, n={score.n}); about 0 means no induction, "
+                  "and then few-shot prompts cannot help")
+    return {"settings": {"n": score.n, "lead": LEAD, "filler": FILLER},
+            "first": round(score.first, 4), "second": round(score.second, 4), "gain": round(score.gain, 4)}
 
 
 def run_eval(cfg) -> EvalReport:

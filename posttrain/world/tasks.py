@@ -57,8 +57,8 @@ What prompting needs from the base model: few-shot and CoT prompts only help a m
 from its context (induction). A world this small can be memorized without ever copying (66 names,
 276 facts), so the corpus must reward copying: strings that are new in every document (nonwords
 spelled, reversed and capitalized; digit lists sorted; names introduced and reused in one story).
-Check with a repeated random token sequence: the second copy must be far more likely than the
-first. (The 2.2M-parameter models pretrained for 600 and 1100 steps show none: -12.25 vs -12.13
+Check with a repeated random token sequence (:func:`posttrain.evaluation.copying.copying_gain`, also
+printed by ``posttrain eval``): the second copy must be far more likely than the first. (The 2.2M-parameter models pretrained for 600 and 1100 steps show none: -12.25 vs -12.13
 and -12.66 vs -12.75 nats per token; three identical refusals before a harmful question leave its
 log-prob unchanged, and few-shot beats zero-shot on no family.) Likewise "Let's think step by
 step." should precede worked sums and sorts too, not only two-hop fact chains: after it, the
