@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from statistics import fmean
 
 from posttrain.evaluation.multiple_choice import continuation_logprobs
 
@@ -47,9 +48,7 @@ def random_spans(n: int, length: int, seed: int) -> list[str]:
 def copying_gain(model, tokenizer, n: int = 40, length: int = 10, seed: int = 0, batch_size: int = 32) -> CopyingScore:
     """Score ``n`` random spans of ``length`` letters the first and the second time they appear."""
     spans = random_spans(n, length, seed)
-    continuations = [f" {s}" for s in spans]
-    first, _ = continuation_logprobs(model, tokenizer, [LEAD] * n, continuations, batch_size=batch_size)
-    second, _ = continuation_logprobs(model, tokenizer, [f"{LEAD} {s}{FILLER}" for s in spans], continuations,
-                                      batch_size=batch_size)
-    mean = lambda scores: sum(s.mean_logp for s in scores) / len(scores)  # noqa: E731
-    return CopyingScore(first=mean(first), second=mean(second), n=n)
+    contexts = [LEAD] * n + [f"{LEAD} {s}{FILLER}" for s in spans]
+    scores, _ = continuation_logprobs(model, tokenizer, contexts, [f" {s}" for s in spans] * 2, batch_size=batch_size)
+    per_token = [s.mean_logp for s in scores]
+    return CopyingScore(first=fmean(per_token[:n]), second=fmean(per_token[n:]), n=n)

@@ -643,11 +643,12 @@ def evaluate_copying(model, tokenizer, batch_size: int, console) -> dict[str, An
     """The copying probe (:mod:`posttrain.evaluation.copying`): whether shots in a prompt can help at all."""
     from posttrain.evaluation.copying import FILLER, LEAD, copying_gain
 
-    score = copying_gain(model, tokenizer, batch_size=batch_size)
+    settings = {"n": 40, "length": 10, "seed": 0}
+    score = copying_gain(model, tokenizer, **settings, batch_size=batch_size)
     console.print(f"copying from the context: {score.gain:+.2f} nats/token on a random span's second appearance "
                   f"(first {score.first:.2f}, second {score.second:.2f}, n={score.n}); about 0 means no induction, "
                   "and then few-shot prompts cannot help")
-    return {"settings": {"n": score.n, "lead": LEAD, "filler": FILLER},
+    return {"settings": {**settings, "lead": LEAD, "filler": FILLER},
             "first": round(score.first, 4), "second": round(score.second, 4), "gain": round(score.gain, 4)}
 
 
