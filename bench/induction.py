@@ -75,8 +75,11 @@ def main() -> None:
     from posttrain.world import base_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(base_model_path())
-    letters = [tokenizer.convert_tokens_to_ids("Ġ" + c) for c in "abcdefghijklmnopqrstuvwxyz"]
-    vocab = list(range(len(tokenizer.all_special_tokens), len(tokenizer)))
+    letters = [tokenizer.encode(f" {c}", add_special_tokens=False) for c in "abcdefghijklmnopqrstuvwxyz"]
+    if any(len(ids) != 1 for ids in letters):
+        raise SystemExit("the world tokenizer should hold every spelled letter (' a' ... ' z') as one token")
+    letters = [ids[0] for ids in letters]
+    vocab = sorted(set(range(len(tokenizer))) - set(tokenizer.all_special_ids))
     arch = yaml.safe_load(Path(args.config).read_text())["arch"]
     model = tiny_llama(len(tokenizer), hidden_size=arch["hidden_size"], num_layers=arch["num_layers"],
                        num_heads=arch["num_heads"], intermediate_size=arch.get("intermediate_size"),
