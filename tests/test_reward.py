@@ -121,6 +121,30 @@ def test_resume_from_a_checkpoint_reproduces_the_run(packed_run, tiny_model_dir,
     np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-6)
 
 
+def test_likelihood_runs_packed_and_padded_alike_resume_and_export_the_learned_weight(tiny_model_dir, prefs,
+                                                                                     tmp_path, capsys):
+    from posttrain.models.reward import LIKELIHOOD_COEF
+
+    runs = {}
+    for packing in ("true", "false"):
+        runs[packing] = tmp_path / packing
+        _reward(*_args(tiny_model_dir, [prefs / "pairs.jsonl"], runs[packing], f"packing={packing}", "likelihood=true"))
+    for key in ("loss", "eval_loss"):
+        a, b = _metric(runs["true"], key), _metric(runs["false"], key)
+        np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=0, atol=1e-5)
+    alpha = json.loads((runs["true"] / "final" / "config.json").read_text())[LIKELIHOOD_COEF]
+    assert abs(alpha - 1.0) > 1e-3, "alpha is trained from likelihood_init=1"
+    shutil.rmtree(runs["true"] / "checkpoints" / "step-000006")  # as if it died after the step-3 checkpoint
+    shutil.rmtree(runs["true"] / "final")
+    _reward(*_args(tiny_model_dir, [prefs / "pairs.jsonl"], runs["true"], "packing=true", "likelihood=true"))
+    assert "resumed from" in capsys.readouterr().err
+    resumed = json.loads((runs["true"] / "final" / "config.json").read_text())[LIKELIHOOD_COEF]
+    assert resumed == pytest.approx(alpha, abs=1e-6)
+    # A folder trained with the feature refuses to be trained further without it.
+    with pytest.raises(TrainingError, match="likelihood=true"):
+        _reward(*_args(runs["true"] / "final", [prefs / "pairs.jsonl"], tmp_path / "again"))
+
+
 @pytest.mark.parametrize("loss", ["margin", "all_pairs", "plackett_luce"])
 def test_every_loss_trains(loss, tiny_model_dir, prefs, tmp_path):
     data = [prefs / "pairs.jsonl"] if loss == "margin" else [prefs / "rankings.jsonl", prefs / "pairs.jsonl"]

@@ -147,6 +147,61 @@ def test_exported_folder_is_plain_transformers_and_normalization_is_applied(rewa
     torch.testing.assert_close(scorer.score_conversations(conversations, normalize=False), raw, rtol=0, atol=1e-5)
 
 
+def test_likelihood_feature_adds_the_mean_response_logprob_in_every_layout(reward_lm, tiny_model_dir, tiny_tokenizer,
+                                                                         tmp_path):
+    """head score + alpha * mean log p(response tokens) under the causal LM the backbone came from, the
+    same padded one by one, padded together, in a shared-prefix row, and from the exported folder."""
+    from transformers import AutoModelForCausalLM
+
+    from posttrain.models.export import export_model
+    from posttrain.models.reward import LIKELIHOOD_COEF
+    from posttrain.recipes.reward import Comparison, collate
+
+    rendered = [render_prompt_response(tiny_tokenizer, PROMPTS[i], [{"role": "assistant", "content": r}])
+                for i in range(3) for r in (RESPONSES[i], RESPONSES[(i + 1) % 3])]
+    head_only = RewardScorer(reward_lm, tiny_tokenizer).score_ids([r.input_ids for r in rendered], normalize=False)
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    expected = []
+    with torch.no_grad():
+        for r, score in zip(rendered, head_only):
+            logps = torch.log_softmax(lm(torch.tensor([r.input_ids])).logits[0, :-1], -1)
+            picked = logps.gather(1, torch.tensor(r.input_ids[1:])[:, None])[:, 0]
+            expected.append(score + 0.7 * picked[torch.tensor(r.loss_mask[1:])].mean())
+    expected = torch.stack(expected)
+    assert (expected - head_only).abs().min() > 0.1, "the feature should change every score"
+
+    setattr(reward_lm.config, LIKELIHOOD_COEF, 0.7)
+    try:
+        scorer = RewardScorer(reward_lm, tiny_tokenizer)
+        ids, masks = [r.input_ids for r in rendered], [r.loss_mask for r in rendered]
+        for batch_size in (1, 6):
+            torch.testing.assert_close(scorer.score_ids(ids, batch_size, normalize=False, response_masks=masks),
+                                       expected, rtol=0, atol=1e-4)
+        with pytest.raises(ValueError, match="response_masks"):
+            scorer.score_ids(ids, normalize=False)
+        comparisons = [Comparison(ids[2 * i:2 * i + 2], None, masks[2 * i:2 * i + 2]) for i in range(3)]
+        model = RewardModel(reward_lm, likelihood=True)  # alpha from the config: 0.7
+        padded = collate(comparisons, tiny_tokenizer.pad_token_id, packing=False, responses=True)
+        torch.testing.assert_close(model(padded.sequences), expected, rtol=0, atol=1e-4)
+        before = reward_lm.config._attn_implementation
+        use_shared_prefix_attention(reward_lm)
+        try:
+            shared = collate(comparisons, tiny_tokenizer.pad_token_id, packing=True, responses=True)
+            assert shared.sequences.num_tokens < shared.sequences.num_sequence_tokens
+            torch.testing.assert_close(model(shared.sequences), expected, rtol=0, atol=1e-4)
+        finally:
+            reward_lm.set_attn_implementation(before)
+        with pytest.raises(ValueError, match="likelihood=true"):
+            RewardModel(reward_lm)
+        folder = export_model(reward_lm, tiny_tokenizer, tmp_path / "rm")
+    finally:
+        delattr(reward_lm.config, LIKELIHOOD_COEF)
+    loaded = RewardScorer.from_pretrained(folder, device="cpu", normalize=False)
+    torch.testing.assert_close(loaded.score([PROMPTS[i] for i in range(3) for _ in range(2)],
+                                            [r for i in range(3) for r in (RESPONSES[i], RESPONSES[(i + 1) % 3])]),
+                               expected, rtol=0, atol=1e-4)
+
+
 def test_fit_normalization_standardizes_and_refuses_a_constant_model(tmp_path):
     raw = torch.tensor([1.0, 2.0, 3.0, 6.0])
     norm = fit_normalization(raw, "four")

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -405,6 +405,31 @@ def previous_token_columns(position_ids: torch.Tensor) -> torch.Tensor:
         for start, _, root, prefix in prefix_segments(position_ids[r]):
             out[r, start] = root + prefix - 1 if prefix else -1  # a continuation: the prefix's last token
     return out
+
+
+class ResponseTokens(NamedTuple):
+    """Every response token that some earlier token predicts, as parallel (N,) long index tensors."""
+
+    rows: torch.Tensor
+    cols: torch.Tensor
+    """Column of the token."""
+    before: torch.Tensor
+    """Column of its predictor: the token before it in its own sequence."""
+    owner: torch.Tensor
+    """Sequence the token belongs to (its row when rows hold one sequence each)."""
+
+
+def response_tokens(response_mask: torch.Tensor, position_ids: torch.Tensor | None = None,
+                    sequence_ids: torch.Tensor | None = None) -> ResponseTokens:
+    """The response tokens of padded (``position_ids`` None), packed or shared-prefix rows (R, T),
+    each with the column whose hidden state predicts it (:func:`previous_token_columns`); a
+    sequence's first token, which nothing predicts, is left out."""
+    rows, cols = response_mask.nonzero(as_tuple=True)
+    before = cols - 1 if position_ids is None else previous_token_columns(position_ids)[rows, cols]
+    kept = before >= 0
+    rows, cols, before = rows[kept], cols[kept], before[kept]
+    owner = rows if sequence_ids is None else sequence_ids[rows, cols]
+    return ResponseTokens(rows, cols, before, owner)
 
 
 def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,

@@ -14,6 +14,14 @@ never used. Left-padded rows get position ids counted from their first real toke
 does not depend on the padding side, the batch size or the other sequences in the batch (up to
 float rounding).
 
+**Likelihood feature** (optional, ``likelihood: true`` in the reward recipe). A small backbone's
+last token may not tell a right answer from a wrong one: that needs the answer compared with what
+the model would have said, which its LM head does at the token *before* the answer. The feature
+adds ``alpha * mean log p(response token)`` under the backbone's own LM head (the tied input
+embeddings, so the sequence-classification folder still holds it), with ``alpha`` learned; it is
+saved in the model config as :data:`LIKELIHOOD_COEF` and applied by every scorer here. Plain
+transformers' forward ignores it (it returns the head's score only).
+
 **Normalization.** After training, raw scores are standardized on a reference set (prompts and
 the SFT model's responses): ``(raw - mean) / std``. The mean and std are saved beside the weights
 in ``reward_normalization.json`` and :class:`RewardScorer` applies them by default, so a score of
@@ -37,10 +45,12 @@ from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_che
 
 import torch
 
+from posttrain.data.collate import IGNORE_INDEX
 from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are re-exported for older importers
-    SHARED_PREFIX_ATTENTION, PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, shared_prefix_length,
-    shared_prefix_sdpa_attention, use_shared_prefix_attention,
+    SHARED_PREFIX_ATTENTION, PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, response_tokens,
+    shared_prefix_length, shared_prefix_sdpa_attention, use_shared_prefix_attention,
 )
+from posttrain.losses.sft import linear_token_logps
 from posttrain.rl.math import last_token_index
 
 if TYPE_CHECKING:
@@ -51,6 +61,9 @@ logger = logging.getLogger("posttrain.models")
 
 NORMALIZATION_FILE = "reward_normalization.json"
 """File in a reward model's folder holding the mean and std its raw scores are standardized with."""
+
+LIKELIHOOD_COEF = "posttrain_likelihood_coef"
+"""Model-config key of the learned weight of the likelihood feature (absent: no feature)."""
 
 Messages = Sequence[Any]
 """A chat prompt: ``{"role", "content"}`` dicts or ``posttrain.data.records.Message`` objects."""
@@ -84,17 +97,72 @@ def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(dim=1) - 1).clamp(min=0)
 
 
-def padded_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """Raw rewards (B,) float32 of a padded batch: the head applied at each row's last real token."""
+Coef = "torch.Tensor | float | None"
+"""Weight of the likelihood feature: a tensor (trained), a float, or None (the model config's, if any)."""
+
+
+def stored_likelihood_coef(model: torch.nn.Module) -> float | None:
+    """The likelihood feature's weight saved in the model config, or None (no feature)."""
+    value = getattr(hf_model(model).config, LIKELIHOOD_COEF, None)
+    return None if value is None else float(value)
+
+
+def likelihood_head(model: torch.nn.Module) -> torch.Tensor:
+    """(V, H) LM-head weight of a reward model's backbone: its input embeddings, when they are tied."""
+    hf = hf_model(model)
+    config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
+    if not getattr(config, "tie_word_embeddings", False):
+        raise ValueError(f"the likelihood feature needs a model whose LM head is its input embeddings "
+                         f"(tie_word_embeddings), which a sequence-classification model keeps; "
+                         f"{config.model_type} here has a separate head; set likelihood=false")
+    return hf.get_input_embeddings().weight
+
+
+def mean_response_logps(model: torch.nn.Module, hidden: torch.Tensor, input_ids: torch.Tensor,
+                        response_mask: torch.Tensor, num_sequences: int, position_ids: torch.Tensor | None = None,
+                        sequence_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """(N,) mean log-prob of each sequence's response tokens under the backbone's LM head.
+
+    hidden (R, T, H) final normed hidden states of rows ``input_ids`` (R, T); ``response_mask`` (R, T)
+    marks the tokens scored; padded rows (``position_ids`` None) hold one sequence each, packed and
+    shared-prefix rows say the sequence of each column in ``sequence_ids``.
+    """
+    tokens = response_tokens(response_mask, position_ids, sequence_ids)
+    picked = linear_token_logps(hidden[tokens.rows, tokens.before][None], likelihood_head(model),
+                                input_ids[tokens.rows, tokens.cols][None])[0]  # (N_tokens,)
+    total = picked.new_zeros(num_sequences).index_add(0, tokens.owner, picked)
+    count = picked.new_zeros(num_sequences).index_add(0, tokens.owner, torch.ones_like(picked))
+    return total / count.clamp(min=1.0)
+
+
+def _with_likelihood(model, scores: torch.Tensor, coef: Coef, **features) -> torch.Tensor:
+    coef = stored_likelihood_coef(model) if coef is None else coef
+    if coef is None:
+        return scores
+    if features.get("response_mask") is None:
+        raise ValueError("this reward model adds the response's likelihood to its score, so it needs to know "
+                         "which tokens are the response: pass response_mask (or response_masks)")
+    return scores + coef * mean_response_logps(model, num_sequences=scores.shape[0], **features)
+
+
+def padded_rewards(model: torch.nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   response_mask: torch.Tensor | None = None, likelihood_coef: Coef = None) -> torch.Tensor:
+    """Raw rewards (B,) float32 of a padded batch: the head applied at each row's last real token
+    (plus the likelihood feature of the ``response_mask`` tokens, if the model has one)."""
     backbone, head = backbone_and_head(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask,
                       position_ids=positions_from_mask(attention_mask), use_cache=False).last_hidden_state  # (B, T, H)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    return head(hidden[rows, last_token_index(attention_mask.bool())]).squeeze(-1).float()  # (B,)
+    scores = head(hidden[rows, last_token_index(attention_mask.bool())]).squeeze(-1).float()  # (B,)
+    return _with_likelihood(model, scores, likelihood_coef, hidden=hidden, input_ids=input_ids,
+                            response_mask=response_mask)
 
 
 def packed_rewards(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Raw rewards (N,) of a packed batch, in the order the N examples were given to ``pack_examples``."""
+    if stored_likelihood_coef(model) is not None:
+        raise ValueError("packed_rewards: a reward model with the likelihood feature scores padded or "
+                         "shared-prefix batches only")
     backbone, head = backbone_and_head(model)
     hidden = backbone(**batch.model_inputs()).last_hidden_state  # (R, T, H)
     n = sum(len(spans) for spans in batch.example_spans)
@@ -113,11 +181,15 @@ def packed_rewards(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
 # SharedPrefixBatch), each response continuing from it, the whole comparison costs its distinct tokens.
 
 
-def shared_prefix_rewards(model: torch.nn.Module, batch: SharedPrefixBatch) -> torch.Tensor:
-    """Raw rewards (N,) of a :class:`SharedPrefixBatch` (the model needs :func:`use_shared_prefix_attention`)."""
+def shared_prefix_rewards(model: torch.nn.Module, batch: SharedPrefixBatch, likelihood_coef: Coef = None) -> torch.Tensor:
+    """Raw rewards (N,) of a :class:`SharedPrefixBatch` (the model needs :func:`use_shared_prefix_attention`);
+    the likelihood feature reads the batch's ``target_mask`` as the response tokens."""
     backbone, head = backbone_and_head(model)
     hidden = backbone(**batch.model_inputs()).last_hidden_state  # (1, T, H)
-    return head(hidden[0, batch.score_columns]).squeeze(-1).float()
+    scores = head(hidden[0, batch.score_columns]).squeeze(-1).float()
+    return _with_likelihood(model, scores, likelihood_coef, hidden=hidden, input_ids=batch.input_ids,
+                            response_mask=batch.target_mask, position_ids=batch.position_ids,
+                            sequence_ids=batch.sequence_ids)
 
 
 class RewardModel(torch.nn.Module):
@@ -125,20 +197,38 @@ class RewardModel(torch.nn.Module):
 
     ``forward(batch)`` takes a padded :class:`~posttrain.data.collate.Batch`, a packed
     :class:`~posttrain.data.packing.PackedBatch` or a :class:`SharedPrefixBatch` and returns (N,)
-    float32. Being a module, it is what DDP wraps in training.
+    float32. Being a module, it is what DDP wraps in training. ``likelihood=True`` trains the
+    likelihood feature's weight (from the model config's, or ``likelihood_init``); a padded batch's
+    labels and a shared-prefix batch's target mask then mark the response tokens.
+    :meth:`store_likelihood_coef` writes the trained weight into the model config for export.
     """
 
-    def __init__(self, model: torch.nn.Module):
+    def __init__(self, model: torch.nn.Module, likelihood: bool = False, likelihood_init: float = 1.0):
         super().__init__()
         self.model = model
         backbone_and_head(model)  # fail early on a model without a scalar head
+        stored = stored_likelihood_coef(model)
+        self.likelihood_coef = None
+        if likelihood:
+            likelihood_head(model)  # fail early on an untied model
+            start = likelihood_init if stored is None else stored
+            self.likelihood_coef = torch.nn.Parameter(torch.tensor(float(start)))
+        elif stored is not None:
+            raise ValueError(f"this reward model adds the response's likelihood to its score ({LIKELIHOOD_COEF}="
+                             f"{stored:g} in its config); train it with likelihood=true")
 
     def forward(self, batch: "Batch | PackedBatch | SharedPrefixBatch") -> torch.Tensor:
         if isinstance(batch, SharedPrefixBatch):
-            return shared_prefix_rewards(self.model, batch)
+            return shared_prefix_rewards(self.model, batch, self.likelihood_coef)
         if hasattr(batch, "example_spans"):
             return packed_rewards(self.model, batch)
-        return padded_rewards(self.model, batch.input_ids, batch.attention_mask)
+        response = batch.labels != IGNORE_INDEX if self.likelihood_coef is not None else None
+        return padded_rewards(self.model, batch.input_ids, batch.attention_mask, response, self.likelihood_coef)
+
+    def store_likelihood_coef(self) -> None:
+        """Write the trained likelihood weight into the model config (saved with the exported folder)."""
+        if self.likelihood_coef is not None:
+            setattr(hf_model(self.model).config, LIKELIHOOD_COEF, round(float(self.likelihood_coef.detach()), 8))
 
 
 # --------------------------------------------------------------------------- loading
@@ -334,25 +424,38 @@ class RewardScorer:
         from posttrain.data.chat import render_prompt_response
 
         _check_lengths(prompts, responses)
-        ids = [render_prompt_response(self.tokenizer, as_dicts(p), [{"role": "assistant", "content": r}]).input_ids
-               for p, r in zip(prompts, responses)]
-        return self.score_ids(ids, batch_size, normalize)
+        return self._score_rendered([(as_dicts(p), [{"role": "assistant", "content": r}])
+                                     for p, r in zip(prompts, responses)], batch_size, normalize)
 
     def score_conversations(self, conversations: Sequence[Messages], batch_size: int = 16,
                             normalize: bool = True) -> torch.Tensor:
         """(B,) rewards of whole conversations, each ending with the assistant turn being judged."""
-        from posttrain.data.chat import render_text
+        turns = [as_dicts(c) for c in conversations]
+        return self._score_rendered([(c[:-1], c[-1:]) for c in turns], batch_size, normalize)
 
-        ids = [self.tokenizer(render_text(self.tokenizer, as_dicts(c)), add_special_tokens=False)["input_ids"]
-               for c in conversations]
-        return self.score_ids(ids, batch_size, normalize)
+    def _score_rendered(self, parts: list[tuple[list, list]], batch_size: int, normalize: bool) -> torch.Tensor:
+        from posttrain.data.chat import render_prompt_response
+
+        rendered = [render_prompt_response(self.tokenizer, prompt, response) for prompt, response in parts]
+        return self.score_ids([r.input_ids for r in rendered], batch_size, normalize,
+                              response_masks=[r.loss_mask for r in rendered])
 
     @torch.no_grad()
-    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 16, normalize: bool = True) -> torch.Tensor:
-        """(B,) rewards of token-id sequences (chat-rendered prompt + response), on the CPU."""
+    def score_ids(self, sequences: Sequence[Sequence[int]], batch_size: int = 16, normalize: bool = True,
+                  response_masks: Sequence[Sequence[bool]] | None = None) -> torch.Tensor:
+        """(B,) rewards of token-id sequences (chat-rendered prompt + response), on the CPU.
+
+        ``response_masks`` (one per sequence, True on response tokens) is needed by a model with the
+        likelihood feature; :meth:`score` and :meth:`score_conversations` make them.
+        """
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if response_masks is None and stored_likelihood_coef(self.model) is not None:
+            raise ValueError("score_ids: this reward model adds the response's likelihood to its score; pass "
+                             "response_masks (True on the response tokens), or use score()")
+        masks = [list(m) for m in response_masks] if response_masks is not None else [[False] * len(s) for s in sequences]
         sequences = [self._fit(list(s), i) for i, s in enumerate(sequences)]
+        masks = [m[len(m) - len(s):] for m, s in zip(masks, sequences)]  # cut from the left like their sequences
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = torch.empty(len(sequences), dtype=torch.float32)
@@ -365,10 +468,12 @@ class RewardScorer:
                 width = max(len(sequences[i]) for i in rows)
                 input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.bool)
+                response = torch.zeros((len(rows), width), dtype=torch.bool)
                 for r, i in enumerate(rows):
                     input_ids[r, :len(sequences[i])] = torch.tensor(sequences[i])
                     mask[r, :len(sequences[i])] = True
-                out[rows] = padded_rewards(self.model, input_ids.to(device), mask.to(device)).cpu()
+                    response[r, :len(sequences[i])] = torch.tensor(masks[i], dtype=torch.bool)
+                out[rows] = padded_rewards(self.model, input_ids.to(device), mask.to(device), response.to(device)).cpu()
         finally:
             self.model.train(was_training)
         return self.normalization.apply(out) if normalize else out

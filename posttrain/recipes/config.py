@@ -330,6 +330,10 @@ class RewardConfig:
     """Weight of the penalty mean((r_w + r_l)^2) that keeps rewards centred at 0 (pairwise losses); 0 turns it off."""
     packing: bool = True
     """Score a micro-batch's responses packed in one row, each comparison's prompt once and every response continuing from it (no padding, no repeated prompt); false pads them to the longest."""
+    likelihood: bool = False
+    """Add alpha x the response's mean token log-prob under the backbone's own LM head (its tied input embeddings) to the last-token score, alpha learned: lets a small backbone tell a right answer from a wrong one, which its last token alone may not (posttrain.models.reward). Needs tie_word_embeddings."""
+    likelihood_init: float = 1.0
+    """Starting alpha of the likelihood feature (a reward-model folder that has one keeps its own)."""
     eval_fraction: float = 0.05
     """Share of the training prompts held out for accuracy when data.eval is empty (file data only)."""
     normalize: Literal["sft_samples", "data", "none"] = "sft_samples"

@@ -62,7 +62,7 @@ import torch
 
 from posttrain.data.chat import PromptResponse
 from posttrain.data.packing import (
-    SHARED_PREFIX_ATTENTION, pack_shared_prefix, previous_token_columns, use_shared_prefix_attention,
+    SHARED_PREFIX_ATTENTION, pack_shared_prefix, response_tokens, use_shared_prefix_attention,
 )
 from posttrain.data.preference import (
     PreferenceBatch, PreferenceExample, UnpairedBatch, UnpairedExample, collate_preferences, collate_unpaired,
@@ -108,10 +108,7 @@ class SequenceLogps(torch.nn.Module):
         hf = transformers_model(self.lm)
         model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                         "use_cache": False}
-        rows, cols = response_mask.nonzero(as_tuple=True)  # (N,) every response token
-        before = cols - 1 if position_ids is None else previous_token_columns(position_ids)[rows, cols]
-        kept = before >= 0  # a sequence's first token has nothing before it to predict it
-        rows, cols, before = rows[kept], cols[kept], before[kept]
+        rows, cols, before, owner = response_tokens(response_mask, position_ids, sequence_ids)  # (N,) each
         targets = input_ids[rows, cols]  # (N,)
         head = hf.get_output_embeddings()
         if getattr(head, "bias", None) is not None or any(
@@ -127,7 +124,6 @@ class SequenceLogps(torch.nn.Module):
                 raise ValueError("per_token=True needs padded or plainly packed rows: in a shared-prompt row "
                                  "several responses are predicted from the same prompt position")
             return picked.new_zeros(input_ids.shape).index_put((rows, before), picked)
-        owner = rows if sequence_ids is None else sequence_ids[rows, cols]
         # Summed in float64: a sum of hundreds of float32 log-probs would otherwise depend on their order.
         return picked.new_zeros(num_sequences, dtype=torch.float64).index_add(0, owner, picked.double()).float()
 

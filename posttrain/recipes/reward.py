@@ -68,6 +68,8 @@ class Comparison:
     """K token-id sequences (prompt + response, chat-rendered)."""
     strength: int | None = None
     """The annotator's 1-4 preference strength of a pair, if given."""
+    response_masks: list[list[bool]] | None = None
+    """Per sequence, True on its response's tokens (read by the likelihood feature)."""
 
 
 @dataclass
@@ -85,13 +87,16 @@ class ComparisonBatch:
         return ComparisonBatch(self.sequences.to(device), self.mask.to(device), self.strength.to(device))
 
 
-def collate(comparisons: list[Comparison], pad_id: int, packing: bool) -> ComparisonBatch:
+def collate(comparisons: list[Comparison], pad_id: int, packing: bool, responses: bool = False) -> ComparisonBatch:
+    """``responses``: lay out the response masks too (a target mask, or padded labels), for the likelihood feature."""
     k = max(len(c.sequences) for c in comparisons)
     mask = torch.tensor([[i < len(c.sequences) for i in range(k)] for c in comparisons])
     strength = torch.tensor([c.strength or 0 for c in comparisons], dtype=torch.long)
     if packing:  # one row, no padding, each prompt once: the batch costs its distinct tokens
-        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons]), mask, strength)
-    examples = [Example(ids, [True] * len(ids)) for c in comparisons for ids in c.sequences]
+        masks = [c.response_masks for c in comparisons] if responses else None
+        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons], masks), mask, strength)
+    examples = [Example(ids, c.response_masks[k] if responses else [True] * len(ids))
+                for c in comparisons for k, ids in enumerate(c.sequences)]
     return ComparisonBatch(pad_collate(examples, pad_id), mask, strength)
 
 
@@ -151,7 +156,8 @@ def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunCo
     limit, out, cut, dropped = cfg.data.max_length, [], 0, 0
     for index, record in enumerate(records):
         prompt = as_dicts(record.prompt)
-        seqs = [render_prompt_response(tokenizer, prompt, as_dicts(r)).input_ids for r in _responses(record)]
+        rendered = [render_prompt_response(tokenizer, prompt, as_dicts(r)) for r in _responses(record)]
+        seqs, masks = [r.input_ids for r in rendered], [r.loss_mask for r in rendered]
         if cfg.loss == "margin" and getattr(record, "strength", None) is None:
             raise TrainingError(f"{what}: record {index} has no preference strength, which loss=margin needs (1-4 "
                                 f"on every pair); use loss=bradley_terry, or add strengths to the data")
@@ -163,8 +169,8 @@ def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunCo
                 dropped += 1
                 continue
             cut += 1
-            seqs = [s[-limit:] for s in seqs]
-        out.append(Comparison(seqs, getattr(record, "strength", None)))
+            seqs, masks = [s[-limit:] for s in seqs], [m[-limit:] for m in masks]
+        out.append(Comparison(seqs, getattr(record, "strength", None), masks))
     if cut or dropped:
         ctx.print(f"{what}: {len(records)} comparisons; {cut} cut to data.max_length={limit} from the left "
                   f"(prompt start), {dropped} dropped as longer than it")
@@ -335,7 +341,10 @@ def build_model(cfg: RewardConfig, tokenizer) -> RewardModel:
         use_shared_prefix_attention(hf)  # attention per packed response over its prompt, no (T, T) mask
     if cfg.train.gradient_checkpointing:
         hf.gradient_checkpointing_enable()
-    return RewardModel(hf)
+    try:
+        return RewardModel(hf, cfg.likelihood, cfg.likelihood_init)
+    except ValueError as e:
+        raise TrainingError(f"likelihood: {e}") from None
 
 
 def finish(cfg: RewardConfig, ctx: RunContext, hf, tokenizer, records: list, held_out: list, step: int) -> Path:
@@ -386,7 +395,7 @@ def reward(cfg: RewardConfig) -> Path:
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()
     loss_fn, eval_loss_fn = make_loss_fn(cfg), make_loss_fn(cfg, "bradley_terry")
-    batch = lambda items: collate(items, tokenizer.pad_token_id, cfg.packing).to(ctx.device)  # noqa: E731
+    batch = lambda items: collate(items, tokenizer.pad_token_id, cfg.packing, cfg.likelihood).to(ctx.device)  # noqa: E731
 
     def eval_batches():
         mine = shard(eval_data, ctx)
@@ -411,4 +420,8 @@ def reward(cfg: RewardConfig) -> Path:
             ckpt.maybe_save(state)
             timer.lap()  # evaluation and checkpoint time is not training throughput
     ckpt.maybe_save(state, final=True)
-    return finish(cfg, ctx, ctx.accelerator.unwrap_model(model).model, tokenizer, records, held_out, state.step)
+    trained = ctx.accelerator.unwrap_model(model)
+    trained.store_likelihood_coef()
+    if trained.likelihood_coef is not None:
+        ctx.print(f"likelihood feature: alpha {float(trained.likelihood_coef.detach()):.4f}")
+    return finish(cfg, ctx, trained.model, tokenizer, records, held_out, state.step)
