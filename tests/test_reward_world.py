@@ -45,12 +45,10 @@ def world_rm(sft_final, tmp_path_factory) -> Path:
     return run_dir
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "not reached on the shipped 4-layer world model: a reward read at the last token learns length, refusals, "
-    "rules and sorting but not whether a fact or a sum is right (a linear probe of the SFT model's last hidden "
-    "state is at chance there, while its log-likelihood gets 97% of correct-vs-wrong pairs), so held-out "
-    "accuracy plateaus at 0.82-0.83 of the oracle's (0.664 vs 0.810 at this size)"))
 def test_world_reward_model_reaches_90_percent_of_the_gold_oracle(world_rm):
+    # With the config's likelihood feature: 0.910 here (seed 0; 0.902 and 0.905 with seeds 1 and 2). A
+    # last-token head alone stays at 0.84: it learns length, refusals and rules, but not whether a fact or
+    # a sum is right, which the SFT model's own likelihood of the answer tokens tells.
     report = json.loads((world_rm / "eval" / "reward.json").read_text())
     summary = (f"accuracy {report['accuracy']:.3f}, oracle {report['oracle_accuracy']:.3f}, "
                f"gold agreement {report['gold']['agreement']:.3f}, by strength {report.get('accuracy_by_strength')}")
@@ -119,9 +117,11 @@ def test_best_of_n_by_the_gold_reward_rises_with_n(best_of_n_curves):
 
 
 @pytest.mark.xfail(strict=False, reason=(
-    "the world reward model cannot tell a right fact or sum from a wrong one (see the oracle test), and the SFT "
-    "model's samples differ mostly in that: selecting by it over-optimizes, toward long or garbled samples it "
-    "never saw in training (mean gold 0.82, 0.80, 0.70 for n = 1, 4, 16; by gold 0.82, 0.91, 0.97)"))
+    "the world reward model (likelihood feature on) ranks the SFT model's own samples better than before "
+    "(within-prompt correlation with gold 0.42, was 0.16) and best-of-4 beats best-of-1, but at n = 16 it "
+    "over-optimizes toward garbled or truncated samples it scores high (mean gold 0.744, 0.791, 0.773 for "
+    "n = 1, 4, 16; by gold 0.744, 0.827, 0.850); training on the SFT samples too (world.responses=both) "
+    "gives the same"))
 def test_best_of_n_by_the_reward_model_rises_with_n(best_of_n_curves):
     curve = best_of_n_curves["reward_model"]
     assert curve[0] < curve[1] < curve[2], best_of_n_curves

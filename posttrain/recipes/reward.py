@@ -13,6 +13,10 @@ reward model is the SFT model with its LM head replaced by a scalar head
 - ``all_pairs``: InstructGPT's K-wise loss, every pair of a ranking of K from one forward per response;
 - ``plackett_luce``: the likelihood of the whole ranking.
 
+``likelihood: true`` adds a learned ``alpha`` x the response's mean token log-prob under the
+backbone's own (tied) LM head to the score (``posttrain.models.reward``): a small model's last
+token may not know whether an answer is right, its LM head does.
+
 Batches: a micro-batch is ``train.batch_size`` comparisons (pairs, or rankings of K); all their
 responses, chosen and rejected alike, go through the model in **one forward**: packed in a single
 row with each comparison's prompt once and every response continuing from it, attention per
