@@ -140,6 +140,18 @@ def render_text(tokenizer, messages: list[Message], add_generation_prompt: bool 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+def end_of_turn_id(tokenizer) -> int | None:
+    """The token the chat template closes an assistant turn with (ChatML's <|im_end|>), if it is a
+    special token other than eos: generation must stop there as well as at eos."""
+    marker = "@@end-of-turn-probe@@"
+    text = render_text(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}])
+    tail = text.split(marker, 1)[1].strip()
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
+    if ids and ids[0] in tokenizer.all_special_ids and ids[0] != tokenizer.eos_token_id:
+        return ids[0]
+    return None
+
+
 def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices: Iterable[int]) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` in ``text`` (the rendered conversation) of the assistant
     messages at ``indices``: each covers the rendered content and the end-of-turn marker."""
@@ -165,9 +177,10 @@ def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices:
         if not consistent:
             raise ChatTemplateError(
                 f"message {i}: the chat template renders this assistant turn differently depending on "
-                "its content or on the messages after it, so its tokens cannot be located. "
-                "Use data.loss_on=all, or set model.chat_template to a template that renders each turn "
-                "independently (e.g. chatml)."
+                "its content or on the messages after it (e.g. Phi-3's closes the conversation with eos), so "
+                "its tokens cannot be located. Set data.loss_on=last_assistant (train the last assistant turn "
+                "only), data.loss_on=all (every token), or model.chat_template to a template that renders each "
+                "turn independently (e.g. chatml)."
             )
         spans.append((start, end))
     return spans
@@ -339,3 +352,105 @@ def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], da
             report.loss_tokens += example.num_loss_tokens
     logger.info(report.summary())
     return examples, report
+
+
+# --------------------------------------------------------------------------------- roles a template refuses
+
+SystemTurns = Literal["keep", "merge", "drop"]
+
+
+def apply_system(messages: list, system: SystemTurns) -> list:
+    """Messages (records' ``Message`` objects or dicts) with their system turns kept, dropped, or merged
+    into the first user turn ("<system>\\n\\n<user>", what users of Gemma and Mistral do, whose templates
+    refuse a system role). A system turn with no user turn after it stays where it is."""
+    if system == "keep" or not any(_role(m) == "system" for m in messages):
+        return list(messages)
+    if system not in ("merge", "drop"):
+        raise ValueError(f"data.system={system!r}: expected keep, merge or drop")
+    rest = [m for m in messages if _role(m) != "system"]
+    if system == "drop":
+        return rest
+    text = "\n\n".join(_content(m) for m in messages if _role(m) == "system")
+    first_user = next((i for i, m in enumerate(rest) if _role(m) == "user"), None)
+    if first_user is None:
+        return list(messages)
+    rest[first_user] = _with_content(rest[first_user], f"{text}\n\n{_content(rest[first_user])}")
+    return rest
+
+
+def _role(message) -> str:
+    return message["role"] if isinstance(message, dict) else message.role
+
+
+def _content(message) -> str:
+    return message["content"] if isinstance(message, dict) else message.content
+
+
+def _with_content(message, content: str):
+    if isinstance(message, dict):
+        return {**message, "content": content}
+    import dataclasses
+
+    return dataclasses.replace(message, content=content)
+
+
+# Record fields that hold the messages before the assistant's reply, by record kind.
+_PROMPT_FIELDS = {"conversation": "messages", "prompt": "prompt", "preference": "prompt", "ranking": "prompt",
+                  "unpaired": "prompt"}
+
+
+def _rendered_messages(record) -> tuple[list, bool]:
+    """The messages to test-render for ``record`` and whether a generation prompt follows them."""
+    if record.kind == "conversation":
+        return record.as_dicts(), False
+    if record.kind == "prompt":
+        return record.as_dicts(), True
+    reply = {"preference": lambda r: r.chosen, "ranking": lambda r: r.responses[0],
+             "unpaired": lambda r: r.completion}[record.kind](record)
+    return [m.to_dict() for m in list(record.prompt) + list(reply)], False
+
+
+def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invalid: bool = False):
+    """Apply ``data.system`` to every record of a :class:`~posttrain.data.readers.ReadResult` (in place)
+    and check that the chat template renders it.
+
+    A record the template refuses (its ``raise_exception``, e.g. Gemma's and Mistral's "System role not
+    supported", or roles that do not alternate) raises a :class:`~posttrain.data.readers.DataError` at
+    its file:line with what to do, or with ``skip_invalid`` is skipped and counted (reason
+    ``template_refused``). Text records and prompt/completion strings have no template and pass as is.
+    """
+    import dataclasses
+
+    from jinja2.exceptions import TemplateError
+
+    from posttrain.data.readers import DataError
+
+    kept, where_kept = [], []
+    for record, where in zip(result.records, result.locations):
+        field = _PROMPT_FIELDS.get(record.kind)
+        if field is None:
+            kept.append(record)
+            where_kept.append(where)
+            continue
+        if system != "keep":
+            record = dataclasses.replace(record, **{field: apply_system(getattr(record, field), system)})
+        messages, generation_prompt = _rendered_messages(record)
+        try:
+            render_text(tokenizer, messages, add_generation_prompt=generation_prompt)
+        except TemplateError as e:
+            has_system = any(m["role"] == "system" for m in messages)
+            fix = ("set data.system=merge (the system text joins the first user turn, as this model's users do), "
+                   "data.system=drop, or model.chat_template=chatml" if has_system else
+                   "make the roles alternate user/assistant, or set model.chat_template=chatml")
+            error = DataError(where, f"the model's chat template refuses this record: {e}; {fix}",
+                              field=field, reason="template_refused")
+            if not skip_invalid:
+                raise error from None
+            result.report.read -= 1
+            result.report.kinds[record.kind] -= 1
+            result.report.add_skip(error)
+            continue
+        kept.append(record)
+        where_kept.append(where)
+    result.records, result.locations = kept, where_kept
+    return result

@@ -22,5 +22,7 @@ class DataConfig:
     """Longest example in tokens; longer ones are truncated or dropped, see `overflow`."""
     overflow: Literal["truncate", "drop", "error"] = "truncate"
     """What to do with an example longer than max_length: truncate it, drop it (counted), or stop with an error."""
+    system: Literal["keep", "merge", "drop"] = "keep"
+    """System turns: keep them, merge their text into the first user turn (for chat templates that refuse a system role, e.g. Gemma's and Mistral's), or drop them."""
     loss_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Tokens that carry the loss: every assistant turn, only the last assistant turn, or every token."""

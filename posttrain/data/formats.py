@@ -68,6 +68,7 @@ REASONS = (
     "empty_turn",
     "no_assistant_turn",
     "identical_pair",
+    "template_refused",
 )
 
 SHAREGPT_SPEAKERS = {

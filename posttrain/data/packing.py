@@ -23,17 +23,18 @@ touch a real token.
 
 **Attention per example.** transformers' sdpa/eager attention applies the block-diagonal mask to
 the whole (T, T) product of a row, so a long row pays for attention between examples that is then
-masked away. :func:`packed_sdpa_attention` (installed with :func:`use_packed_attention`) instead
-runs causal sdpa on each example of the row separately: a whole micro-batch can then be one row
-with no padding at all and attention costs what the examples cost alone (``row_length=None``, the
-SFT recipe's default). Masked or cached calls (generation) go to transformers' sdpa unchanged.
+masked away. :func:`segment_attention` (installed with :func:`use_segment_attention`) instead
+attends within each example of the row, with the model's sliding window and logit soft-capping:
+a whole micro-batch can then be one row with no padding at all and attention costs what the
+examples cost alone (``row_length=None``, the SFT recipe's default). Masked or cached calls
+(generation) go to the model's own attention.
 
 **Shared prefix.** Sequences that begin with the same prompt (a reward model's responses to one
 prompt, a DPO pair's chosen and rejected) can share it: :func:`pack_shared_prefix` lays out each
 group as [prefix, rest_1, rest_2, ...] in one row, each rest's positions continuing from the
-prefix, and :func:`shared_prefix_sdpa_attention` (:func:`use_shared_prefix_attention`) lets each
-rest attend to its prefix and to itself only, so the prompt is computed once per group and every
-sequence gets the hidden states it has alone (see the section comment below).
+prefix, and :func:`segment_attention` lets each rest attend to its prefix and to itself only, so
+the prompt is computed once per group and every sequence gets the hidden states it has alone
+(see the section comments below).
 
 **What a batch is.** Packing changes the *layout* of a micro-batch, not its content: a micro-batch
 is the same ``batch_size`` examples that would be padded, packed instead. So a packed run and a
@@ -224,56 +225,12 @@ class LengthGroupedSampler(StepSampler):
 
 # --------------------------------------------------------------------------- attention per example
 
-PACKED_ATTENTION = "posttrain_packed_sdpa"
-"""Name under which :func:`use_packed_attention` registers :func:`packed_sdpa_attention` with transformers."""
-
 
 def segment_bounds(positions: torch.Tensor) -> list[tuple[int, int]]:
     """``[start, end)`` of each example in a row of packed ``positions`` (T,): a new example starts
     wherever the position does not follow the previous one by 1 (transformers' own rule)."""
     starts = [0] + (torch.nonzero(positions[1:] - positions[:-1] != 1).flatten() + 1).tolist()
     return list(zip(starts, starts[1:] + [len(positions)]))
-
-
-def packed_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                          position_ids=None, **kwargs):
-    """Causal attention within each example of a packed row, with no mask at all.
-
-    A transformers attention function: query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
-    None). When the model runs without a mask or cache (a training forward), every example of every
-    row gets its own ``scaled_dot_product_attention(is_causal=True)``, so a row of examples costs
-    what the examples cost alone: no (T, T) mask is built and no attention is computed across
-    examples, which makes one long row per micro-batch (no padding at all) the cheapest layout.
-    Anything else (a padding mask, a KV cache during generation) goes to transformers' sdpa.
-    """
-    # A plainly packed row is a shared-prefix row whose segments are all roots (no prefix).
-    return shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout=dropout,
-                                        scaling=scaling, position_ids=position_ids, **kwargs)
-
-
-def _packed_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, **kwargs):
-    """The mask for :func:`packed_sdpa_attention`: none for a training forward (it reads the examples
-    from position_ids), transformers' sdpa mask otherwise (padding, generation with a cache)."""
-    from transformers.masking_utils import sdpa_mask
-
-    if attention_mask is None and q_offset == 0 and q_length == kv_length:
-        return None
-    return sdpa_mask(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                     kv_offset=kv_offset, attention_mask=attention_mask, **kwargs)
-
-
-def use_packed_attention(model) -> str:
-    """Switch a transformers model (sdpa or eager attention) to :func:`packed_sdpa_attention`; return
-    the implementation it had. Only the running model changes: ``config.json`` does not record the
-    attention implementation, so an exported model loads with transformers' default."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(PACKED_ATTENTION, packed_sdpa_attention)
-    AttentionMaskInterface.register(PACKED_ATTENTION, _packed_mask)
-    before = model.config._attn_implementation
-    model.set_attn_implementation(PACKED_ATTENTION)
-    return before
 
 
 # --------------------------------------------------------------------------- shared-prefix packing
@@ -289,9 +246,6 @@ def use_packed_attention(model) -> str:
 # separate forwards of each whole sequence up to float rounding, at the cost of the prefix once
 # instead of K times. The token before rest_i's first one is the prefix's last token, not the
 # previous column: :func:`previous_token_columns` says where each token's predictor is.
-
-SHARED_PREFIX_ATTENTION = "posttrain_shared_prefix_sdpa"
-"""Name under which :func:`use_shared_prefix_attention` registers :func:`shared_prefix_sdpa_attention`."""
 
 
 @dataclass
@@ -432,21 +386,110 @@ def response_tokens(response_mask: torch.Tensor, position_ids: torch.Tensor | No
     return ResponseTokens(rows, cols, before, owner)
 
 
-def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                                 position_ids=None, **kwargs):
-    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
-    None)) for :class:`SharedPrefixBatch` rows: causal sdpa per root segment, and for a continuation
-    sdpa of its queries over [its prefix's keys, its own keys] (the prefix fully visible, itself causal).
-    Plainly packed rows (roots only) get the same per-example attention as :func:`packed_sdpa_attention`.
-    Masked or cached calls (padding, generation) go to transformers' sdpa unchanged."""
+# --------------------------------------------------------------------------- attention over segments
+#
+# Packed rows (roots only) and shared-prefix rows (roots and continuations) carry their layout in
+# position_ids alone. transformers' sdpa/eager attention would build a (T, T) mask for a row and compute
+# attention across its examples only to mask it away; :func:`segment_attention` instead attends within
+# each segment (a continuation over its prefix and itself), and honours what the model's own attention
+# does, read from the arguments transformers passes to every attention function:
+# - ``sliding_window`` (Mistral, Qwen2's sliding layers, Gemma 2/3's local layers, Phi-3): a query sees
+#   the keys fewer than ``sliding_window`` positions behind it (transformers' ``sliding_window_overlay``);
+# - ``softcap`` (Gemma 2's attention logit soft-capping): scores become ``cap * tanh(s / cap)`` before
+#   the softmax, which sdpa cannot do, so such layers are computed eagerly (the model's own formula);
+# - dropout, scaling and grouped-query heads.
+# An argument it cannot honour (attention sinks) raises instead of being silently dropped. A model whose
+# attention does not go through transformers' attention interface at all cannot be packed this way:
+# :func:`segment_attention_unsupported` says why, and the recipes then pad instead.
+
+SEGMENT_ATTENTION = "posttrain_segments"
+"""Name under which :func:`use_segment_attention` registers :func:`segment_attention` with transformers
+(no "sdpa" in it: transformers refuses anything named sdpa for models without sdpa support, e.g. Gemma 2)."""
+PACKED_ATTENTION = SHARED_PREFIX_ATTENTION = SEGMENT_ATTENTION
+
+_UNSUPPORTED_ARGUMENTS = ("s_aux", "sinks")
+"""Attention-function arguments that change the result and that :func:`segment_attention` does not implement."""
+
+
+def segment_attention_unsupported(model) -> str | None:
+    """Why ``model`` (a transformers model; a peft wrapper is looked through) cannot use
+    :func:`segment_attention`, or None when it can."""
+    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    config = hf.config
+    name = type(hf).__name__
+    if not getattr(hf, "_supports_attention_backend", False):
+        return f"{name} does not route its attention through transformers' attention interface"
+    if getattr(config, "attention_chunk_size", None):
+        return f"{name} uses chunked attention (attention_chunk_size={config.attention_chunk_size})"
+    for key in ("sinks", "s_aux"):
+        if any(key in n for n, _ in hf.named_parameters()):
+            return f"{name} has attention sinks"
+    return None
+
+
+def visible_keys(query_positions: torch.Tensor, key_positions: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
+    """(m,) query and (n,) key positions -> (m, n) bool: causal, and within ``sliding_window`` when set
+    (a key fewer than ``sliding_window`` positions behind the query, as transformers masks it)."""
+    q, k = query_positions[:, None], key_positions[None, :]
+    visible = k <= q
+    if sliding_window:
+        visible &= k > q - sliding_window
+    return visible
+
+
+def attend(module, query, key, value, visible: torch.Tensor | None, dropout: float, scaling: float | None,
+           softcap: float | None) -> torch.Tensor:
+    """Attention of query (1, Hq, m, D) over key/value (1, Hkv, n, D) -> (1, Hq, m, D).
+
+    ``visible`` (m, n) bool, or None for plain causal attention (m == n). sdpa unless ``softcap`` is set;
+    then eagerly, as Gemma 2's eager attention: scaled scores soft-capped, masked, softmax in fp32, dropout.
+    """
+    functional = torch.nn.functional
+    if softcap is None:
+        return functional.scaled_dot_product_attention(
+            query, key, value, attn_mask=visible, dropout_p=dropout, scale=scaling, is_causal=visible is None,
+            enable_gqa=query.shape[1] != key.shape[1])
+    groups = query.shape[1] // key.shape[1]
+    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
+    scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
+    scores = softcap * torch.tanh(scores / softcap)
+    if visible is None:
+        visible = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
+    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
+    weights = functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = functional.dropout(weights, p=dropout, training=module.training)
+    return weights @ value
+
+
+def _model_attention(module, query, key, value, attention_mask, softcap, **kwargs):
+    """A masked or cached call (padding, generation): the model's own eager attention when it soft-caps
+    (sdpa cannot), transformers' sdpa otherwise; the mask is the matching one (:func:`_segment_mask`)."""
+    import sys
+
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    sdpa = torch.nn.functional.scaled_dot_product_attention
+    if softcap is not None:
+        return sys.modules[type(module).__module__].eager_attention_forward(
+            module, query, key, value, attention_mask, softcap=softcap, **kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                      position_ids=None, sliding_window: int | None = None, softcap: float | None = None,
+                      **kwargs):
+    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
+    None)) for packed and :class:`SharedPrefixBatch` rows: each root segment attends causally to itself, a
+    continuation to [its prefix, itself] (the prefix fully visible, itself causal), with the model's
+    sliding window and soft-capping (see the section comment). A row of examples then costs what the
+    examples cost alone. Masked or cached calls (padding, generation) go to the model's own attention."""
+    for name in _UNSUPPORTED_ARGUMENTS:
+        if kwargs.get(name) is not None:
+            raise NotImplementedError(f"posttrain's packed attention does not implement {name!r} "
+                                      f"({type(module).__name__}); set packing=false")
     length = query.shape[2]
     if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    gqa = query.shape[1] != key.shape[1]
+        return _model_attention(module, query, key, value, attention_mask, softcap, dropout=dropout,
+                                scaling=scaling, sliding_window=sliding_window, **kwargs)
     rows = []
     # split, not slicing: the backward of a slice makes a zero tensor as large as the whole row for each
     # segment (quadratic in the row), that of a split concatenates the segments' gradients once.
@@ -457,31 +500,73 @@ def shared_prefix_sdpa_attention(module, query, key, value, attention_mask, drop
         where = {start: i for i, (start, _, _, _) in enumerate(segments)}
         parts = []
         for i, (start, end, root, prefix) in enumerate(segments):
+            own = torch.arange(prefix, prefix + end - start, device=q.device)
             if prefix == 0:
-                parts.append(sdpa(qs[i], ks[i], vs[i], dropout_p=dropout, scale=scaling, is_causal=True,
-                                  enable_gqa=gqa))
-                continue
-            r = where[root]
-            keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
-            values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
-            # Query j (position prefix + j) sees the whole prefix and its own tokens up to itself.
-            mask = torch.ones(end - start, prefix + end - start, dtype=torch.bool, device=q.device).tril(prefix)
-            parts.append(sdpa(qs[i], keys, values, attn_mask=mask, dropout_p=dropout, scale=scaling, enable_gqa=gqa))
+                keys, values = ks[i], vs[i]
+                visible = None if not sliding_window or end - start <= sliding_window \
+                    else visible_keys(own, own, sliding_window)
+            else:  # query j (position prefix + j) sees the prefix and its own tokens up to itself
+                r = where[root]
+                keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
+                values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
+                visible = visible_keys(own, torch.arange(prefix + end - start, device=q.device), sliding_window)
+            parts.append(attend(module, qs[i], keys, values, visible, dropout, scaling, softcap))
         rows.append(torch.cat(parts, dim=2))
     return torch.cat(rows).transpose(1, 2).contiguous(), None
 
 
-def use_shared_prefix_attention(model) -> str:
-    """Switch a transformers model (sdpa or eager attention; a peft wrapper is looked through) to
-    :func:`shared_prefix_sdpa_attention` (which also runs plainly packed rows and padded batches);
-    return the implementation it had. As with :func:`use_packed_attention`, only the running model
-    changes: an exported model loads with transformers' default."""
+def _segment_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, config=None,
+                  **kwargs):
+    """The mask for :func:`segment_attention`: none for a training forward (it reads the segments from
+    position_ids); for padded or cached calls the mask the model's own attention takes (eager's additive
+    mask for soft-capping models, sdpa's boolean one otherwise)."""
+    from transformers.masking_utils import eager_mask, sdpa_mask
+
+    if attention_mask is None and q_offset == 0 and q_length == kv_length:
+        return None
+    build = eager_mask if getattr(config, "attn_logit_softcapping", None) is not None else sdpa_mask
+    return build(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+                 kv_offset=kv_offset, attention_mask=attention_mask, config=config, **kwargs)
+
+
+def use_segment_attention(model) -> str:
+    """Switch a transformers model (a peft wrapper is looked through) to :func:`segment_attention`, which
+    runs packed rows, shared-prefix rows and padded batches alike; return the implementation it had.
+    Only the running model changes: ``config.json`` does not record the attention implementation, so an
+    exported model loads with transformers' default. Raises ValueError when the model cannot use it
+    (:func:`segment_attention_unsupported`)."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_sdpa_attention)
-    AttentionMaskInterface.register(SHARED_PREFIX_ATTENTION, _packed_mask)  # the same rule: none when unmasked
+    reason = segment_attention_unsupported(model)
+    if reason:
+        raise ValueError(f"packed attention: {reason}; set packing=false")
+    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
+    AttentionMaskInterface.register(SEGMENT_ATTENTION, _segment_mask)
     hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
     before = hf.config._attn_implementation
-    hf.set_attn_implementation(SHARED_PREFIX_ATTENTION)
+    hf.set_attn_implementation(SEGMENT_ATTENTION)
     return before
+
+
+# The names the recipes and benches know it by.
+use_packed_attention = use_shared_prefix_attention = use_segment_attention
+
+
+def prepare_packing(model, shared_prefix: bool = True) -> str | None:
+    """Make ``model`` (a peft wrapper is looked through) ready for packed rows, or say why it cannot take
+    them (the caller then pads its batches, and says so once).
+
+    sdpa and eager attention are replaced by :func:`segment_attention`. Flash attention reads plainly
+    packed rows from position_ids itself (variable-length kernels), but not shared-prefix rows.
+    """
+    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    impl = str(hf.config._attn_implementation or "")
+    if impl == SEGMENT_ATTENTION:
+        return None
+    if impl not in ("sdpa", "eager"):
+        return f"attn_implementation {impl!r} cannot read rows that share a prompt" if shared_prefix else None
+    reason = segment_attention_unsupported(hf)
+    if reason is None:
+        use_segment_attention(hf)
+    return reason

@@ -35,5 +35,7 @@ class ModelConfig:
     """Attention kernel passed to transformers (eager, sdpa, flash_attention_2); None lets transformers choose."""
     chat_template: str | None = None
     """Chat template to use instead of the tokenizer's: a name (chatml, llama2, zephyr), a .jinja file or the template text; ChatML if the tokenizer has none."""
+    dropout: float | None = None
+    """Dropout probability of every dropout in the model while it trains (attention, residual, embedding); None keeps the checkpoint's own. The reward, DPO and PPO recipes default to 0: dropout makes the policy differ from its reference and from the policy that sampled, so the first DPO loss would not be ln 2 nor the first PPO ratio 1."""
     lora: LoraConfig = field(default_factory=LoraConfig)
     """LoRA adapter settings."""

@@ -18,7 +18,7 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from posttrain.models.loading import unwrap_model
+from posttrain.models.loading import BORROWED_PAD, unwrap_model
 from posttrain.models.lora import is_peft_model
 
 _TMP_TAG = ".tmp-"
@@ -35,6 +35,7 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
     - ``generation_config.json`` is :func:`posttrain.generation.neutral_generation_config`: the
       special token ids (every eos posttrain stops at) and nothing else, so plain greedy
       ``generate`` matches posttrain's; sampling defaults of the original model are not kept.
+    - A pad token that posttrain lent a tokenizer that had none (its eos) is not saved.
     - ``extra_files`` maps relative file names to text (e.g. a README or the run's config.yaml).
     - An existing ``out_dir`` is replaced. Left-overs of a crashed export beside it
       (``.<name>.tmp-*`` folders) are removed, and a folder renamed aside but never replaced is
@@ -68,6 +69,9 @@ def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str]) -
     plain.save_pretrained(folder)
     # The config posttrain decodes with, so plain greedy `generate` gives posttrain's tokens.
     neutral_generation_config(model, tokenizer).save_pretrained(folder)
+    if getattr(tokenizer, BORROWED_PAD, False):  # the pad posttrain lent it is not the user's: save it as it came
+        tokenizer = copy.deepcopy(tokenizer)
+        tokenizer.pad_token = None
     tokenizer.save_pretrained(folder)
     for name, text in extra_files.items():
         target = _inside(folder, name)

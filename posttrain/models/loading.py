@@ -31,6 +31,9 @@ logger = logging.getLogger("posttrain.models")
 WORLD = "world"
 """``name_or_path`` that stands for the embedded world's shipped base model."""
 
+BORROWED_PAD = "_posttrain_borrowed_pad"
+"""Attribute set on a tokenizer whose pad token is its eos, lent by :func:`load_tokenizer` because it had
+none: exports (``posttrain.models.export``) save the tokenizer without it, as it came."""
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 _DTYPES = {
     "float32": "float32", "fp32": "float32", "float": "float32",
@@ -185,7 +188,8 @@ def load_tokenizer(cfg: "ModelConfig"):
     """The tokenizer of ``cfg.tokenizer`` (or of the model), ready for batching and chat.
 
     - pad token: when the tokenizer has none, eos is used as pad. Padding is always located
-      with the attention mask, so pad == eos is harmless.
+      with the attention mask, so pad == eos is harmless inside posttrain; the borrowed pad is
+      marked (:data:`BORROWED_PAD`) and left out of exported tokenizers.
     - chat template: ``posttrain.data.chat.ensure_chat_template`` applies ``cfg.chat_template``
       or fills in ChatML when the tokenizer ships no template.
     """
@@ -209,6 +213,7 @@ def load_tokenizer(cfg: "ModelConfig"):
                 "(tokenizer.add_special_tokens({'pad_token': ...}) and resize the model's embeddings) first"
             )
         tokenizer.pad_token = tokenizer.eos_token
+        setattr(tokenizer, BORROWED_PAD, True)
     _apply_chat_template(tokenizer, cfg.chat_template)
     return tokenizer
 
@@ -261,6 +266,7 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True, tokenizer=None
             model = apply_lora(model, cfg.lora, trainable_token_ids=new_token_ids)
     model.to(device)
     if for_training:
+        set_dropout(model, cfg.dropout)
         model.train()
         if dtype == torch.float16 and not cfg.lora.enabled:
             warnings.warn(
@@ -271,6 +277,35 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True, tokenizer=None
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+def set_dropout(model, p: float | None) -> None:
+    """Set every dropout probability of ``model`` to ``p`` (None: leave the checkpoint's).
+
+    Covers ``nn.Dropout`` modules (GPT-2's residual, embedding and attention dropout) and the float
+    ``*dropout*`` attributes that attention and decoder modules pass to their functional dropout (Llama's
+    ``attention_dropout``, OPT's ``dropout``), and the config's matching fields, so a model saved from
+    here records what it trained with. LoRA's own dropout (``model.lora.dropout``) is left alone.
+    """
+    import torch
+
+    if p is None:
+        return
+    if not 0.0 <= p < 1.0:
+        raise ConfigError(f"model.dropout: {p} is not a probability in [0, 1)")
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, torch.nn.Dropout):
+            module.p = p
+        for attr, value in vars(module).items():
+            if "dropout" in attr and isinstance(value, float) and not isinstance(value, bool):
+                setattr(module, attr, p)
+    configs = {id(c): c for c in (getattr(m, "config", None) for m in model.modules()) if c is not None}
+    for config in configs.values():
+        for key, value in config.to_dict().items():
+            if ("dropout" in key or key.endswith("pdrop")) and isinstance(value, float):
+                setattr(config, key, p)
 
 
 def fit_embeddings(model, tokenizer) -> list[int]:

@@ -31,7 +31,8 @@ def apply_lora(model, lora_cfg: "LoraConfig", trainable_token_ids: list[int] | N
     ``target_modules == ["all-linear"]`` adapts every linear layer except the LM head (peft's
     "all-linear"); otherwise the listed module names (e.g. q_proj, v_proj) are adapted.
     ``trainable_token_ids``: rows of the input embedding (tied LM head included) trained as well,
-    for tokens just added to the vocabulary; they are merged on export like the adapter.
+    for tokens just added to the vocabulary, and the same rows of an untied LM head (GPT-NeoX): the
+    model must learn to read and to write them; they are merged on export like the adapter.
     """
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model
@@ -46,9 +47,20 @@ def apply_lora(model, lora_cfg: "LoraConfig", trainable_token_ids: list[int] | N
         target_modules=ALL_LINEAR if targets == [ALL_LINEAR] else targets,
         task_type="CAUSAL_LM",
         bias="none",
-        trainable_token_indices=list(trainable_token_ids) if trainable_token_ids else None,
+        trainable_token_indices=_token_rows(model, trainable_token_ids) if trainable_token_ids else None,
     )
     return get_peft_model(model, peft_cfg)
+
+
+def _token_rows(model, token_ids: list[int]) -> dict[str, list[int]]:
+    """peft's ``trainable_token_indices``: the rows in the input embedding, and in the LM head too when
+    it is a weight of its own (untied)."""
+    names = {id(module): name for name, module in model.named_modules()}
+    embeddings = [model.get_input_embeddings()]
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not embeddings[0].weight:
+        embeddings.append(head)
+    return {names[id(module)]: list(token_ids) for module in embeddings}
 
 
 def merge_lora(model):

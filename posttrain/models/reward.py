@@ -48,7 +48,7 @@ import torch
 from posttrain.data.collate import IGNORE_INDEX
 from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are re-exported for older importers
     SHARED_PREFIX_ATTENTION, PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, response_tokens,
-    shared_prefix_length, shared_prefix_sdpa_attention, use_shared_prefix_attention,
+    shared_prefix_length, segment_attention, use_shared_prefix_attention,
 )
 from posttrain.losses.sft import linear_token_logps
 from posttrain.rl.math import last_token_index
@@ -240,13 +240,14 @@ def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = T
     torch seed) or a reward-model folder (its head is kept).
 
     The model config's ``pad_token_id`` is set to the tokenizer's, so transformers' own forward works
-    on the exported folder too. ``cfg.lora.enabled`` (training only) adds a LoRA adapter on the
+    on the exported folder too; give the tokenizer a pad that no sequence ends with first
+    (:func:`ensure_distinct_pad`), or transformers' forward scores the wrong token. ``cfg.lora.enabled`` (training only) adds a LoRA adapter on the
     backbone and trains the head in full (peft ``SEQ_CLS``). for_training=False: eval mode, frozen.
     """
     from transformers import AutoModelForSequenceClassification
 
     from posttrain.models.loading import (ModelLoadError, check_safetensors_folder, fit_embeddings, resolve_device,
-                                          resolve_dtype, resolve_model_path)
+                                          resolve_dtype, resolve_model_path, set_dropout)
 
     path = resolve_model_path(cfg.name_or_path)
     device = resolve_device(cfg.device)
@@ -276,11 +277,43 @@ def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = T
         model = _apply_seq_cls_lora(model, cfg.lora)
     model.to(device)
     if for_training:
+        set_dropout(model, cfg.dropout)
         model.train()
     else:
         model.eval()
         model.requires_grad_(False)
     return model
+
+
+PAD_TOKEN = "<|pad|>"
+"""The pad token added to a reward model's tokenizer that has no pad of its own other than eos."""
+
+
+def ensure_distinct_pad(tokenizer) -> None:
+    """Give ``tokenizer`` a pad token that no rendered sequence ends with.
+
+    transformers' ``*ForSequenceClassification`` scores the last token that is not ``pad_token_id``.
+    Tokenizers whose pad is their eos (Llama 3, Mistral, Phi-3, GPT-2 as posttrain loads them) end
+    every assistant turn with that very token, so plain transformers would score the token before it
+    while posttrain (which finds sequence ends with the attention mask) scores the eos. A pad that is
+    neither eos nor the end-of-turn marker fixes both to the same token: the tokenizer's own pad if it
+    is one, else its unk token, else a new ``<|pad|>`` special token (one embedding row more, never
+    attended to).
+    """
+    from posttrain.data.chat import end_of_turn_id
+    from posttrain.models.loading import BORROWED_PAD
+
+    ends = {tokenizer.eos_token_id, end_of_turn_id(tokenizer) if tokenizer.chat_template else None}
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ends:
+        return
+    if tokenizer.unk_token_id is not None and tokenizer.unk_token_id not in ends | {tokenizer.bos_token_id}:
+        tokenizer.pad_token = tokenizer.unk_token
+    else:
+        tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    setattr(tokenizer, BORROWED_PAD, False)
+    logger.info("reward model: pad token set to %s (id %d), which no sequence ends with, so transformers' "
+                "sequence-classification forward scores the same token as posttrain",
+                tokenizer.pad_token, tokenizer.pad_token_id)
 
 
 def _apply_seq_cls_lora(model, lora_cfg):

@@ -316,7 +316,7 @@ class WorldPreferenceConfig:
 
 @dataclass
 class RewardConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Starting point: an SFT causal LM folder (its LM head is replaced by a new scalar head) or a reward-model folder to train further; model.lora.enabled trains a LoRA adapter and the head."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
     """Preference records (prompt, chosen, rejected, optional strength 1-4) and/or rankings (prompt, responses best first). Empty train: the embedded world's simulated annotators (see world)."""
@@ -348,7 +348,7 @@ class RewardConfig:
 
 @dataclass
 class PPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Policy to train, usually the SFT model; with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
     """Prompts: prompt records ({"prompt": [messages]}) or conversations (everything before the last assistant turn is the prompt); empty train: the embedded world's task prompts. data.max_length is the longest prompt in tokens: longer ones are dropped and counted."""
@@ -421,7 +421,7 @@ class PPOConfig:
 
 @dataclass
 class DPOConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Policy to train, usually an SFT model folder (e.g. runs/sft-world/final); with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
     """Preference records (prompt, chosen, rejected); for loss=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. Empty train: pairs made in the embedded world (see world)."""

@@ -61,9 +61,7 @@ from typing import Any, Callable
 import torch
 
 from posttrain.data.chat import PromptResponse
-from posttrain.data.packing import (
-    SHARED_PREFIX_ATTENTION, pack_shared_prefix, response_tokens, use_shared_prefix_attention,
-)
+from posttrain.data.packing import pack_shared_prefix, response_tokens
 from posttrain.data.preference import (
     PreferenceBatch, PreferenceExample, UnpairedBatch, UnpairedExample, collate_preferences, collate_unpaired,
     preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
@@ -320,17 +318,19 @@ def cached_reference(cfg: DPOConfig, ctx: RunContext, scorer, datasets: dict[str
     return out
 
 
-def prepare_attention(cfg: DPOConfig, lm) -> None:
+def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOConfig:
     """Packed batches need attention within each sequence, each response over its prompt and itself:
-    posttrain's shared-prefix sdpa replaces sdpa/eager (padded and generation calls go to sdpa)."""
-    hf = transformers_model(lm)
-    if not cfg.packing or hf.config._attn_implementation == SHARED_PREFIX_ATTENTION:
-        return
-    if str(hf.config._attn_implementation or "") not in ("sdpa", "eager"):
-        raise TrainingError(f"packing=true lays out each pair's prompt once with both responses continuing from "
-                            f"it, which needs sdpa or eager attention; model.attn_implementation is "
-                            f"{hf.config._attn_implementation!r}: set it to sdpa, or set packing=false")
-    use_shared_prefix_attention(hf)
+    posttrain's segment attention replaces sdpa/eager (padded and generation calls go to the model's
+    own). A model that cannot take it gets padded batches instead (the returned config), said once."""
+    from posttrain.data.packing import prepare_packing
+
+    if not cfg.packing:
+        return cfg
+    reason = prepare_packing(transformers_model(lm), shared_prefix=True)
+    if reason is None:
+        return cfg
+    (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
+    return dataclasses.replace(cfg, packing=False)
 
 
 def load_reference_lm(cfg: DPOConfig, tokenizer):
@@ -517,13 +517,13 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
     if saved.exists():
         train = read_records(saved, "preference").expect("preference")
     elif cfg.data.train and round_index == 1:
-        from posttrain.data.readers import read_many
+        from posttrain.data.readers import read_from_config
 
-        train = read_many(cfg.data.train, cfg.data.format, cfg.data.split, cfg.data.skip_invalid).records
+        train = read_from_config(cfg.data, "train", tokenizer).records
     elif cfg.data.train:
-        from posttrain.data.readers import read_many
+        from posttrain.data.readers import read_from_config
 
-        records = read_many(cfg.data.train, cfg.data.format, cfg.data.split, cfg.data.skip_invalid).records
+        records = read_from_config(cfg.data, "train", tokenizer).records
         prompts = list({json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]): None
                         for r in records})
         if scorer is None and cfg.labeler != "reward_model":
@@ -538,14 +538,14 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
                               round_index, with_candidates)
     if ctx.is_main and not saved.exists():
         write_jsonl(train, saved)
-    return train, held_out_records(cfg)
+    return train, held_out_records(cfg, tokenizer)
 
 
-def held_out_records(cfg: DPOConfig) -> list:
+def held_out_records(cfg: DPOConfig, tokenizer) -> list:
     if cfg.data.eval:
         from posttrain.data.readers import read_from_config
 
-        return read_from_config(cfg.data, "eval").records
+        return read_from_config(cfg.data, "eval", tokenizer).records
     if cfg.data.train:
         return []
     from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
@@ -688,7 +688,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
     tokenizer = load_tokenizer(cfg.model)
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)
-    prepare_attention(cfg, lm)
+    cfg = prepare_attention(cfg, lm, ctx)
     baseline = None if cfg.data.train else starting_answers(cfg, lm, tokenizer, top_dir, ctx.is_main)
     train_records, eval_records = round_records(cfg, ctx, lm, tokenizer, scorer, round_index)
     train_set = tokenize(cfg, ctx, tokenizer, train_records, "train")

@@ -105,9 +105,9 @@ def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int
 
 
 def file_prompts(paths: list[str], cfg: PPOConfig, tokenizer, ctx: RunContext) -> PromptSet:
-    from posttrain.data.readers import read_many
+    from posttrain.data.readers import read_from_config
 
-    result = read_many(paths, cfg.data.format, cfg.data.split, cfg.data.skip_invalid)
+    result = read_from_config(cfg.data, paths, tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("prompt", "conversation")
     messages = []
@@ -384,7 +384,7 @@ def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experie
 
 def build_models(cfg: PPOConfig, tokenizer, ctx: RunContext) -> tuple[ActorCritic, torch.nn.Module | None]:
     """The policy with its value function, and the reference (None: the LoRA policy, adapter disabled)."""
-    from posttrain.models.loading import load_causal_lm, resolve_dtype
+    from posttrain.models.loading import load_causal_lm, resolve_dtype, set_dropout
     from posttrain.recipes.sft import stop_at_end_of_turn
 
     policy = load_causal_lm(cfg.model, tokenizer=tokenizer)
@@ -394,6 +394,7 @@ def build_models(cfg: PPOConfig, tokenizer, ctx: RunContext) -> tuple[ActorCriti
         head = ValueHead(policy.config.hidden_size).to(ctx.device)
     elif cfg.algorithm == "ppo":
         critic = load_critic(cfg.critic, resolve_dtype(cfg.model.dtype, ctx.device), ctx.device)
+        set_dropout(critic, cfg.model.dropout)
         if critic.backbone.config.vocab_size < len(tokenizer):
             raise TrainingError(f"critic: {cfg.critic} has {critic.backbone.config.vocab_size} token embeddings, the "
                                 f"policy's tokenizer {len(tokenizer)}: the critic must share the policy's tokenizer")

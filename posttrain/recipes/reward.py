@@ -48,11 +48,11 @@ import torch
 
 from posttrain.data.chat import Example, render_prompt_response
 from posttrain.data.collate import Batch, pad_collate
-from posttrain.data.packing import SharedPrefixBatch, pack_shared_prefix, use_shared_prefix_attention
+from posttrain.data.packing import SharedPrefixBatch, pack_shared_prefix, prepare_packing
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
-                                     fit_normalization, load_reward_model)
+                                     ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, setup_run,
                                      shard, total_steps, train_step)
@@ -190,15 +190,15 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
     return [r for r in records if key(r) not in held], [r for r in records if key(r) in held]
 
 
-def file_records(cfg: RewardConfig, ctx: RunContext) -> tuple[list, list]:
+def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, list]:
     """(training records, held-out preference pairs) from data.train / data.eval."""
     from posttrain.data.readers import read_from_config
 
-    result = read_from_config(cfg.data, "train")
+    result = read_from_config(cfg.data, "train", tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("preference", "ranking")
     if cfg.data.eval:
-        held = read_from_config(cfg.data, "eval").expect("preference", "ranking")
+        held = read_from_config(cfg.data, "eval", tokenizer).expect("preference", "ranking")
     else:
         records, held = split_by_prompt(records, cfg.eval_fraction, cfg.train.seed)
         ctx.print(f"held out {len(held)} records ({cfg.eval_fraction:.0%} of the prompts) for evaluation")
@@ -333,20 +333,20 @@ def measure_normalization(cfg: RewardConfig, scorer: RewardScorer, records: list
 
 # --- the run ----------------------------------------------------------------------------------
 
-def build_model(cfg: RewardConfig, tokenizer) -> RewardModel:
-    """The SFT model with a new scalar head (or a reward model to train further), ready to train."""
+def build_model(cfg: RewardConfig, tokenizer, ctx: RunContext | None = None) -> tuple[RewardModel, RewardConfig]:
+    """The SFT model with a new scalar head (or a reward model to train further), ready to train, and
+    the config to train it with: packing is turned off (and the log says why) for a model whose
+    attention cannot read packed rows that share each prompt."""
     hf = load_reward_model(cfg.model, tokenizer)
     if cfg.packing:
-        attention = str(hf.config._attn_implementation or "")
-        if attention not in ("sdpa", "eager"):
-            raise TrainingError(f"packing: true needs sdpa or eager attention (model.attn_implementation), not "
-                                f"{attention!r}: packed rows share each prompt, which {attention} cannot read; "
-                                f"set packing=false to pad instead")
-        use_shared_prefix_attention(hf)  # attention per packed response over its prompt, no (T, T) mask
+        reason = prepare_packing(hf, shared_prefix=True)  # attention per response over its prompt
+        if reason:
+            (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
+            cfg = dataclasses.replace(cfg, packing=False)
     if cfg.train.gradient_checkpointing:
         hf.gradient_checkpointing_enable()
     try:
-        return RewardModel(hf, cfg.likelihood, cfg.likelihood_init)
+        return RewardModel(hf, cfg.likelihood, cfg.likelihood_init), cfg
     except ValueError as e:
         raise TrainingError(f"likelihood: {e}") from None
 
@@ -383,10 +383,11 @@ def reward(cfg: RewardConfig) -> Path:
     if cfg.center_coef and is_ranking_loss(cfg):
         raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
     tokenizer = load_tokenizer(cfg.model)
-    records, held_out = file_records(cfg, ctx) if cfg.data.train else world_records(cfg, tokenizer, ctx)
+    ensure_distinct_pad(tokenizer)  # so plain transformers scores the exported model's sequences as posttrain does
+    records, held_out = file_records(cfg, ctx, tokenizer) if cfg.data.train else world_records(cfg, tokenizer, ctx)
     train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")
     eval_data = tokenize_comparisons(tokenizer, held_out, dataclasses.replace(cfg, loss="bradley_terry"), ctx, "eval")
-    model = build_model(cfg, tokenizer)
+    model, cfg = build_model(cfg, tokenizer, ctx)
 
     sampler = StepSampler(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
     total = total_steps(tc, sampler.steps_per_epoch)

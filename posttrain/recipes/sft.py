@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from posttrain.data.chat import Example, render_text, tokenize_conversations
+from posttrain.data.chat import Example, end_of_turn_id, tokenize_conversations
 from posttrain.data.collate import IGNORE_INDEX, Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
 from posttrain.data.packing import LengthGroupedSampler, PackedBatch, pack_examples
@@ -137,9 +137,9 @@ def prompt_completion_examples(tokenizer, records: list, cfg: SFTConfig, ctx: Ru
 
 
 def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[Example]:
-    from posttrain.data.readers import read_records
+    from posttrain.data.readers import read_from_config
 
-    result = read_records(path, cfg.data.format, cfg.data.split, cfg.data.skip_invalid)
+    result = read_from_config(cfg.data, [path], tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("conversation", "prompt_completion")
     chats = [r for r in records if r.kind == "conversation"]
@@ -211,12 +211,12 @@ def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
     return examples
 
 
-def eval_conversations(cfg: SFTConfig) -> list:
+def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
     """Held-out conversations: data.eval, or every world family's held-out split, rendered zero-shot."""
     if cfg.data.eval:
         from posttrain.data.readers import read_from_config
 
-        return [r.as_dicts() for r in read_from_config(cfg.data, "eval").expect("conversation")]
+        return [r.as_dicts() for r in read_from_config(cfg.data, "eval", tokenizer).expect("conversation")]
     if cfg.data.train or cfg.eval_examples <= 0:
         return []
     from posttrain.world.entities import make_world
@@ -227,18 +227,6 @@ def eval_conversations(cfg: SFTConfig) -> list:
 
 
 # --- model -------------------------------------------------------------------------------
-
-def end_of_turn_id(tokenizer) -> int | None:
-    """The token the chat template closes an assistant turn with (ChatML's <|im_end|>), if it is a
-    special token other than eos: generation must stop there as well as at eos."""
-    marker = "@@end-of-turn-probe@@"
-    text = render_text(tokenizer, [{"role": "user", "content": "x"}, {"role": "assistant", "content": marker}])
-    tail = text.split(marker, 1)[1].strip()
-    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail else []
-    if ids and ids[0] in tokenizer.all_special_ids and ids[0] != tokenizer.eos_token_id:
-        return ids[0]
-    return None
-
 
 def stop_at_end_of_turn(lm, tokenizer) -> None:
     """Add the end-of-turn token to the model's generation_config eos ids (exported with the model)."""
@@ -259,16 +247,21 @@ def row_length(cfg: SFTConfig, examples: list[Example]) -> int | None:
     return max(cfg.pack_length, max(len(e) for e in examples)) if cfg.pack_length else None
 
 
-def prepare_attention(cfg: SFTConfig, lm) -> None:
+def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTConfig:
     """One packed row per micro-batch needs attention that sees the examples in it: flash
     attention's variable-length kernels do; sdpa and eager would build a (T, T) mask and attend
-    over all of it, so they are swapped for posttrain's per-example sdpa (same results)."""
-    from posttrain.data.packing import use_packed_attention
+    over all of it, so they are swapped for posttrain's per-example attention (same results, the
+    model's sliding window and soft-capping included). A model whose attention cannot be read that
+    way gets padded batches instead (the returned config), and the log says why."""
+    from posttrain.data.packing import prepare_packing
 
-    hf = transformers_model(lm)
-    impl = str(hf.config._attn_implementation or "")
-    if cfg.packing and not cfg.pack_length and impl in ("sdpa", "eager"):
-        use_packed_attention(hf)
+    if not cfg.packing or cfg.pack_length:
+        return cfg
+    reason = prepare_packing(transformers_model(lm), shared_prefix=False)
+    if reason is None:
+        return cfg
+    (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
+    return dataclasses.replace(cfg, packing=False)
 
 
 # --- evaluation ---------------------------------------------------------------------------
@@ -308,13 +301,13 @@ def sft(cfg: SFTConfig) -> Path:
     tc = cfg.train
     tokenizer = load_tokenizer(cfg.model)
     train_examples = build_mixture(cfg, tokenizer, ctx)
-    held_out = eval_conversations(cfg)
+    held_out = eval_conversations(cfg, tokenizer)
     eval_examples = tokenize(tokenizer, held_out, cfg, ctx, "eval") if held_out else []
     sample_prompts = [c[:-1] for c in held_out[:: max(1, len(held_out) // max(1, cfg.samples))][: cfg.samples]]
 
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)  # for the samples, the evaluation and the exported generation_config
-    prepare_attention(cfg, lm)
+    cfg = prepare_attention(cfg, lm, ctx)
     if tc.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
 
