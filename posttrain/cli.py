@@ -43,6 +43,20 @@ def _fields_help(config_cls: type) -> str:
     return "\n".join(lines)
 
 
+USER_ERROR_EXIT = 2
+"""Exit status of a mistake the user can fix (bad data, config, path); 1 is left to internal errors."""
+DEBUG = {"traceback": bool(os.environ.get("POSTTRAIN_DEBUG"))}
+"""Whether user errors are printed with their traceback (``posttrain --debug ...`` or POSTTRAIN_DEBUG=1)."""
+
+
+def _user_error(kind: str, error: Exception) -> None:
+    """Print a user error as one message (its traceback only with --debug) and exit with status 2."""
+    if DEBUG["traceback"]:
+        console.print_exception()
+    console.print(f"[red]{kind}:[/red] {error}", highlight=False)
+    raise typer.Exit(USER_ERROR_EXIT)
+
+
 def recipe_command(name: str, config_cls: type, target: str, summary: str) -> None:
     """Register `posttrain <name>`: load ``config_cls`` from --config + overrides, call ``target``.
 
@@ -59,15 +73,13 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
         try:
             cfg = load_config(config_cls, config, ctx.args)
         except ConfigError as e:
-            console.print(f"[red]config error:[/red] {e}")
-            raise typer.Exit(2)
+            _user_error("config error", e)
         module, func = target.split(":")
         run: Callable[[Any], Any] = getattr(importlib.import_module(module), func)
         try:
             run(cfg)
         except UserError as e:
-            console.print(f"[red]error:[/red] {e}", highlight=False)
-            raise typer.Exit(1)
+            _user_error("error", e)
 
     command.__doc__ = summary
     app.command(
@@ -82,8 +94,11 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
 def _root(
     ctx: typer.Context,
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of user errors too (bad data, config or "
+                                                        "paths end in a message and exit status 2 without it)."),
 ) -> None:
     """Post-training for causal language models: SFT, reward models, PPO, DPO, evaluation."""
+    DEBUG["traceback"] = DEBUG["traceback"] or debug
     if version:
         from posttrain import __version__
 

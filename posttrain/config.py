@@ -155,7 +155,10 @@ def from_dict(cls: type[T], data: dict[str, Any], where: str = "config") -> T:
             # train section may default to another learning rate than TrainConfig does).
             value = {**_section_default(fields[key]), **value}
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    for key, problem in getattr(obj, "problems", lambda: [])():
+        raise ConfigError(f"{where}.{key}: {problem}")
+    return obj
 
 
 def _section_default(f: dataclasses.Field) -> dict[str, Any]:
@@ -224,11 +227,21 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
-    """Defaults of ``cls``, then the YAML file at ``path``, then ``key=value`` overrides."""
+    """Defaults of ``cls``, then the YAML file at ``path``, then ``key=value`` overrides.
+
+    A mistake is blamed where it was made: the file's keys are checked first (errors name the file),
+    then each override as typed on the command line (errors name the override).
+    """
     data = read_yaml(path) if path else {}
-    apply_overrides(data, list(overrides or []))
     where = str(path) if path else "config"
-    return from_dict(cls, data, where)
+    cfg = from_dict(cls, data, where)
+    for text in overrides or []:
+        try:
+            apply_overrides(data, [text])
+            cfg = from_dict(cls, data, "config")
+        except ConfigError as e:
+            raise ConfigError(f"command-line override '{text}': {e}") from None
+    return cfg
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

@@ -1,7 +1,7 @@
 """The base of every error whose message is written for the user.
 
-The command line prints such an error as one message (no traceback) and exits with status 1;
-anything else is a bug and keeps its traceback.
+The command line prints such an error as one message (no traceback; ``posttrain --debug`` shows it)
+and exits with status 2; anything else is a bug: it keeps its traceback and exits with status 1.
 """
 
 

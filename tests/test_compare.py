@@ -88,7 +88,7 @@ def test_compare_refuses_gold_without_world_prompts(tiny_model_dir, tmp_path):
     prompts.write_text('{"prompt": "hi"}\n', encoding="utf-8")
     result = runner.invoke(app, ["compare", f"models=[{tiny_model_dir}]", f"prompts={prompts}", "judge=gold",
                                  f"run_dir={tmp_path / 'cmp'}"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "judge=gold scores the embedded world's tasks only" in result.output
 
 
@@ -97,7 +97,7 @@ def test_bad_prompt_line_names_file_and_line(tiny_model_dir, tmp_path):
     prompts.write_text('{"prompt": "hi"}\n{"prompt": \n', encoding="utf-8")
     result = runner.invoke(app, ["compare", f"models=[{tiny_model_dir}]", f"prompts={prompts}",
                                  f"run_dir={tmp_path / 'cmp'}"])
-    assert result.exit_code == 1 and f"{prompts}:2" in result.output and "invalid JSON" in result.output
+    assert result.exit_code == 2 and f"{prompts}:2" in result.output and "invalid JSON" in result.output
 
 
 def test_model_names_and_spread():

@@ -112,7 +112,7 @@ def test_cli_on_record_files_flags_the_copied_items(pair, tmp_path):
     assert "contaminated" in result.output and "eval.jsonl" in result.output
 
     bad = CliRunner().invoke(app, ["contamination", "train=[world:nope]", f"run_dir={run_dir}"])
-    assert bad.exit_code == 1 and "world:nope" in bad.output
+    assert bad.exit_code == 2 and "world:nope" in bad.output
 
 
 def test_world_heldout_against_sft_examples_reports_every_family(tmp_path):

@@ -337,3 +337,13 @@ def test_chosen_nll_by_hand_and_added_to_the_pair_loss(tiny_model_dir):
     expected = math.log(2) + 0.5 * (-(reference[:, 0] / lengths).mean().item())
     assert total.item() / 3 == pytest.approx(expected, rel=1e-5)
     assert metrics["nll"].item() / 3 == pytest.approx(-(reference[:, 0] / lengths).mean().item(), rel=1e-5)
+
+
+def test_without_held_out_data_nothing_empty_is_logged(tiny_model_dir, pairs_dir, tmp_path, capsys):
+    no_eval = tmp_path / "no_eval"
+    run(*[a for a in args(tiny_model_dir, pairs_dir, no_eval, "train.max_steps=3", "kl_prompts=0")
+          if not a.startswith("data.eval=")])
+    rows = read_metrics(no_eval / "metrics.jsonl")
+    assert rows and all(set(r) - {"step"} for r in rows)  # no row that holds only its step
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.strip().endswith(":")
+                and line.strip().startswith("step ")]

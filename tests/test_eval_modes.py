@@ -136,7 +136,7 @@ def test_kl_and_win_rate_against_itself_then_kl_to_another(tiny_model_dir, other
     run_dir = tmp_path / "other"
     result = _eval(f"model.name_or_path={tiny_model_dir}", "strategies=[]", f"reference={other_model_dir}",
                    f"prompts={prompts}", "kl_prompts=0", "kl_max_tokens=8", f"run_dir={run_dir}")
-    assert result.exit_code == 1 and "kl_prompts (0)" in result.output
+    assert result.exit_code == 2 and "kl_prompts (0)" in result.output
     result = _eval(f"model.name_or_path={tiny_model_dir}", "strategies=[]", f"reference={other_model_dir}",
                    f"prompts={prompts}", "kl_prompts=3", "kl_max_tokens=8", f"win_rate_against={other_model_dir}",
                    "win_rate_prompts=3", "win_rate_max_tokens=5", "judge=llm", f"judge_model={tiny_model_dir}",
@@ -166,5 +166,5 @@ def test_settings_that_cannot_work_are_refused_before_loading(tiny_model_dir, re
     ]
     for args, message in cases:
         result = _eval(*args, f"run_dir={tmp_path / 'x'}")
-        assert result.exit_code == 1 and message in result.output, (args, result.output)
+        assert result.exit_code == 2 and message in result.output, (args, result.output)
     assert not (tmp_path / "x").exists(), "nothing is written for a refused run"

@@ -206,7 +206,7 @@ def test_nan_loss_stops_with_a_clear_message_and_leaves_a_resumable_checkpoint(
 
     _register()
     result = CliRunner().invoke(app, ["pretrain", *_args(docs, run_dir)])
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     message = result.stderr
     assert f"step {bad_step}: the loss is nan" in message
     assert "step-000010" in message and "lower train.lr" in message and "check the data" in message

@@ -307,16 +307,18 @@ class TokenizeReport:
         )
 
 
-def fit_to_length(example: Example, index: int, max_length: int, overflow: str, report: TokenizeReport) -> Example | None:
-    """Apply the overflow policy to one example; count what happens in ``report``; None if dropped."""
+def fit_to_length(example: Example, index: int | str, max_length: int, overflow: str, report: TokenizeReport) -> Example | None:
+    """Apply the overflow policy to one example; count what happens in ``report``; None if dropped.
+    ``index``: where the example came from (``path:line``), or its 0-based position."""
     if example.num_loss_tokens == 0:
         report.dropped_no_loss += 1
         return None
     if len(example) <= max_length:
         return example
     if overflow == "error":
+        where = index if isinstance(index, str) else f"conversation {index} (0-based)"
         raise ExampleTooLongError(
-            f"conversation {index} (0-based) is {len(example)} tokens, longer than data.max_length={max_length}. "
+            f"{where}: {len(example)} tokens, longer than data.max_length={max_length}. "
             "Raise data.max_length, or set data.overflow=truncate or data.overflow=drop."
         )
     if overflow == "drop":
@@ -338,13 +340,16 @@ def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], da
 
     Returns the examples and a report of what was truncated and dropped (also logged).
     """
+    from posttrain.data.readers import location_of
+
     report = TokenizeReport(max_length=data_cfg.max_length)
     examples = []
     for index, conversation in enumerate(conversations):
         messages = conversation.as_dicts() if hasattr(conversation, "as_dicts") else conversation
         report.seen += 1
         example = render_chat(tokenizer, messages, loss_on=data_cfg.loss_on)
-        example = fit_to_length(example, index, data_cfg.max_length, data_cfg.overflow, report)
+        example = fit_to_length(example, location_of(conversation, index), data_cfg.max_length, data_cfg.overflow,
+                                report)
         if example is not None:
             examples.append(example)
             report.kept += 1
@@ -423,7 +428,7 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
 
     from jinja2.exceptions import TemplateError
 
-    from posttrain.data.readers import DataError
+    from posttrain.data.readers import DataError, set_location
 
     kept, where_kept = [], []
     for record, where in zip(result.records, result.locations):
@@ -433,7 +438,8 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
             where_kept.append(where)
             continue
         if system != "keep":
-            record = dataclasses.replace(record, **{field: apply_system(getattr(record, field), system)})
+            record = set_location(dataclasses.replace(record, **{field: apply_system(getattr(record, field), system)}),
+                                  where)
         messages, generation_prompt = _rendered_messages(record)
         try:
             render_text(tokenizer, messages, add_generation_prompt=generation_prompt)

@@ -36,6 +36,7 @@ from typing import Iterable, Literal, Sequence
 import torch
 
 from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response
+from posttrain.data.readers import location_of
 from posttrain.data.records import Preference, Unpaired, messages_to_dicts
 
 Overflow = Literal["truncate", "drop", "error"]
@@ -102,12 +103,13 @@ class PreferenceReport:
                 f"max_length, {self.dropped_no_response} with no response token left")
 
 
-def _fit(seq: PromptResponse, index: int, max_length: int, overflow: Overflow) -> PromptResponse | str:
+def _fit(seq: PromptResponse, index: int | str, max_length: int, overflow: Overflow) -> PromptResponse | str:
     """The sequence within max_length, or the reason it is dropped ("too_long", "no_response")."""
     if len(seq) > max_length:
         if overflow == "error":
             raise ExampleTooLongError(
-                f"record {index} (0-based) has a sequence of {len(seq)} tokens, longer than data.max_length="
+                f"{index if isinstance(index, str) else f'record {index} (0-based)'}: a sequence of {len(seq)} "
+                f"tokens, longer than data.max_length="
                 f"{max_length}. Raise data.max_length, or set data.overflow=truncate or data.overflow=drop.")
         if overflow == "drop":
             return "too_long"
@@ -142,7 +144,8 @@ def tokenize_preferences(tokenizer, records: Iterable[Preference], max_length: i
     for index, record in enumerate(records):
         report.seen += 1
         pair = tokenize_preference(tokenizer, record)
-        chosen, rejected = (_fit(s, index, max_length, overflow) for s in (pair.chosen, pair.rejected))
+        where = location_of(record, index)
+        chosen, rejected = (_fit(s, where, max_length, overflow) for s in (pair.chosen, pair.rejected))
         reason = next((r for r in (chosen, rejected) if isinstance(r, str)), None)
         if reason is not None:
             _count(report, reason)
@@ -180,7 +183,7 @@ def tokenize_unpaired(tokenizer, records: Sequence[Unpaired], max_length: int = 
     for index, record in enumerate(records):
         report.seen += 1
         seq = render_prompt_response(tokenizer, messages_to_dicts(record.prompt), messages_to_dicts(record.completion))
-        fitted = _fit(seq, index, max_length, overflow)
+        fitted = _fit(seq, location_of(record, index), max_length, overflow)
         if isinstance(fitted, str):
             _count(report, fitted)
             continue

@@ -57,6 +57,20 @@ def _where(path: str, number: int | None, unit: str) -> str:
     return f"{path}:{number}" if unit == "line" else f"{path}: {unit} {number}"
 
 
+_LOCATION = "_posttrain_location"
+
+
+def set_location(record: Record, where: str) -> Record:
+    """Remember where ``record`` was read (``path:line``), for errors found after reading; returns it."""
+    object.__setattr__(record, _LOCATION, where)  # records are frozen; the location is not a field
+    return record
+
+
+def location_of(record: Any, index: int) -> str:
+    """Where ``record`` was read, or its 0-based position when it was not read from a file."""
+    return getattr(record, _LOCATION, None) or f"record {index} (0-based)"
+
+
 class DataError(UserError, ValueError):
     """Bad input data: says which source, which line (or row), which field, and what is wrong.
 
@@ -177,8 +191,8 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
             if isinstance(text, FieldError):
                 yield lineno, text
             elif text.strip():
-                try:
-                    yield lineno, json.loads(text)
+                try:  # without the line's newline, so an error at its end names the column where it is
+                    yield lineno, json.loads(text.rstrip("\r\n"))
                 except json.JSONDecodeError as e:
                     yield lineno, FieldError(None, f"invalid JSON: {e.msg} (column {e.colno})", "invalid_json")
 
@@ -321,6 +335,7 @@ def parse_rows(rows: Iterable[tuple[int, Any]], source: str = "<memory>", format
             continue
         result.records.append(record)
         result.locations.append(_where(source, number, unit))
+        set_location(record, result.locations[-1])
         result.report.add_record(record)
     return result
 

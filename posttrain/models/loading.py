@@ -120,12 +120,28 @@ def resolve_model_path(name_or_path: str) -> str:
         return str(path.resolve())
     if path.exists():
         raise ModelLoadError(f"model.name_or_path: {name_or_path} is a file; expected a Hugging Face model folder")
-    if not _could_be_hub_name(name_or_path):
+    if not _could_be_hub_name(name_or_path) or Path(name_or_path.split("/")[0]).expanduser().is_dir():
+        # Path-like: absolute, ./, ~, deeper than org/name, or its first part is a local folder ("runs/sft").
         raise ModelLoadError(
-            f"model.name_or_path: no folder at {path.resolve()} (and '{name_or_path}' is not a hub name "
-            "of the form 'org/name'); check the path"
+            f"model.name_or_path: no folder at {path.resolve()}; check the path (a hub name has the form "
+            f"'org/name' and no local folder of that name)"
+        )
+    if _hub_offline() and not _in_hub_cache(name_or_path):
+        raise ModelLoadError(
+            f"model.name_or_path: '{name_or_path}' is not a local folder, and HF_HUB_OFFLINE is set while it is "
+            f"not in the local hub cache; pass the path of a downloaded model folder"
         )
     return name_or_path
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
+            try_to_load_from_cache(repo_id, "tokenizer_config.json"), str)
+    except Exception:  # an invalid repo id
+        return False
 
 
 def _could_be_hub_name(name: str) -> bool:

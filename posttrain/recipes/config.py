@@ -358,7 +358,7 @@ class PPOConfig:
     algorithm: Literal["ppo", "rloo", "grpo"] = "ppo"
     """ppo: critic, GAE and KL-penalized token rewards; rloo: leave-one-out baseline over samples_per_prompt samples, KL in the sequence reward; grpo: group-normalized scores, k3 KL in the loss."""
     rewards: list[str] = field(default_factory=list)
-    """Reward sources, summed with reward_weights: reward-model folders (scored with their saved normalization), Python functions 'module:function' called as fn(prompts, responses) -> floats (or fn(prompts, responses, records) to see the prompt records), or world_gold, the embedded world's gold reward."""
+    """Reward sources, summed with reward_weights: reward-model folders (scored with their saved normalization), Python functions 'module:function' (imported from the working directory first, as python -m does) called as fn(prompts, responses) -> list of floats, where prompts[i] is a list of {"role", "content"} messages and responses[i] the response text (or fn(prompts, responses, records) to see the prompt records), or world_gold, the embedded world's gold reward."""
     reward_weights: list[float] = field(default_factory=list)
     """Weight of each entry of rewards; empty: 1 for each."""
     prompts_per_step: int = 16

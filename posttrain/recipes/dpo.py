@@ -735,8 +735,9 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
             write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
             gold.pop("families")
             scores.update(gold)
-        ctx.metrics.log(step, scores)
-        ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+        if scores:  # nothing held out: nothing to log
+            ctx.metrics.log(step, scores)
+            ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         return scores
 
     timer, scores = Timer(), {}

@@ -50,7 +50,7 @@ from posttrain.rl.rollout import Rollout, sample_rollouts, token_logps
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, finish_run,
                                      setup_run, train_step)
 from posttrain.training.optim import build_optimizer, build_scheduler
-from posttrain.training.sampler import StepSampler
+from posttrain.training.sampler import StepSampler, require_one_step
 
 RewardFn = Callable[[Sequence[int], Rollout], dict[str, torch.Tensor]]
 """(prompt index of each row, rollout) -> {"score": (B,) proxy reward, optionally "gold": (B,), and
@@ -133,13 +133,25 @@ def world_gold(prompts: Sequence, responses: Sequence[str], records: Sequence) -
 
 
 def _function(spec: str) -> Callable:
+    """``module:function`` imported as ``python -m`` would: the working directory comes first on the path."""
     import importlib
+    import os
+    import sys
 
     module, _, name = spec.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise TrainingError(f"rewards: cannot import {spec!r} ({e}); write 'package.module:function'") from None
+        fn = getattr(importlib.import_module(module), name)
+    except ModuleNotFoundError as e:
+        raise TrainingError(f"rewards: cannot import module '{e.name}' of {spec!r}: looked for {module.replace('.', '/')}.py "
+                            f"(or a package) in the working directory {os.getcwd()} and on sys.path; run from the "
+                            f"folder that holds it, or add that folder to PYTHONPATH") from None
+    except AttributeError:
+        raise TrainingError(f"rewards: module '{module}' has no function '{name}' ({spec!r})") from None
+    if not callable(fn):
+        raise TrainingError(f"rewards: {spec!r} is not a function")
+    return fn
 
 
 def reward_source(spec: str, device: str) -> Callable[[list, list[str], list], torch.Tensor]:
@@ -455,6 +467,7 @@ def train(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, tokeni
     tc = cfg.train
     episodes = check_shapes(cfg)
     updates_per_step = cfg.ppo_epochs * episodes // (tc.batch_size * tc.grad_accum)
+    require_one_step(len(prompts), cfg.prompts_per_step, 1, ctx.world_size, "prompts", "prompts_per_step")
     sampler = StepSampler(len(prompts), cfg.prompts_per_step, 1, ctx.world_size, ctx.rank, tc.seed)
     optimizer = build_optimizer(model, tc)
     value_head = model.critic.head if model.critic is not None else model.value_head

@@ -48,6 +48,7 @@ import torch
 
 from posttrain.data.chat import Example, render_prompt_response
 from posttrain.data.collate import Batch, pad_collate
+from posttrain.data.readers import location_of
 from posttrain.data.packing import SharedPrefixBatch, pack_shared_prefix, prepare_packing
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
@@ -57,7 +58,7 @@ from posttrain.recipes.config import RewardConfig
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, setup_run,
                                      shard, total_steps, train_step)
 from posttrain.training.optim import build_optimizer, build_scheduler
-from posttrain.training.sampler import StepSampler
+from posttrain.training.sampler import StepSampler, require_one_step
 
 MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
 
@@ -163,11 +164,11 @@ def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunCo
         rendered = [render_prompt_response(tokenizer, prompt, as_dicts(r)) for r in _responses(record)]
         seqs, masks = [r.input_ids for r in rendered], [r.loss_mask for r in rendered]
         if cfg.loss == "margin" and getattr(record, "strength", None) is None:
-            raise TrainingError(f"{what}: record {index} has no preference strength, which loss=margin needs (1-4 "
+            raise TrainingError(f"{location_of(record, index)}: no preference strength, which loss=margin needs (1-4 "
                                 f"on every pair); use loss=bradley_terry, or add strengths to the data")
         if any(len(s) > limit for s in seqs):
             if cfg.data.overflow == "error":
-                raise TrainingError(f"{what}: record {index} has a response of {max(map(len, seqs))} tokens with its "
+                raise TrainingError(f"{location_of(record, index)}: a response of {max(map(len, seqs))} tokens with its "
                                     f"prompt, more than data.max_length={limit}; raise it or set data.overflow")
             if cfg.data.overflow == "drop":
                 dropped += 1
@@ -387,6 +388,7 @@ def reward(cfg: RewardConfig) -> Path:
     records, held_out = file_records(cfg, ctx, tokenizer) if cfg.data.train else world_records(cfg, tokenizer, ctx)
     train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")
     eval_data = tokenize_comparisons(tokenizer, held_out, dataclasses.replace(cfg, loss="bradley_terry"), ctx, "eval")
+    require_one_step(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, "comparisons")
     model, cfg = build_model(cfg, tokenizer, ctx)
 
     sampler = StepSampler(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)

@@ -46,7 +46,7 @@ from posttrain.training.loop import (
     total_steps, train_step,
 )
 from posttrain.training.optim import build_optimizer, build_scheduler
-from posttrain.training.sampler import StepSampler
+from posttrain.training.sampler import StepSampler, require_one_step
 
 # --- loss --------------------------------------------------------------------------------
 
@@ -301,6 +301,7 @@ def sft(cfg: SFTConfig) -> Path:
     tc = cfg.train
     tokenizer = load_tokenizer(cfg.model)
     train_examples = build_mixture(cfg, tokenizer, ctx)
+    require_one_step(len(train_examples), tc.batch_size, tc.grad_accum, ctx.world_size)  # before loading a model
     held_out = eval_conversations(cfg, tokenizer)
     eval_examples = tokenize(tokenizer, held_out, cfg, ctx, "eval") if held_out else []
     sample_prompts = [c[:-1] for c in held_out[:: max(1, len(held_out) // max(1, cfg.samples))][: cfg.samples]]

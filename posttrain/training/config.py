@@ -13,7 +13,7 @@ class TrainConfig:
     seed: int = 0
     """Seed for model init, data order and dropout."""
     max_steps: int = 100
-    """Optimizer steps to run (one step = grad_accum micro-batches); -1 runs `epochs` epochs."""
+    """Optimizer steps to run (one step = grad_accum micro-batches), a positive number; -1 runs `epochs` epochs instead."""
     epochs: int = 1
     """Passes over the data when max_steps is -1."""
     batch_size: int = 8
@@ -50,3 +50,16 @@ class TrainConfig:
     """Autocast precision for GPUs; keep 'no' (fp32) on CPUs, where bf16 is many times slower."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        """(field, what is wrong) for values no run can use; the config loader reports the first."""
+        out = []
+        if self.max_steps == 0 or self.max_steps < -1:
+            out.append(("max_steps", f"{self.max_steps} is not a number of steps: give a positive number, "
+                                     f"or -1 to train for `epochs` epochs"))
+        if self.max_steps == -1 and self.epochs < 1:
+            out.append(("epochs", f"{self.epochs}: with max_steps=-1 at least 1 epoch is needed"))
+        for name in ("batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                out.append((name, f"{getattr(self, name)}: must be at least 1"))
+        return out

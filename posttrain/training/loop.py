@@ -104,6 +104,19 @@ def _use_cpu(cfg: Any) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
+def make_run_dir(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents), or say why it cannot be and what to do."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except (NotADirectoryError, FileExistsError):
+        blocker = next((p for p in [run_dir, *run_dir.parents] if p.exists() and not p.is_dir()), run_dir)
+        raise TrainingError(f"train.run_dir: cannot create {run_dir}: {blocker} is a file, not a folder; "
+                            f"choose another train.run_dir") from None
+    except OSError as e:
+        raise TrainingError(f"train.run_dir: cannot create {run_dir}: {e.strerror or e}; choose another "
+                            f"train.run_dir") from None
+
+
 def setup_run(cfg: Any) -> RunContext:
     """Start a run for recipe config ``cfg`` (which has a ``train`` section).
 
@@ -122,7 +135,7 @@ def setup_run(cfg: Any) -> RunContext:
     console = Console(stderr=True)
     ckpt_dir = run_dir / "checkpoints"
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        make_run_dir(run_dir)
         for path in ck.remove_partial(ckpt_dir):
             console.print(f"[yellow]removed half-written checkpoint {path} (a save was interrupted)[/yellow]",
                           soft_wrap=True)

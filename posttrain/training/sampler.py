@@ -15,6 +15,8 @@ from typing import Iterator
 
 import numpy as np
 
+from posttrain.errors import UserError
+
 
 @lru_cache(maxsize=4)
 def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) -> tuple[int, ...]:
@@ -22,6 +24,26 @@ def epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool = True) 
     if not shuffle:
         return tuple(range(num_examples))
     return tuple(np.random.default_rng([seed, epoch]).permutation(num_examples).tolist())
+
+
+class NotEnoughDataError(UserError, ValueError):
+    """Fewer usable examples than one optimizer step takes; the message says how many and what to change."""
+
+
+def require_one_step(num_examples: int, batch_size: int, grad_accum: int = 1, world_size: int = 1,
+                     what: str = "examples", batch_setting: str = "train.batch_size") -> None:
+    """Raise :class:`NotEnoughDataError` unless ``num_examples`` fill at least one global batch."""
+    needed = batch_size * grad_accum * world_size
+    if num_examples >= needed:
+        return
+    why = ("no usable " + what + " are left: the data is empty, or every record was skipped (data.skip_invalid) "
+           "or dropped (data.overflow=drop, data.max_length); the counts by reason are printed above"
+           if num_examples == 0 else f"only {num_examples} usable {what}")
+    raise NotEnoughDataError(
+        f"{why}, but one optimizer step takes {needed} ({batch_setting} {batch_size} x train.grad_accum "
+        f"{grad_accum} x {world_size} processes). Add data, or lower {batch_setting}"
+        + (f" to {num_examples // (grad_accum * world_size)} or less" if num_examples >= grad_accum * world_size else
+           "" if num_examples == 0 else " and train.grad_accum") + ".")
 
 
 @dataclass(frozen=True)
@@ -52,11 +74,7 @@ class StepSampler:
             raise ValueError(f"batch_size ({self.batch_size}) and grad_accum ({self.grad_accum}) must be >= 1")
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is outside world_size {self.world_size}")
-        if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"the data has {self.num_examples} examples but one optimizer step needs "
-                f"{self.global_batch} (batch_size {self.batch_size} x grad_accum {self.grad_accum} x "
-                f"{self.world_size} processes); add data or lower train.batch_size / train.grad_accum")
+        require_one_step(self.num_examples, self.batch_size, self.grad_accum, self.world_size)
 
     @property
     def global_batch(self) -> int:
