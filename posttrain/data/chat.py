@@ -34,7 +34,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
-from posttrain.data.templates import CHAT_TEMPLATES, resolve_chat_template
+from posttrain.data.templates import CHAT_TEMPLATES, RAW_TEMPLATE, RAW_TEMPLATE_BOS, RAW_TEMPLATES, resolve_chat_template
 from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain.data")
@@ -84,24 +84,36 @@ class PromptResponse(Example):
 # --------------------------------------------------------------------------------- templates
 
 
-def ensure_chat_template(tokenizer, override: str | None = None) -> list[str]:
-    """Give ``tokenizer`` the chat template to train with, in place; return the tokens it added.
+def ensure_chat_template(tokenizer, override: str | None = None, data_format: str = "auto") -> list[str]:
+    """Give ``tokenizer`` the template to train with, in place; return the tokens it added.
 
-    ``override`` (a name in ``posttrain.data.templates.CHAT_TEMPLATES``, a ``.jinja`` path, or Jinja
-    text) wins; otherwise the tokenizer's own template is kept; otherwise ChatML is set. The
-    template is stored on the tokenizer, so ``save_pretrained`` exports it with the model.
+    ``data_format`` (``data.format``): raw sets posttrain's raw-text template (prompt and completion
+    as written, bos first if the tokenizer adds one to every text, eos after each completion); chat
+    and auto keep what follows. ``override`` (a name in ``posttrain.data.templates.CHAT_TEMPLATES``,
+    a ``.jinja`` path, or Jinja text) wins; otherwise the tokenizer's own template is kept; a tokenizer
+    with none gets raw text under auto (a base model's data is trained as written) and ChatML under
+    chat. The log says which was chosen and why. The template is stored on the tokenizer; exports
+    leave a raw one out (``posttrain.models.export``).
 
     ChatML needs ``<|im_start|>`` and ``<|im_end|>`` as single special tokens. Where the tokenizer
     lacks them they are added, and returned: the caller must then call
     ``model.resize_token_embeddings(len(tokenizer))`` (the new rows are untrained).
     """
+    if data_format not in ("auto", "chat", "raw"):
+        raise ValueError(f"data.format={data_format!r}: expected auto, chat or raw")
+    if data_format == "raw" or (data_format == "auto" and not override and not tokenizer.chat_template):
+        tokenizer.chat_template = raw_template(tokenizer)
+        logger.warning("data.format=%s: records are trained as raw text (prompt + completion + eos, no chat markers)%s",
+                       data_format, "" if data_format == "raw" else "; the tokenizer has no chat template (set "
+                       "data.format=chat, or model.chat_template=chatml, for ChatML)")
+        return []
     if override:
         tokenizer.chat_template = resolve_chat_template(override)
     elif tokenizer.chat_template:
         return []
     else:
         tokenizer.chat_template = CHAT_TEMPLATES["chatml"]
-        logger.info("tokenizer has no chat template; using ChatML")
+        logger.warning("data.format=chat: the tokenizer has no chat template; using ChatML (new special tokens)")
     if tokenizer.chat_template in (CHAT_TEMPLATES["llama2"], CHAT_TEMPLATES["zephyr"]) and (
         tokenizer.bos_token is None or tokenizer.eos_token is None
     ):
@@ -113,6 +125,20 @@ def ensure_chat_template(tokenizer, override: str | None = None) -> list[str]:
     if tokenizer.chat_template != CHAT_TEMPLATES["chatml"]:
         return []
     return _add_special_tokens(tokenizer, CHATML_MARKERS)
+
+
+def raw_template(tokenizer) -> str:
+    """The raw-text template for ``tokenizer``: with bos first when the tokenizer puts bos before a text."""
+    if tokenizer.eos_token is None:
+        raise ValueError("data.format=raw closes every completion with eos, but the tokenizer has no eos token")
+    probe = tokenizer("a")["input_ids"]
+    adds_bos = tokenizer.bos_token_id is not None and bool(probe) and probe[0] == tokenizer.bos_token_id
+    return RAW_TEMPLATE_BOS if adds_bos else RAW_TEMPLATE
+
+
+def is_raw(tokenizer) -> bool:
+    """Whether ``tokenizer`` renders raw text (``data.format=raw``), not a chat template."""
+    return tokenizer.chat_template in RAW_TEMPLATES
 
 
 def _add_special_tokens(tokenizer, tokens: list[str]) -> list[str]:

@@ -12,8 +12,10 @@ class DataConfig:
     """Training data: JSONL or Parquet files, a `datasets` folder saved with save_to_disk, or a hub dataset name."""
     eval: list[str] = field(default_factory=list)
     """Held-out data, in the same forms as `train`."""
-    format: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "ranking", "unpaired", "text", "prompt"] = "auto"
+    layout: Literal["auto", "messages", "alpaca", "sharegpt", "prompt_completion", "preference", "ranking", "unpaired", "text", "prompt"] = "auto"
     """Record layout; auto detects it from the fields of each record (see posttrain/data/formats.py)."""
+    format: Literal["auto", "chat", "raw"] = "auto"
+    """How records become text: chat renders their messages with the model's chat template; raw joins prompt and completion as written, with the tokenizer's bos (if it adds one) before and eos after the completion, the loss on the completion (for base models: TL;DR, HH text, bandits). auto: chat when the tokenizer has a template, raw when it has none (model.chat_template=chatml asks for ChatML instead)."""
     split: str = "train"
     """Split to read from a `datasets` folder or hub dataset."""
     skip_invalid: bool = False

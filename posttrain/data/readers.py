@@ -367,11 +367,11 @@ def read_many(sources: Sequence[str | Path], format: str = "auto", split: str = 
 
 
 def read_from_config(cfg: Any, which: str | Sequence[str] = "train", tokenizer: Any = None) -> ReadResult:
-    """Read ``cfg.train`` or ``cfg.eval`` of a DataConfig (or the sources ``which`` lists) with its format,
+    """Read ``cfg.train`` or ``cfg.eval`` of a DataConfig (or the sources ``which`` lists) with its layout,
     split and skip_invalid. Given the ``tokenizer``, its ``system`` setting is applied and every record is
     checked against the chat template (:func:`posttrain.data.chat.fit_to_template`)."""
     sources = getattr(cfg, which) if isinstance(which, str) else which
-    result = read_many(sources, cfg.format, cfg.split, cfg.skip_invalid)
+    result = read_many(sources, cfg.layout, cfg.split, cfg.skip_invalid)
     if tokenizer is None:
         return result
     from posttrain.data.chat import fit_to_template

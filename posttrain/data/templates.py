@@ -57,6 +57,17 @@ ZEPHYR_TEMPLATE = """{% for message in messages %}
 {% endfor %}"""
 """Zephyr: ``<|system|>\\n{system}</s>\\n<|user|>\\n{user}</s>\\n<|assistant|>\\n{assistant}</s>\\n``."""
 
+# Raw text for base models (data.format=raw): every message's content as written, one after the other,
+# each assistant message closed with eos so the model learns to stop; nothing is written for a
+# generation prompt. The _BOS variant opens with bos, for tokenizers that put bos before every text.
+_RAW_BODY = ("{% for message in messages %}{{ message['content'] }}"
+             "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}")
+RAW_TEMPLATE = _RAW_BODY
+"""Raw text: ``{prompt}{completion}{eos}``."""
+RAW_TEMPLATE_BOS = "{{ bos_token }}" + _RAW_BODY
+"""Raw text after bos: ``{bos}{prompt}{completion}{eos}``."""
+RAW_TEMPLATES = (RAW_TEMPLATE, RAW_TEMPLATE_BOS)
+
 CHAT_TEMPLATES = {"chatml": CHATML_TEMPLATE, "llama2": LLAMA2_TEMPLATE, "zephyr": ZEPHYR_TEMPLATE}
 """Templates selectable by name in ``ModelConfig.chat_template``."""
 

@@ -8,7 +8,9 @@ so plain ``model.generate`` on an exported folder decodes greedily to the same t
 
 Prompts are sorted by length into batches (less padding); greedy results do not depend on
 the batch size or on which prompts share a batch. Sampled results are reproducible for the same
-prompts, ``batch_size`` and ``seed``.
+prompts, ``batch_size`` and ``seed``; with ``row_seeds`` they do not depend on the batch either
+(each row draws from its own generator), which is how processes that split one batch of prompts
+sample what a single process would.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def generate(
     seed: int | None = None,
     return_logps: bool = False,
     logps_temperature: float = 1.0,
+    row_seeds: Sequence[int] | None = None,
 ) -> list[GenerationOutput]:
     """Complete every prompt (token ids, or strings encoded with ``tokenizer(prompt)``).
 
@@ -94,6 +97,10 @@ def generate(
     ``return_logps`` fills ``completion_token_logps`` from the logits seen while decoding, as
     ``log_softmax(logits / logps_temperature)``: RL passes its sampling temperature, so the
     log-probs are those of the distribution the tokens were drawn from (top-p aside).
+    ``row_seeds`` (one per prompt; sampling only): prompt i's tokens are drawn by inverse CDF from
+    uniforms of a generator seeded with ``row_seeds[i]``, from the same temperature / top-p
+    distribution, so its completion does not depend on ``batch_size``, on the other prompts, or on
+    the process that generates it (up to float rounding of the logits in another batch).
     Outputs are in the order of ``prompts``. The model is put in eval mode during the call and
     restored afterwards.
     """
@@ -101,15 +108,18 @@ def generate(
     if logps_temperature <= 0:
         raise ValueError(f"logps_temperature must be > 0, got {logps_temperature}")
     prompt_ids = [_as_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
+    if row_seeds is not None and len(row_seeds) != len(prompt_ids):
+        raise ValueError(f"row_seeds has {len(row_seeds)} entries for {len(prompt_ids)} prompts; give one per prompt")
     inner = unwrap_model(model)
     sampling = temperature > 0
+    per_row = sampling and row_seeds is not None
     config = neutral_generation_config(
         inner, tokenizer,
         max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=0 if sampling else None,
+        do_sample=sampling and not per_row,  # per-row draws pick the token themselves (see _RowSampler)
+        temperature=temperature if sampling and not per_row else None,
+        top_p=top_p if sampling and not per_row else None,
+        top_k=0 if sampling and not per_row else None,
         use_cache=True,
         return_dict_in_generate=True,
         output_logits=return_logps,
@@ -124,7 +134,9 @@ def generate(
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             batch = [prompt_ids[i] for i in rows]
-            outputs = _generate_batch(inner, tokenizer, batch, config, stop_ids, return_logps, logps_temperature)
+            sampler = _RowSampler([row_seeds[i] for i in rows], max_new_tokens, temperature, top_p) if per_row else None
+            outputs = _generate_batch(inner, tokenizer, batch, config, stop_ids, return_logps, logps_temperature,
+                                      sampler)
             for i, out in zip(rows, outputs):
                 results[i] = out
     return results  # type: ignore[return-value]
@@ -152,11 +164,18 @@ def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **k
 
 
 def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: set[int],
-                    return_logps: bool, logps_temperature: float = 1.0) -> list[GenerationOutput]:
+                    return_logps: bool, logps_temperature: float = 1.0,
+                    sampler: "_RowSampler | None" = None) -> list[GenerationOutput]:
     import torch
 
     input_ids, attention_mask = _left_pad(batch, config.pad_token_id or 0, _device(model))
-    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+    extra = {}
+    if sampler is not None:
+        from transformers import LogitsProcessorList
+
+        sampler.start = input_ids.shape[1]
+        extra["logits_processor"] = LogitsProcessorList([sampler])
+    out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
     new_ids = out.sequences[:, input_ids.shape[1]:]  # (B, new)
     token_logps = None
     if return_logps:
@@ -180,6 +199,39 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: 
             completion_token_logps=logps,
         ))
     return outputs
+
+
+class _RowSampler:
+    """A logits processor that samples every row from its own uniforms, then leaves only the drawn
+    token finite, so the greedy step of ``generate`` emits it.
+
+    Row b's token at step t is the inverse CDF of softmax(logits / temperature) (restricted to the
+    nucleus ``top_p``) at ``u[b, t]``, where ``u[b]`` comes from a generator seeded with the row's
+    seed: the draw depends on that row's logits only, not on the batch it shares.
+    """
+
+    def __init__(self, seeds: Sequence[int], max_new_tokens: int, temperature: float, top_p: float):
+        import torch
+
+        self.uniforms = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
+                                                generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+        self.temperature, self.top_p = temperature, top_p
+        self.start = 0
+        """Width of the padded prompts: step t is at column start + t."""
+
+    def __call__(self, input_ids, scores):
+        import torch
+
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+        if self.top_p < 1.0:  # keep the most likely tokens until their mass reaches top_p
+            sorted_probs, order = probs.sort(dim=-1, descending=True)
+            outside = sorted_probs.cumsum(dim=-1) - sorted_probs >= self.top_p
+            probs = probs.scatter(-1, order, sorted_probs.masked_fill(outside, 0.0))
+        cdf = probs.cumsum(dim=-1)
+        u = self.uniforms[:, input_ids.shape[1] - self.start].to(cdf) * cdf[:, -1]
+        # The first token whose cdf exceeds u: never one of probability 0.
+        token = torch.searchsorted(cdf, u[:, None], right=True).clamp_(max=cdf.shape[-1] - 1)
+        return torch.full_like(scores, float("-inf")).scatter_(1, token, 0.0)
 
 
 def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:

@@ -35,7 +35,8 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
     - ``generation_config.json`` is :func:`posttrain.generation.neutral_generation_config`: the
       special token ids (every eos posttrain stops at) and nothing else, so plain greedy
       ``generate`` matches posttrain's; sampling defaults of the original model are not kept.
-    - A pad token that posttrain lent a tokenizer that had none (its eos) is not saved.
+    - A pad token that posttrain lent a tokenizer that had none (its eos) is not saved, nor the raw-text
+      template of ``data.format=raw`` (the folder is still a base model, read back as raw text).
     - ``extra_files`` maps relative file names to text (e.g. a README or the run's config.yaml).
     - An existing ``out_dir`` is replaced. Left-overs of a crashed export beside it
       (``.<name>.tmp-*`` folders) are removed, and a folder renamed aside but never replaced is
@@ -61,6 +62,7 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
 
 
 def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str]) -> None:
+    from posttrain.data.chat import is_raw
     from posttrain.generation.hf import neutral_generation_config
 
     model = unwrap_model(model)
@@ -69,9 +71,12 @@ def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str]) -
     plain.save_pretrained(folder)
     # The config posttrain decodes with, so plain greedy `generate` gives posttrain's tokens.
     neutral_generation_config(model, tokenizer).save_pretrained(folder)
-    if getattr(tokenizer, BORROWED_PAD, False):  # the pad posttrain lent it is not the user's: save it as it came
+    if getattr(tokenizer, BORROWED_PAD, False) or is_raw(tokenizer):
         tokenizer = copy.deepcopy(tokenizer)
-        tokenizer.pad_token = None
+        if getattr(tokenizer, BORROWED_PAD, False):  # the pad posttrain lent it is not the user's
+            tokenizer.pad_token = None
+        if is_raw(tokenizer):  # raw text is no chat template: a base model stays one
+            tokenizer.chat_template = None
     tokenizer.save_pretrained(folder)
     for name, text in extra_files.items():
         target = _inside(folder, name)

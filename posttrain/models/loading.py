@@ -200,14 +200,15 @@ def check_safetensors_folder(path: str | Path) -> None:
 # --------------------------------------------------------------------------- tokenizer
 
 
-def load_tokenizer(cfg: "ModelConfig"):
+def load_tokenizer(cfg: "ModelConfig", data_format: str = "auto"):
     """The tokenizer of ``cfg.tokenizer`` (or of the model), ready for batching and chat.
 
     - pad token: when the tokenizer has none, eos is used as pad. Padding is always located
       with the attention mask, so pad == eos is harmless inside posttrain; the borrowed pad is
       marked (:data:`BORROWED_PAD`) and left out of exported tokenizers.
-    - chat template: ``posttrain.data.chat.ensure_chat_template`` applies ``cfg.chat_template``
-      or fills in ChatML when the tokenizer ships no template.
+    - chat template: ``posttrain.data.chat.ensure_chat_template`` applies ``cfg.chat_template``, or
+      raw text (``data_format``, the recipe's ``data.format``: raw, or auto for a tokenizer that ships
+      no template), or ChatML (chat for a tokenizer that ships none).
     """
     from transformers import AutoTokenizer
 
@@ -230,11 +231,11 @@ def load_tokenizer(cfg: "ModelConfig"):
             )
         tokenizer.pad_token = tokenizer.eos_token
         setattr(tokenizer, BORROWED_PAD, True)
-    _apply_chat_template(tokenizer, cfg.chat_template)
+    _apply_chat_template(tokenizer, cfg.chat_template, data_format)
     return tokenizer
 
 
-def _apply_chat_template(tokenizer, override: str | None) -> None:
+def _apply_chat_template(tokenizer, override: str | None, data_format: str = "auto") -> None:
     try:
         from posttrain.data.chat import ensure_chat_template
     except ModuleNotFoundError as e:
@@ -245,7 +246,10 @@ def _apply_chat_template(tokenizer, override: str | None) -> None:
                 "model.chat_template is set, but posttrain.data.chat (which applies it) is not installed"
             ) from None
         return
-    ensure_chat_template(tokenizer, override)
+    try:
+        ensure_chat_template(tokenizer, override, data_format)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from None
 
 
 # --------------------------------------------------------------------------- model

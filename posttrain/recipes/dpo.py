@@ -685,7 +685,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
 
     ctx = setup_run(cfg)
     tc, top_dir = cfg.train, top_dir or Path(cfg.train.run_dir)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)
     cfg = prepare_attention(cfg, lm, ctx)

@@ -46,9 +46,9 @@ from posttrain.models.value import ActorCritic, ValueHead, load_critic, response
 from posttrain.recipes.config import PPOConfig
 from posttrain.rl import math as rlm
 from posttrain.rl.kl import AdaptiveKLController, FixedKLController
-from posttrain.rl.rollout import Rollout, sample_rollouts, token_logps
+from posttrain.rl.rollout import Rollout, concat_rollouts, sample_rollouts, token_logps
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, finish_run,
-                                     setup_run, train_step)
+                                     gather_objects, setup_run, train_step)
 from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler, require_one_step
 
@@ -282,13 +282,35 @@ def score_to_optimize(cfg: PPOConfig, rollout: Rollout, score: torch.Tensor) -> 
     return score.clamp(-cfg.reward_clip, cfg.reward_clip) if cfg.reward_clip > 0 else score
 
 
-def make_experience(cfg: PPOConfig, model: ActorCritic, reference, rollout: Rollout, score: torch.Tensor,
-                    kl_coef: float, batch_size: int) -> tuple[Experience, dict[str, float]]:
+def gather_step(ctx: RunContext, rollout: Rollout, fwd: dict[str, torch.Tensor], scores: dict[str, torch.Tensor],
+                pad_id: int) -> tuple[Rollout, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Every process's share of the step, joined in rank order on every process: the rollout, its
+    (B, R) forward outputs (padded to the widest response) and (B,) scores. Each process then holds
+    the batch that one process would have sampled, so whitening, advantages, statistics and
+    minibatches are those of the whole step."""
+    if ctx.world_size == 1:
+        return rollout, fwd, scores
+    cpu = lambda d: {k: v.cpu() for k, v in d.items()}  # noqa: E731
+    parts = gather_objects(ctx, (rollout.to("cpu"), cpu(fwd), cpu(scores)))
+    joined = concat_rollouts([r for r, _, _ in parts], pad_id)
+    width = joined.response_length
+    fwd = {k: torch.cat([torch.nn.functional.pad(f[k], (0, width - f[k].shape[1])) for _, f, _ in parts])
+           for k in fwd}
+    return joined, fwd, {k: torch.cat([s[k] for _, _, s in parts]) for k in scores}
+
+
+def make_experience(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, rollout: Rollout,
+                    scores: dict[str, torch.Tensor], kl_coef: float, batch_size: int,
+                    pad_id: int) -> tuple[Experience, dict[str, float]]:
+    """This process's forward passes over its rollout, then the experience of the whole step
+    (:func:`gather_step`): scores (``scores["score"]`` and the per-source ones, logged as means),
+    advantages and statistics."""
     device = next(model.parameters()).device
-    rollout = rollout.to(device)
-    fwd = forward_rollout(model, reference, rollout, cfg.temperature, batch_size)
+    fwd = forward_rollout(model, reference, rollout.to(device), cfg.temperature, batch_size)
+    rollout, fwd, scores = gather_step(ctx, rollout, fwd, scores, pad_id)
+    rollout, fwd = rollout.to(device), {k: v.to(device) for k, v in fwd.items()}
     mask = rollout.response_mask
-    score = score_to_optimize(cfg, rollout, score.to(device))
+    score = score_to_optimize(cfg, rollout, scores["score"].to(device))
     advantages, returns = ALGORITHMS[cfg.algorithm].advantages(cfg, score, fwd, mask, kl_coef)
     kl = rlm.masked_sum(rlm.kl_estimator(cfg.kl_estimator)(fwd["old_logps"], fwd["ref_logps"]), mask, dim=1)
     stats = {
@@ -299,6 +321,10 @@ def make_experience(cfg: PPOConfig, model: ActorCritic, reference, rollout: Roll
     }
     if returns is not None:
         stats["value/explained_variance"] = rlm.explained_variance(fwd["values"], returns, mask)
+    for key, value in scores.items():  # score and gold as reward/score and reward/gold, beside reward/<source>
+        stats[key if key.startswith("reward/") else f"reward/{key}"] = value.float().mean()
+    stats["response/length"] = rollout.response_lengths.float().mean()
+    stats["response/finished"] = rollout.finished.float().mean()
     experience = Experience(rollout, fwd["old_logps"], fwd["ref_logps"], fwd.get("values"), advantages, returns)
     return experience, {k: float(v) for k, v in stats.items()}
 
@@ -371,9 +397,10 @@ def by_length(rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
 
 def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experience: Experience, kl_coef: float,
            step: int) -> dict[str, float]:
-    """ppo_epochs passes over the experience in shuffled minibatches; metrics averaged over updates."""
+    """ppo_epochs passes over the step's experience (every process's) in shuffled minibatches, each
+    one optimizer update whose micro-batches the processes share; metrics averaged over updates."""
     algorithm, tc = ALGORITHMS[cfg.algorithm], cfg.train
-    minibatch = tc.batch_size * tc.grad_accum
+    minibatch = tc.batch_size * tc.grad_accum * ctx.world_size
     count = (lambda mb: int(mb.rollout.response_mask.sum())) if algorithm.per_token else len
     totals: dict[str, float] = {}
     updates = 0
@@ -382,7 +409,8 @@ def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experie
             zlib.crc32(f"{tc.seed}-{step}-{epoch}".encode())))
         for start in range(0, len(experience), minibatch):
             rows = by_length(experience.rollout, order[start:start + minibatch])
-            micro = [experience.select(rows[i:i + tc.batch_size]) for i in range(0, len(rows), tc.batch_size)]
+            # (grad_accum, world_size, batch_size): micro-batch k of process r, as StepSampler cuts a global batch.
+            micro = [experience.select(ids) for ids in rows.reshape(tc.grad_accum, ctx.world_size, -1)[:, ctx.rank]]
             result = train_step(ctx, model, optimizer, scheduler, micro, partial(algorithm.loss, cfg, kl_coef),
                                 count, step=step)
             for key, value in {**result.metrics, "loss": result.loss, "grad_norm": result.grad_norm,
@@ -489,28 +517,25 @@ def train(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, tokeni
             if state.step >= tc.max_steps:
                 break
             step = state.step + 1
-            seed = zlib.crc32(f"{tc.seed}-{ctx.rank}-{step}".encode())  # a resumed run samples the same responses
+            # Seeded per step and per prompt (its index in the data): a resumed run, and any split of the
+            # step's prompts across processes, samples the same responses.
+            seed = zlib.crc32(f"{tc.seed}-{step}".encode())
             rollout = sample_rollouts(inner.policy, tokenizer, [prompts.ids[i] for i in rows],
                                       samples_per_prompt=cfg.samples_per_prompt, max_new_tokens=cfg.max_new_tokens,
                                       temperature=cfg.temperature, top_p=cfg.top_p,
-                                      batch_size=cfg.generation_batch_size, seed=seed)
+                                      batch_size=cfg.generation_batch_size, seed=seed, prompt_keys=rows)
             rollout_s = timer.lap()
             scores = reward([rows[i] for i in rollout.prompt_index.tolist()], rollout)
-            experience, stats = make_experience(cfg, inner, reference, rollout, scores["score"], controller.kl_coef,
-                                                tc.batch_size)
+            rollout.prompt_index += ctx.rank * len(rows)  # numbered among the whole step's prompts
+            experience, stats = make_experience(ctx, cfg, inner, reference, rollout, scores, controller.kl_coef,
+                                                tc.batch_size, tokenizer.pad_token_id or 0)
             experience_s = timer.lap()
             stats.update(update(ctx, cfg, model, optimizer, scheduler, experience, controller.kl_coef, step))
             update_s = timer.lap()
             stats.update({"kl_coef": controller.kl_coef,
-                          "response/length": float(rollout.response_lengths.float().mean()),
-                          "response/finished": float(rollout.finished.float().mean()),
-                          "episodes_per_s": len(rollout) / (rollout_s + experience_s + update_s),
+                          "episodes_per_s": len(experience) / (rollout_s + experience_s + update_s),
                           "time/rollout_s": rollout_s, "time/experience_s": experience_s, "time/update_s": update_s})
-            stats.update({k: float(v.float().mean()) for k, v in scores.items()})
-            stats["reward/score"] = stats.pop("score")
-            if "gold" in stats:
-                stats["reward/gold"] = stats.pop("gold")
-            controller.update(stats["kl"], n_steps=len(rollout) * ctx.world_size)
+            controller.update(stats["kl"], n_steps=len(experience))  # episodes of every process
             state.advance(epoch, index)
             state.extra["kl_controller"] = controller.state_dict()
             if state.step % tc.log_every == 0 or state.step == tc.max_steps:
@@ -532,7 +557,7 @@ def ppo(cfg: PPOConfig) -> Path:
     from posttrain.training.metrics import read_metrics
 
     ctx = setup_run(cfg)
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     if cfg.data.train:
         prompts = file_prompts(cfg.data.train, cfg, tokenizer, ctx)
         heldout = file_prompts(cfg.data.eval, cfg, tokenizer, ctx) if cfg.data.eval else None

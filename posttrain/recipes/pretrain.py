@@ -83,7 +83,7 @@ def pack_documents(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
 def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> list[str]:
     from posttrain.data.readers import read_many
 
-    fmt = "text" if cfg.data.format == "auto" else cfg.data.format
+    fmt = "text" if cfg.data.layout == "auto" else cfg.data.layout
     result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid)
     ctx.print(result.report.summary())  # says what was skipped (data.skip_invalid), and why
     return [record.text for record in result.expect("text")]

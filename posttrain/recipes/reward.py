@@ -383,7 +383,7 @@ def reward(cfg: RewardConfig) -> Path:
     tc = cfg.train
     if cfg.center_coef and is_ranking_loss(cfg):
         raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     ensure_distinct_pad(tokenizer)  # so plain transformers scores the exported model's sequences as posttrain does
     records, held_out = file_records(cfg, ctx, tokenizer) if cfg.data.train else world_records(cfg, tokenizer, ctx)
     train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")

@@ -299,7 +299,7 @@ def sft(cfg: SFTConfig) -> Path:
 
     ctx = setup_run(cfg)
     tc = cfg.train
-    tokenizer = load_tokenizer(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     train_examples = build_mixture(cfg, tokenizer, ctx)
     require_one_step(len(train_examples), tc.batch_size, tc.grad_accum, ctx.world_size)  # before loading a model
     held_out = eval_conversations(cfg, tokenizer)

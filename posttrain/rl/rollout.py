@@ -22,6 +22,7 @@ Imports only torch at module level; generation is imported where it is used.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, fields, replace
 from typing import Sequence
 
@@ -141,15 +142,19 @@ def collate_rollout(prompt_ids: Sequence[Sequence[int]], completions: Sequence[S
 
 def sample_rollouts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, samples_per_prompt: int = 1,
                     max_new_tokens: int = 64, temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 64,
-                    stop_at_eos: bool = True, seed: int | None = None) -> Rollout:
+                    stop_at_eos: bool = True, seed: int | None = None,
+                    prompt_keys: Sequence[int] | None = None) -> Rollout:
     """Sample ``samples_per_prompt`` responses to each prompt (token ids, e.g. chat-rendered) with
     :func:`posttrain.generation.generate`; the rollout's rows are grouped by prompt.
 
     The policy whose log-probs are kept is ``softmax(logits / temperature)``, the distribution the
     tokens are drawn from when ``top_p`` is 1 (nucleus sampling draws from a truncation of it, so
     with top_p < 1 PPO's ratios are slightly off-policy; keep 1 for training). Reproducible for
-    the same prompts, ``batch_size`` and ``seed``. ``temperature=0`` decodes greedily (for
-    evaluation; the log-probs are then at temperature 1). The rollout is on the CPU.
+    the same prompts, ``batch_size`` and ``seed``. With ``prompt_keys`` (one int per prompt, e.g. its
+    index in the dataset) each response is drawn from its own generator, seeded by (seed, key,
+    sample number): it does not depend on ``batch_size`` or on the other prompts, so processes
+    that split a step's prompts sample what one process would. ``temperature=0`` decodes greedily
+    (for evaluation; the log-probs are then at temperature 1). The rollout is on the CPU.
     """
     from posttrain.generation.hf import generate
 
@@ -158,13 +163,40 @@ def sample_rollouts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, sa
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0 (0: greedy, for evaluation), got {temperature}")
     rows = [i for i in range(len(prompt_ids)) for _ in range(samples_per_prompt)]
+    row_seeds = None
+    if prompt_keys is not None:
+        if len(prompt_keys) != len(prompt_ids):
+            raise ValueError(f"prompt_keys has {len(prompt_keys)} entries for {len(prompt_ids)} prompts")
+        row_seeds = [zlib.crc32(f"{seed}-{prompt_keys[i]}-{j}".encode())
+                     for i in range(len(prompt_ids)) for j in range(samples_per_prompt)]
     outputs = generate(model, tokenizer, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
                        temperature=temperature, top_p=top_p, batch_size=batch_size, stop_at_eos=stop_at_eos,
-                       seed=seed, return_logps=True, logps_temperature=temperature or 1.0)
+                       seed=seed, return_logps=True, logps_temperature=temperature or 1.0, row_seeds=row_seeds)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     return collate_rollout([o.prompt_ids for o in outputs], [o.completion_ids for o in outputs],
                            [o.completion_token_logps for o in outputs], [o.finished for o in outputs],
                            [o.text for o in outputs], rows, pad)
+
+
+def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
+    """One rollout of the rows of ``parts``, in order (e.g. every process's share of a step), re-padded
+    to the widest prompt and response; ``prompt_index`` keeps each part's own numbering."""
+    width_p = max(p.prompt_width for p in parts)
+    width_r = max(p.response_length for p in parts)
+
+    def widen(t: torch.Tensor, left: int, right: int, value) -> torch.Tensor:
+        return torch.nn.functional.pad(t, (left, right), value=value)
+
+    return Rollout(
+        input_ids=torch.cat([widen(p.input_ids, width_p - p.prompt_width, width_r - p.response_length, pad_id)
+                             for p in parts]),
+        attention_mask=torch.cat([widen(p.attention_mask, width_p - p.prompt_width, width_r - p.response_length,
+                                        False) for p in parts]),
+        response_mask=torch.cat([widen(p.response_mask, 0, width_r - p.response_length, False) for p in parts]),
+        rollout_token_logps=torch.cat([widen(p.rollout_token_logps, 0, width_r - p.response_length, 0.0)
+                                       for p in parts]),
+        prompt_index=torch.cat([p.prompt_index for p in parts]), finished=torch.cat([p.finished for p in parts]),
+        prompt_width=width_p, texts=[t for p in parts for t in p.texts])
 
 
 def token_logps(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:

@@ -50,6 +50,8 @@ class TrainConfig:
     """Autocast precision for GPUs; keep 'no' (fp32) on CPUs, where bf16 is many times slower."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
+    fsdp: bool = False
+    """With several processes, shard weights, gradients and optimizer state across them (torch FSDP2, FULL_SHARD: one unit per decoder layer, one for the rest) instead of a full copy on each (DDP), for models too big for one GPU; same results. pretrain, sft and dpo, full fine-tuning (not LoRA); no effect in one process."""
 
     def problems(self) -> list[tuple[str, str]]:
         """(field, what is wrong) for values no run can use; the config loader reports the first."""

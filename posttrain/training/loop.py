@@ -247,7 +247,8 @@ def reduce_sum(ctx: RunContext, values: list[float] | torch.Tensor) -> torch.Ten
     return ctx.accelerator.reduce(tensor, reduction="sum")
 
 
-def _gather_objects(ctx: RunContext, obj: Any) -> list[Any]:
+def gather_objects(ctx: RunContext, obj: Any) -> list[Any]:
+    """``obj`` of every process (picklable, any size), in rank order, on every process."""
     if ctx.world_size == 1:
         return [obj]
     out: list[Any] = [None] * ctx.world_size
@@ -331,7 +332,7 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, batches: Iterable[Any],
     model.train(was_training)
     # Processes may hold different numbers of batches, so sum python objects rather than
     # tensors whose shapes would have to agree.
-    parts = _gather_objects(ctx, (units, loss_sum, metric_sums))
+    parts = gather_objects(ctx, (units, loss_sum, metric_sums))
     total_units = sum(p[0] for p in parts)
     if total_units == 0:
         return {}
@@ -388,7 +389,7 @@ class Checkpointer:
         due = final or (every > 0 and state.step % every == 0)
         if not due or state.step == self.last_saved_step:
             return None
-        rng_states = _gather_objects(ctx, ck.rng_state())
+        rng_states = gather_objects(ctx, ck.rng_state())
         path = None
         if ctx.is_main:
             path = ck.save_checkpoint(
