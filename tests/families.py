@@ -313,8 +313,16 @@ def build_family(name: str, path: str | os.PathLike, seed: int = 0) -> Path:
 
 def family_dirs(tmp_path_factory) -> dict[str, Path]:
     """{family: folder} for every family, built under a fresh pytest temporary folder (a second or two)."""
+    from transformers.utils import logging as hf_logging
+
     root = tmp_path_factory.mktemp("families")
-    return {name: build_family(name, root / name) for name in FAMILIES}
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # ten "Writing model shards" bars in every failure's captured output
+    try:
+        return {name: build_family(name, root / name) for name in FAMILIES}
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
 
 
 @pytest.fixture(scope="session")
