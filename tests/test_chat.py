@@ -171,10 +171,12 @@ def test_ensure_chat_template(tokenizers, tmp_path):
     with pytest.raises(ValueError, match="chatml, llama2, zephyr"):
         ensure_chat_template(tok, "vicuna")
 
-    # a tokenizer with no template and no ChatML markers gets ChatML and the markers as special tokens
+    # a tokenizer with no template reads raw text by default (data.format=auto), nothing added
     bare = train_bpe_tokenizer(TINY_TEXT, vocab_size=300, special_tokens=["<s>", "</s>"], chat_template=None)
     size = len(bare)
-    assert ensure_chat_template(bare) == ["<|im_start|>", "<|im_end|>"]
+    assert ensure_chat_template(copy.deepcopy(bare)) == [] and len(bare) == size
+    # asked for chat (data.format=chat), it gets ChatML and the markers as special tokens
+    assert ensure_chat_template(bare, data_format="chat") == ["<|im_start|>", "<|im_end|>"]
     assert len(bare) == size + 2 and bare.chat_template == CHAT_TEMPLATES["chatml"]
     messages = CONVERSATIONS["single"]
     ex = render_chat(bare, messages)
@@ -242,7 +244,7 @@ def test_overflow_drop_and_error(tokenizers):
     assert (report.dropped_too_long, report.dropped_truncated_no_loss, report.dropped_no_loss) == (2, 0, 1)
 
     longer = len(render_chat(tok, convs[1].as_dicts()))
-    with pytest.raises(ExampleTooLongError, match=rf"conversation 1 .*{longer} tokens.*max_length={max_length}.*overflow"):
+    with pytest.raises(ExampleTooLongError, match=rf"record 1 .*{longer} tokens.*max_length={max_length}.*overflow"):
         tokenize_conversations(tok, convs, DataConfig(max_length=max_length, overflow="error"))
 
 

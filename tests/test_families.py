@@ -13,8 +13,9 @@ checks what must hold whatever the weights:
   soft-capping and attention implementations differ by family);
 - ``run_dir/final`` loads with plain transformers (``AutoModelForCausalLM`` or
   ``AutoModelForSequenceClassification`` and ``AutoTokenizer``) with the family's chat template, bos,
-  eos and generation stop ids intact (families that ship no template get posttrain's ChatML), and a
-  reward model scores a conversation in plain transformers as posttrain scores it.
+  eos and generation stop ids intact (GPT-2, GPT-NeoX and OPT ship no template: posttrain trains them on
+  raw text and exports them without one), and a reward model scores a conversation in plain
+  transformers as posttrain scores it.
 
 The cells, and which code path each exercises:
 
@@ -128,25 +129,19 @@ def assert_steps(run_dir: Path, key: str = "loss") -> dict[int, float]:
 
 # --- what an export must be -----------------------------------------------------------------------
 
-def expected_template(family: str) -> str:
-    from posttrain.data.templates import CHAT_TEMPLATES
-
-    return SPECS[family].chat_template or CHAT_TEMPLATES["chatml"]
-
-
 def check_tokenizer(family: str, folder: Path):
     """The exported tokenizer, loaded by plain transformers: the family's template, bos and eos."""
     from transformers import AutoTokenizer
 
     spec = SPECS[family]
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    assert tokenizer.chat_template == expected_template(family), "the chat template changed on export"
+    assert tokenizer.chat_template == spec.chat_template, "the chat template changed on export"
     assert (tokenizer.bos_token, tokenizer.eos_token) == (spec.bos, spec.eos)
     return tokenizer
 
 
 def check_causal_lm(family: str, folder: Path, base: Path | None = None):
-    """run_dir/final loads with AutoModelForCausalLM + AutoTokenizer and answers a chat prompt."""
+    """run_dir/final loads with AutoModelForCausalLM + AutoTokenizer and answers a (chat) prompt."""
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
     assert (folder / "model.safetensors").exists() and not (folder / "adapter_config.json").exists()
@@ -161,7 +156,11 @@ def check_causal_lm(family: str, folder: Path, base: Path | None = None):
         exported = model.generation_config.eos_token_id
         as_set = lambda ids: {ids} if isinstance(ids, int) else set(ids or ())  # noqa: E731
         assert as_set(stops) <= as_set(exported), f"generation stop ids {stops} became {exported}"
-    ids = tokenizer.apply_chat_template(prompt(0), add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    if tokenizer.chat_template:
+        ids = tokenizer.apply_chat_template(prompt(0), add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)
+    else:  # a base model: plain text
+        ids = tokenizer(prompt(0)[-1]["content"], return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=3, do_sample=False)
     assert out.shape[1] > ids["input_ids"].shape[1]
@@ -238,6 +237,7 @@ def reward_model(family: str, family_dirs, data, runs) -> Path:
 def test_reward(family, family_dirs, data, runs):
     from transformers import AutoModelForSequenceClassification
 
+    from posttrain.data.chat import render_prompt_response
     from posttrain.models.reward import RewardScorer
 
     final = reward_model(family, family_dirs, data, runs)
@@ -258,7 +258,11 @@ def test_reward(family, family_dirs, data, runs):
     alone = torch.cat([scorer.score_conversations([c], normalize=False) for c in conversations])
     torch.testing.assert_close(by_posttrain, alone, rtol=0, atol=1e-5)
     for conversation, expected in zip(conversations, by_posttrain.tolist()):
-        ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+        if tokenizer.chat_template:  # rendered by transformers alone
+            ids = tokenizer.apply_chat_template(conversation, return_tensors="pt", return_dict=True)
+        else:  # raw text, as posttrain joins it
+            ids = {"input_ids": torch.tensor([render_prompt_response(scorer.tokenizer, conversation[:-1],
+                                                                     conversation[-1:]).input_ids])}
         with torch.no_grad():
             score = model(**ids).logits[0, 0].item()
         assert score == pytest.approx(expected, abs=1e-4), "transformers and posttrain score different tokens"

@@ -62,17 +62,37 @@ def test_a_system_turn_the_template_refuses_is_a_file_line_error_a_counted_skip_
     assert "Answer in capitals." not in json.dumps(dropped.records[1].as_dicts())
 
 
+def test_phi3_multi_turn_trains_each_turn_with_the_marker_the_text_goes_on_with():
+    from posttrain.data.chat import render_chat
+
+    tokenizer = build_tokenizer("phi3")  # closes only the conversation's last turn with eos
+    turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
+             {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye."}]
+    example = render_chat(tokenizer, turns)
+    runs, current = [], []
+    for token, trained in zip(example.input_ids + [None], example.loss_mask + [False]):
+        if trained:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    assert runs == ["Hello.<|end|>", "Bye.<|end|>\n<|endoftext|>"]
+
+
 def test_a_turn_rendered_by_what_follows_names_every_option_that_works():
     from posttrain.data.chat import ChatTemplateError, render_chat
 
-    tokenizer = build_tokenizer("phi3")  # closes the conversation with eos when no generation prompt follows
+    tokenizer = build_tokenizer("qwen2")
+    # Like reasoning models' templates, which drop an earlier turn's thinking: earlier answers change.
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'assistant' and not loop.last %}"
+                               "[{{ m['content'] }}]{% else %}{{ m['content'] }}{% endif %}<|im_end|>{% endfor %}")
     turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."},
              {"role": "user", "content": "And?"}, {"role": "assistant", "content": "Bye."}]
     with pytest.raises(ChatTemplateError) as error:
         render_chat(tokenizer, turns)
     assert "data.loss_on=last_assistant" in str(error.value) and "data.loss_on=all" in str(error.value)
     last = render_chat(tokenizer, turns, loss_on="last_assistant")
-    assert tokenizer.decode([t for t, m in zip(last.input_ids, last.loss_mask) if m]).startswith("Bye.")
+    assert tokenizer.decode([t for t, m in zip(last.input_ids, last.loss_mask) if m]) == "Bye.<|im_end|>"
 
 
 @pytest.mark.parametrize("family, expected", [("llama3", "<|pad|>"), ("mistral", "<unk>"), ("qwen2", "<|endoftext|>"),

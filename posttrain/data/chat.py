@@ -18,6 +18,8 @@ What carries the loss (``loss_on="assistant"``), per assistant turn:
   right after it (``<|im_end|>`` for ChatML, `` </s>`` for Llama-2, ``</s>`` for Zephyr), so the
   model learns to stop. The marker is everything the template writes after the content in that
   turn, minus trailing whitespace: the newline between turns is never generated, so never trained.
+  Where the conversation goes on with less of it (Phi-3 closes only its last turn with eos), an
+  earlier turn's marker is the part of it, in whole tokens, that the text goes on with (``<|end|>``).
 - the role header the template writes before the content (``<|im_start|>assistant\\n``) is prompt.
 - A token is in the loss if any of its characters are in a span. So a token that straddles the
   start of the content, like Llama-2's ``" Hello"`` after ``[/INST]`` (the template's space fused
@@ -54,6 +56,17 @@ class ExampleTooLongError(UserError, ValueError):
 
 class ChatTemplateError(UserError, ValueError):
     """A chat template whose assistant turns cannot be located in the text it renders."""
+
+
+class TemplateRefusedError(ChatTemplateError):
+    """A conversation the model's chat template refuses to render (e.g. "System role not supported")."""
+
+    def __init__(self, reason: str, has_system: bool):
+        self.reason = reason
+        self.fix = ("set data.system=merge (the system text joins the first user turn, as this model's users do), "
+                    "data.system=drop, or model.chat_template=chatml" if has_system else
+                    "make the roles alternate user/assistant, or set model.chat_template=chatml")
+        super().__init__(f"the model's chat template refuses this conversation: {reason}; {self.fix}")
 
 
 @dataclass
@@ -162,8 +175,14 @@ def _add_special_tokens(tokenizer, tokens: list[str]) -> list[str]:
 
 
 def render_text(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
-    """The conversation as the tokenizer's chat template writes it."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    """The conversation as the tokenizer's chat template writes it; :class:`TemplateRefusedError` when the
+    template refuses it (its ``raise_exception``)."""
+    from jinja2.exceptions import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:
+        raise TemplateRefusedError(str(e), any(m.get("role") == "system" for m in messages)) from None
 
 
 def end_of_turn_id(tokenizer) -> int | None:
@@ -193,23 +212,35 @@ def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices:
             )
         start = probe.index(_PLACEHOLDER)
         head, tail = probe[:start], probe[start + len(_PLACEHOLDER):]
-        end = len(real) - len(tail) + len(tail.rstrip())
+        content_end = len(real) - len(tail)
         consistent = (
             real.startswith(head)
             and real.endswith(tail)
             and len(head) + len(tail) <= len(real)
-            and text.startswith(real[:end])
+            and text.startswith(real[:content_end])
         )
+        end = content_end + len(_marker(tokenizer, tail.rstrip(), text[content_end:])) if consistent else 0
         if not consistent:
             raise ChatTemplateError(
                 f"message {i}: the chat template renders this assistant turn differently depending on "
-                "its content or on the messages after it (e.g. Phi-3's closes the conversation with eos), so "
-                "its tokens cannot be located. Set data.loss_on=last_assistant (train the last assistant turn "
+                "its content or on the messages after it (e.g. a reasoning model's drops earlier turns' "
+                "thinking), so its tokens cannot be located. Set data.loss_on=last_assistant (train the last assistant turn "
                 "only), data.loss_on=all (every token), or model.chat_template to a template that renders each "
                 "turn independently (e.g. chatml)."
             )
         spans.append((start, end))
     return spans
+
+
+def _marker(tokenizer, tail: str, following: str) -> str:
+    """The end-of-turn marker: the longest run of ``tail``'s tokens (what the template writes after an
+    assistant turn's content when the turn ends the text) that the conversation's text continues with,
+    minus trailing whitespace. All of ``tail`` for most templates; Phi-3's closes only the last turn with
+    eos, so an earlier turn's marker is its ``<|end|>`` alone."""
+    if following.startswith(tail):
+        return tail
+    cuts = [end for _, end in _tokenize_with_offsets(tokenizer, tail)[1]]
+    return next((tail[:cut] for cut in reversed(cuts) if following.startswith(tail[:cut])), "").rstrip()
 
 
 def token_mask_from_char_spans(offsets: list[tuple[int, int]], spans: list[tuple[int, int]]) -> list[bool]:
@@ -452,8 +483,6 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
     """
     import dataclasses
 
-    from jinja2.exceptions import TemplateError
-
     from posttrain.data.readers import DataError, set_location
 
     kept, where_kept = [], []
@@ -469,12 +498,8 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
         messages, generation_prompt = _rendered_messages(record)
         try:
             render_text(tokenizer, messages, add_generation_prompt=generation_prompt)
-        except TemplateError as e:
-            has_system = any(m["role"] == "system" for m in messages)
-            fix = ("set data.system=merge (the system text joins the first user turn, as this model's users do), "
-                   "data.system=drop, or model.chat_template=chatml" if has_system else
-                   "make the roles alternate user/assistant, or set model.chat_template=chatml")
-            error = DataError(where, f"the model's chat template refuses this record: {e}; {fix}",
+        except TemplateRefusedError as e:
+            error = DataError(where, f"the model's chat template refuses this record: {e.reason}; {e.fix}",
                               field=field, reason="template_refused")
             if not skip_invalid:
                 raise error from None

@@ -35,6 +35,7 @@ Three more evaluations run when asked, each a section of ``results.json`` with i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import math
@@ -424,8 +425,11 @@ def preference_pairs(source: str, cfg) -> tuple[list, dict[str, Any]]:
         return world_preference_pairs(cfg.families, cfg.preference_examples, cfg.seed)
     from posttrain.data.readers import read_records
 
+    from posttrain.data.chat import apply_system
+
     result = read_records(source)
-    records = result.expect("preference", "ranking")
+    records = [dataclasses.replace(r, prompt=apply_system(r.prompt, cfg.system))
+               for r in result.expect("preference", "ranking")]
     pairs = [p for r in records for p in (r.to_pairs() if r.kind == "ranking" else [r])]
     if not pairs:
         raise EvalError(f"preference_data: {source} holds no preference or ranking records")

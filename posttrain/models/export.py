@@ -25,11 +25,13 @@ _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
 
 
-def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: dict[str, str] | None = None) -> Path:
+def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: dict[str, str] | None = None,
+                 state_dict: dict | None = None) -> Path:
     """Write ``model`` + ``tokenizer`` to ``out_dir`` as a plain HF folder, atomically; returns its path.
 
     - DDP / DeepSpeed / torch.compile wrappers are removed first. Under FSDP or ZeRO-3 gather
-      the full weights before calling this; call it on the main process only.
+      the full weights first and pass them as ``state_dict`` (keys as in ``model.state_dict()``;
+      not for a peft model); call it on the main process only.
     - A peft model is merged on a deep copy (one extra copy of the weights, on the model's
       device), so the training model keeps its adapter and its weights bit for bit.
     - ``generation_config.json`` is :func:`posttrain.generation.neutral_generation_config`: the
@@ -52,7 +54,7 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
     _recover_interrupted(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_TMP_TAG}", dir=out.parent))
     try:
-        _write_folder(model, tokenizer, tmp, extra_files)
+        _write_folder(model, tokenizer, tmp, extra_files, state_dict)
         _fsync_tree(tmp)
         _swap_into_place(tmp, out)
     except BaseException:
@@ -61,14 +63,14 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
     return out
 
 
-def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str]) -> None:
+def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str], state_dict: dict | None = None) -> None:
     from posttrain.data.chat import is_raw
     from posttrain.generation.hf import neutral_generation_config
 
     model = unwrap_model(model)
     # Merging a peft model in place would change the model still being trained; merge a copy.
     plain = copy.deepcopy(model).merge_and_unload() if is_peft_model(model) else model
-    plain.save_pretrained(folder)
+    plain.save_pretrained(folder, state_dict=state_dict)
     # The config posttrain decodes with, so plain greedy `generate` gives posttrain's tokens.
     neutral_generation_config(model, tokenizer).save_pretrained(folder)
     if getattr(tokenizer, BORROWED_PAD, False) or is_raw(tokenizer):

@@ -116,6 +116,8 @@ class EvalConfig:
     """Prompts per generation / scoring batch (results do not depend on it)."""
     max_new_tokens: int = 128
     """Cap on generated tokens; each cell generates its longest canonical solution plus a margin, up to this."""
+    system: Literal["keep", "merge", "drop"] = "keep"
+    """System turns of preference_data records: keep them, merge their text into the first user turn (for chat templates that refuse a system role, e.g. Gemma's), or drop them (as the reward model's data.system)."""
     preference_data: list[str] = field(default_factory=list)
     """Comparisons to score the model on as a reward model (a `posttrain reward` folder; set strategies: [] for it): preference/ranking files (any posttrain record format; a ranking counts as every pair it implies) and/or world (the world's held-out annotated pairs). Reports accuracy, by strength, calibration, and agreement with gold for world; empty: skipped."""
     preference_examples: int = 50

@@ -73,11 +73,11 @@ from posttrain.losses.sft import linear_token_logps, token_logps
 from posttrain.recipes.config import DPOConfig
 from posttrain.recipes.sft import _LOGIT_TRANSFORMS, stop_at_end_of_turn, transformers_model
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run, shard, total_steps,
-    train_step,
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training, setup_run,
+    shard, total_steps, train_step,
 )
-from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler
+from posttrain.training.sharding import gathered_root
 
 # --- scoring and losses -----------------------------------------------------------------------
 
@@ -713,9 +713,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
     if sampler.dropped_per_epoch:
         ctx.print(f"{sampler.dropped_per_epoch} of {len(train_set)} examples do not fill the last global batch of "
                   f"{sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, total)
-    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = prepare_training(ctx, model, total)
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()
     held_out_prompts = kl_prompts(cfg, eval_records)
@@ -728,11 +726,14 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
                        for i in range(0, len(mine), tc.batch_size))
             scores.update({f"eval_{k}": v for k, v in evaluate(ctx, model, batches, loss_fn, count_units).items()})
         policy = ctx.accelerator.unwrap_model(model)
-        if held_out_prompts and uses_reference(cfg) and ctx.is_main:
-            scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
-        if baseline is not None and ctx.is_main:
-            gold = world_gold(cfg, policy.lm, tokenizer, baseline)
-            write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
+        if held_out_prompts and uses_reference(cfg) and ctx.runs_model_work:
+            with gathered_root(model):
+                scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
+        if baseline is not None and ctx.runs_model_work:
+            with gathered_root(model):
+                gold = world_gold(cfg, policy.lm, tokenizer, baseline)
+            if ctx.is_main:
+                write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
             gold.pop("families")
             scores.update(gold)
         if scores:  # nothing held out: nothing to log

@@ -48,7 +48,7 @@ from posttrain.rl import math as rlm
 from posttrain.rl.kl import AdaptiveKLController, FixedKLController
 from posttrain.rl.rollout import Rollout, concat_rollouts, sample_rollouts, token_logps
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, finish_run,
-                                     gather_objects, setup_run, train_step)
+                                     gather_objects, refuse_fsdp, setup_run, train_step)
 from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler, require_one_step
 
@@ -557,6 +557,8 @@ def ppo(cfg: PPOConfig) -> Path:
     from posttrain.training.metrics import read_metrics
 
     ctx = setup_run(cfg)
+    refuse_fsdp(ctx, "ppo", "each process samples its own rollouts, of its own lengths, so their forward passes "
+                "cannot run in step")
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     if cfg.data.train:
         prompts = file_prompts(cfg.data.train, cfg, tokenizer, ctx)

@@ -29,10 +29,9 @@ import torch.nn.functional as F
 
 from posttrain.recipes.config import PretrainConfig
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run,
-    shard, total_steps, train_step,
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training,
+    setup_run, shard, total_steps, train_step,
 )
-from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler
 
 
@@ -182,9 +181,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
     model = build_model(cfg, tokenizer)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, total)
-    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = prepare_training(ctx, model, total)
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()
 

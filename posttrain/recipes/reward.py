@@ -55,8 +55,8 @@ from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, R
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
-from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, setup_run,
-                                     shard, total_steps, train_step)
+from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, refuse_fsdp,
+                                     setup_run, shard, total_steps, train_step)
 from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler, require_one_step
 
@@ -381,6 +381,7 @@ def reward(cfg: RewardConfig) -> Path:
 
     ctx = setup_run(cfg)
     tc = cfg.train
+    refuse_fsdp(ctx, "the reward recipe", "its normalization and report score on the main process alone")
     if cfg.center_coef and is_ranking_loss(cfg):
         raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)

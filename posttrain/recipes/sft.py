@@ -42,11 +42,11 @@ from posttrain.data.packing import LengthGroupedSampler, PackedBatch, pack_examp
 from posttrain.losses.sft import map_row_chunks, shift_labels
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, setup_run, shard,
-    total_steps, train_step,
+    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training, setup_run,
+    shard, total_steps, train_step,
 )
-from posttrain.training.optim import build_optimizer, build_scheduler
 from posttrain.training.sampler import StepSampler, require_one_step
+from posttrain.training.sharding import gathered_root
 
 # --- loss --------------------------------------------------------------------------------
 
@@ -269,7 +269,7 @@ def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTC
 def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_tokens: int) -> None:
     from posttrain.generation import generate_chat
 
-    if not prompts or not ctx.is_main:
+    if not prompts or not ctx.runs_model_work:
         return
     outputs = generate_chat(lm, tokenizer, prompts, max_new_tokens=max_tokens, temperature=0.0)
     samples = [{"prompt": p[-1]["content"], "completion": o.text} for p, o in zip(prompts, outputs)]
@@ -284,7 +284,8 @@ def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int)
 
     report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world_seed,
                             chat=True, max_prompt_tokens=cfg.data.max_length, max_new_tokens=cfg.eval_max_new_tokens)
-    write_report(report, ctx.run_dir / "eval")
+    if ctx.is_main:
+        write_report(report, ctx.run_dir / "eval")
     scores = {f"em/{f}": report.accuracy(f, "zero_shot") for f in report.cells}
     ctx.metrics.log(step, scores)
     ctx.print("held-out exact match: " + ", ".join(f"{k[3:]} {100 * v:.0f}%" for k, v in scores.items()))
@@ -327,9 +328,7 @@ def sft(cfg: SFTConfig) -> Path:
                   f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
 
     model = TargetNLL(lm, cfg.lm_head_chunk)
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, total)
-    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = prepare_training(ctx, model, total)
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()
 
@@ -355,12 +354,14 @@ def sft(cfg: SFTConfig) -> Path:
                 if eval_examples:
                     scores = evaluate(ctx, model, eval_batches(), nll_sum, count_targets)
                     ctx.metrics.log(state.step, {"eval_loss": scores["loss"]})
-                log_samples(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer, sample_prompts, state.step,
-                            cfg.sample_max_tokens)
+                with gathered_root(model):
+                    log_samples(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer, sample_prompts, state.step,
+                                cfg.sample_max_tokens)
             ckpt.maybe_save(state)
             timer.lap()  # evaluation and checkpoint time is not training throughput
     ckpt.maybe_save(state, final=True)
     lm = ctx.accelerator.unwrap_model(model).lm
-    if cfg.eval_exact_match > 0 and not cfg.data.train and ctx.is_main:
-        world_exact_match(ctx, lm, tokenizer, cfg, state.step)
+    if cfg.eval_exact_match > 0 and not cfg.data.train and ctx.runs_model_work:
+        with gathered_root(model):
+            world_exact_match(ctx, lm, tokenizer, cfg, state.step)
     return finish_run(ctx, lm, tokenizer)

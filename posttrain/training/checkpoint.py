@@ -141,8 +141,8 @@ def _to_tuples(value: Any) -> Any:
 def save_checkpoint(
     ckpt_dir: str | Path,
     state: TrainState,
-    model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    model: torch.nn.Module | dict[str, torch.Tensor],
+    optimizer: torch.optim.Optimizer | dict[str, Any],
     scheduler: Any,
     rng_states: list[dict[str, Any]],
     meta: dict[str, Any] | None = None,
@@ -150,10 +150,11 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint for ``state.step`` atomically and return its folder.
 
-    ``model`` is the unwrapped model; ``rng_states`` has one entry per process (rank order);
-    ``meta`` is stored in state.json to check a resume against (e.g. the global batch size).
+    ``model`` is the unwrapped model, or the whole weights gathered from a sharded one (and
+    ``optimizer`` then its gathered state dict); ``rng_states`` has one entry per process (rank
+    order); ``meta`` is stored in state.json to check a resume against (e.g. the global batch size).
     """
-    from safetensors.torch import save_model
+    from safetensors.torch import save_file, save_model
 
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / step_dir_name(state.step)
@@ -161,8 +162,11 @@ def save_checkpoint(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    if isinstance(model, dict):
+        save_file(_unshared(model), str(tmp / "model.safetensors"))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
+    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
     if scaler is not None:
         torch.save(scaler.state_dict(), tmp / "scaler.pt")
@@ -177,6 +181,17 @@ def save_checkpoint(
     return final
 
 
+def _unshared(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` with a copy for each tensor that shares memory with an earlier one (tied
+    embeddings), which safetensors will not write twice."""
+    seen, out = set(), {}
+    for key, tensor in weights.items():
+        where = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        out[key] = tensor.clone() if where in seen else tensor.contiguous()
+        seen.add(where)
+    return out
+
+
 def _fsync_files(folder: Path) -> None:
     for path in folder.iterdir():
         with open(path, "rb") as f:
@@ -185,7 +200,7 @@ def _fsync_files(folder: Path) -> None:
 
 def load_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
     scaler: Any = None,
@@ -193,19 +208,21 @@ def load_checkpoint(
     """Load weights and optimizer/scheduler/scaler state in place.
 
     Returns (train state, the whole state.json, the per-process RNG states); the caller picks
-    its own RNG state, since which one is a matter of ranks.
+    its own RNG state, since which one is a matter of ranks. ``model`` None leaves the weights
+    (and the optimizer state) to the caller (a sharded model: :func:`read_whole`).
     """
     from safetensors.torch import load_model
 
     path = Path(path)
     payload = read_state(path)
-    device = next(model.parameters()).device
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False, device=str(device))
+    device = next(model.parameters()).device if model is not None else "cpu"
+    missing, unexpected = ([], []) if model is None else load_model(model, str(path / "model.safetensors"),
+                                                                     strict=False, device=str(device))
     if missing or unexpected:
         raise ValueError(f"{path}/model.safetensors does not fit the model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}; was the checkpoint written with another "
                          f"model or LoRA setting?")
-    if optimizer is not None:
+    if optimizer is not None and model is not None:
         optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
     if scheduler is not None:
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
@@ -215,3 +232,12 @@ def load_checkpoint(
     state = TrainState(step=payload["step"], epoch=payload["epoch"],
                        batch_in_epoch=payload["batch_in_epoch"], extra=payload.get("extra", {}))
     return state, payload, rng_states
+
+
+def read_whole(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The whole weights and optimizer state of checkpoint ``path`` (on the CPU), for a sharded
+    model whose processes each take their shards of them."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    return load_file(path / "model.safetensors"), torch.load(path / "optimizer.pt", weights_only=True)

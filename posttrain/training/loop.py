@@ -3,8 +3,7 @@
 A recipe owns its loop and wires these together::
 
     ctx = setup_run(cfg)                       # accelerator, seed, run_dir, config.yaml, metrics
-    model, optimizer = ctx.accelerator.prepare(model, build_optimizer(model, cfg.train))
-    scheduler = build_scheduler(optimizer, cfg.train, total)
+    model, optimizer, scheduler = prepare_training(ctx, model, total)   # DDP, or FSDP with train.fsdp
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()                     # honours train.resume
     for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
@@ -20,6 +19,11 @@ the units of the whole step over every micro-batch and every process *before* th
 passes, and backpropagates ``loss_sum * world_size / global_units`` from each micro-batch:
 DDP averages gradients over processes, so the update is the gradient of the mean loss per unit
 of the whole global batch, whatever its split into processes and micro-batches.
+
+**Processes.** Under ``torchrun`` / ``accelerate launch`` every process runs the same code on its
+own slice of each global batch; anything it does with the model alone (samples, KL, export) is
+the main process's, except under FSDP (``train.fsdp``, ``posttrain.training.sharding``), where
+every forward needs all processes: :attr:`RunContext.runs_model_work` says who takes part.
 """
 
 from __future__ import annotations
@@ -67,6 +71,8 @@ class RunContext:
     metrics: MetricsLogger
     resume_from: Path | None
     console: Console = field(default_factory=lambda: Console(stderr=True))
+    sharded: bool = False
+    """The model is sharded across the processes (FSDP; set by :func:`prepare_training`)."""
 
     @property
     def is_main(self) -> bool:
@@ -83,6 +89,12 @@ class RunContext:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def runs_model_work(self) -> bool:
+        """Whether this process runs the model for what only the main process reports (samples, KL,
+        held-out generations): the main process, and under FSDP every process, in step."""
+        return self.is_main or self.sharded
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -216,6 +228,35 @@ def check_same_config(cfg: Any, saved_path: Path, checkpoint: Path) -> None:
             f"Choose a new train.run_dir for the new settings, or run with the saved config to continue that run.")
 
 
+def prepare_training(ctx: RunContext, model: torch.nn.Module, total: int) -> tuple[torch.nn.Module, Any, Any]:
+    """(model, optimizer, scheduler) ready to train for ``total`` steps: the model wrapped for DDP
+    by accelerate, or with ``train.fsdp`` and several processes sharded (FSDP2) before its
+    optimizer is built over the shards."""
+    from posttrain.training.optim import build_optimizer, build_scheduler
+    from posttrain.training.sharding import shard_model
+
+    if ctx.cfg.fsdp and ctx.world_size > 1:
+        from accelerate.utils import DistributedType
+
+        if ctx.accelerator.distributed_type == DistributedType.FSDP:
+            raise TrainingError("train.fsdp shards the model itself; remove the FSDP settings from the accelerate "
+                                "config (or keep them and set train.fsdp=false)")
+        model = shard_model(model, ctx.device, ctx.cfg.mixed_precision)
+        ctx.sharded = True
+        optimizer = build_optimizer(model, ctx.cfg)
+        return model, optimizer, build_scheduler(optimizer, ctx.cfg, total)
+    optimizer = build_optimizer(model, ctx.cfg)
+    scheduler = build_scheduler(optimizer, ctx.cfg, total)
+    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    return model, optimizer, scheduler
+
+
+def refuse_fsdp(ctx: RunContext, recipe: str, why: str) -> None:
+    """Stop a recipe that cannot run sharded before it loads anything big."""
+    if ctx.cfg.fsdp and ctx.world_size > 1:
+        raise TrainingError(f"train.fsdp: {recipe} does not run sharded ({why}); set train.fsdp=false (DDP)")
+
+
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes when max_steps is -1."""
     return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
@@ -296,7 +337,8 @@ def train_step(
     if not math.isfinite(loss_value):
         raise NonFiniteLossError(_non_finite_message(ctx, step, "loss", loss_value, lr))
     max_norm = ctx.cfg.max_grad_norm if ctx.cfg.max_grad_norm > 0 else float("inf")
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), max_norm))
+    norm = accelerator.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)  # a DTensor under FSDP
     if not math.isfinite(grad_norm) and accelerator.scaler is None:  # fp16 scaling skips inf steps itself
         raise NonFiniteLossError(_non_finite_message(ctx, step, "gradient norm", grad_norm, lr))
     optimizer.step()
@@ -323,12 +365,20 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, batches: Iterable[Any],
     was_training = model.training
     model.eval()
     units, loss_sum, metric_sums = 0, 0.0, {}
+    if ctx.sharded:
+        batches = list(batches)
+        idle = max(gather_objects(ctx, len(batches))) - len(batches)
+        if idle and not batches:
+            raise TrainingError(f"train.fsdp: process {ctx.rank} has no held-out example, but every forward needs "
+                                f"all {ctx.world_size} processes; hold out at least one example per process")
     for batch in batches:
         loss, metrics = loss_fn(model, batch)
         units += count_fn(batch)
         loss_sum += loss.double().item()
         for key, value in metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
+    for _ in range(idle if ctx.sharded else 0):  # as many forwards as the busiest process; not counted
+        loss_fn(model, batches[-1])
     model.train(was_training)
     # Processes may hold different numbers of batches, so sum python objects rather than
     # tensors whose shapes would have to agree.
@@ -365,9 +415,14 @@ class Checkpointer:
         ctx = self.ctx
         if ctx.resume_from is None:
             return TrainState()
-        unwrapped = ctx.accelerator.unwrap_model(self.model)
-        state, payload, rng_states = ck.load_checkpoint(ctx.resume_from, unwrapped, self.optimizer,
-                                                        self.scheduler, self._scaler)
+        if ctx.sharded:  # every process reads the whole state and keeps its shards
+            from posttrain.training.sharding import load_full_state
+
+            state, payload, rng_states = ck.load_checkpoint(ctx.resume_from, None, None, self.scheduler, self._scaler)
+            load_full_state(self.model, self.optimizer, *ck.read_whole(ctx.resume_from))
+        else:
+            state, payload, rng_states = ck.load_checkpoint(ctx.resume_from, ctx.accelerator.unwrap_model(self.model),
+                                                            self.optimizer, self.scheduler, self._scaler)
         if payload.get("global_batch", ctx.global_batch) != ctx.global_batch:
             raise TrainingError(
                 f"{ctx.resume_from} was written with a global batch of {payload['global_batch']} examples "
@@ -390,12 +445,16 @@ class Checkpointer:
         if not due or state.step == self.last_saved_step:
             return None
         rng_states = gather_objects(ctx, ck.rng_state())
+        model, optimizer = ctx.accelerator.unwrap_model(self.model), self.optimizer
+        if ctx.sharded:  # every process hands in its shards; the main process writes the whole
+            from posttrain.training.sharding import full_optimizer_state, full_state_dict
+
+            model, optimizer = full_state_dict(self.model), full_optimizer_state(self.model, self.optimizer)
         path = None
         if ctx.is_main:
             path = ck.save_checkpoint(
-                ctx.checkpoint_dir, state, ctx.accelerator.unwrap_model(self.model), self.optimizer,
-                self.scheduler, rng_states, scaler=self._scaler,
-                meta={"global_batch": ctx.global_batch, "world_size": ctx.world_size})
+                ctx.checkpoint_dir, state, model, optimizer, self.scheduler, rng_states, scaler=self._scaler,
+                meta={"global_batch": ctx.global_batch, "world_size": ctx.world_size, "sharded": ctx.sharded})
             ck.prune(ctx.checkpoint_dir, ctx.cfg.keep_checkpoints)
         ctx.accelerator.wait_for_everyone()
         self.last_saved_step = state.step
@@ -452,13 +511,19 @@ def _fmt(value: float) -> str:
 
 
 def finish_run(ctx: RunContext, model: torch.nn.Module, tokenizer: Any) -> Path:
-    """Export ``run_dir/final`` (safetensors, tokenizer, chat template) and close the metrics."""
+    """Export ``run_dir/final`` (safetensors, tokenizer, chat template) and close the metrics.
+    Under FSDP every process hands in its shards of ``model`` first."""
     from posttrain.models.export import export_model
 
     out = ctx.run_dir / "final"
     ctx.accelerator.wait_for_everyone()
+    weights = None
+    if ctx.sharded:
+        from posttrain.training.sharding import full_state_dict, without_tied_copies
+
+        weights = without_tied_copies(model, full_state_dict(model))
     if ctx.is_main:
-        export_model(ctx.accelerator.unwrap_model(model), tokenizer, out)
+        export_model(ctx.accelerator.unwrap_model(model), tokenizer, out, state_dict=weights)
         ctx.print(f"final model written to {out}")
     ctx.metrics.close()
     ctx.accelerator.wait_for_everyone()
