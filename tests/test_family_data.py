@@ -147,3 +147,22 @@ def test_model_dropout_sets_every_dropout_of_gpt2_and_opt():
     with pytest.raises(Exception, match="model.dropout"):
         set_dropout(model, 1.5)
     assert math.isclose(0.0, 0.0)
+
+
+def test_lora_trains_new_token_rows_of_an_untied_lm_head_too(tmp_path):
+    from families import build_family
+
+    from posttrain.models.config import LoraConfig, ModelConfig
+    from posttrain.models.loading import load_causal_lm, load_tokenizer
+
+    folder = build_family("gpt_neox", tmp_path / "neox")  # untied input and output embeddings, no template
+    cfg = ModelConfig(name_or_path=str(folder), lora=LoraConfig(enabled=True, r=4))
+    tokenizer = load_tokenizer(cfg, "chat")  # ChatML asked for: two new special tokens
+    model = load_causal_lm(cfg, tokenizer=tokenizer)
+    new = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert any("embed_in" in n for n in trainable) and any("lm_head" in n for n in trainable), trainable
+    ids = torch.tensor([[new[0], 5, 6, new[1]]])
+    model(input_ids=ids, labels=ids).loss.backward()
+    head = next(p for n, p in model.named_parameters() if "lm_head" in n and p.requires_grad)
+    assert head.grad is not None and float(head.grad.abs().sum()) > 0  # the head learns to write them

@@ -31,6 +31,9 @@ logger = logging.getLogger("posttrain.models")
 WORLD = "world"
 """``name_or_path`` that stands for the embedded world's shipped base model."""
 
+ADDED_TOKENS = "_posttrain_added_tokens"
+"""Attribute listing the ids of the tokens :func:`load_tokenizer` added (ChatML markers): untrained, even
+where a model's embedding has rows for them already (vocabularies padded to a multiple, GPT-NeoX, Qwen2)."""
 BORROWED_PAD = "_posttrain_borrowed_pad"
 """Attribute set on a tokenizer whose pad token is its eos, lent by :func:`load_tokenizer` because it had
 none: exports (``posttrain.models.export``) save the tokenizer without it, as it came."""
@@ -247,9 +250,10 @@ def _apply_chat_template(tokenizer, override: str | None, data_format: str = "au
             ) from None
         return
     try:
-        ensure_chat_template(tokenizer, override, data_format)
+        added = ensure_chat_template(tokenizer, override, data_format)
     except ValueError as e:
         raise ModelLoadError(str(e)) from None
+    setattr(tokenizer, ADDED_TOKENS, tokenizer.convert_tokens_to_ids(added))
 
 
 # --------------------------------------------------------------------------- model
@@ -329,15 +333,18 @@ def set_dropout(model, p: float | None) -> None:
 
 
 def fit_embeddings(model, tokenizer) -> list[int]:
-    """Grow the model's embeddings (and tied LM head) to ``len(tokenizer)``; return the new token ids.
+    """Grow the model's embeddings (and tied LM head) to ``len(tokenizer)``; return the ids of the tokens
+    the model has never been trained on: the new rows, and the tokens :func:`load_tokenizer` added that
+    fell in rows the model already had (a vocabulary padded past its tokenizer).
 
     New rows are drawn around the mean of the old ones (transformers' mean resizing): untrained.
-    A model with at least as many rows as the tokenizer has tokens is left alone.
+    A model with at least as many rows as the tokenizer has tokens is not resized.
     """
     rows = model.get_input_embeddings().num_embeddings
+    spare = [i for i in getattr(tokenizer, ADDED_TOKENS, []) if i < rows]
     if len(tokenizer) <= rows:
-        return []
-    new_ids = list(range(rows, len(tokenizer)))
+        return spare
+    new_ids = spare + list(range(rows, len(tokenizer)))
     model.resize_token_embeddings(len(tokenizer))
     logger.warning(
         "the tokenizer has %d tokens the model has no embedding for (%s); added them, untrained",
