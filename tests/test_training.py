@@ -98,7 +98,7 @@ def test_sampler_order_depends_only_on_seed_and_epoch():
 
 
 def test_sampler_refuses_too_little_data():
-    with pytest.raises(ValueError, match="needs 16"):
+    with pytest.raises(ValueError, match="only 10 usable examples, but one optimizer step takes 16"):
         StepSampler(10, batch_size=4, grad_accum=2, world_size=2)
 
 

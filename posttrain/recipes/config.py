@@ -374,7 +374,7 @@ class PPOConfig:
     top_p: float = 1.0
     """Nucleus sampling; keep 1.0 for training (top-p samples from a truncated policy, so PPO's ratios are slightly off)."""
     generation_batch_size: int = 64
-    """Prompts per generation batch (sampling is reproducible for a fixed value)."""
+    """Prompts per generation batch; the rollouts do not depend on it (each response is drawn from a seed of its own: step, prompt, sample)."""
     ppo_epochs: int = 4
     """Passes over each rollout batch, in shuffled minibatches of train.batch_size x train.grad_accum episodes."""
     kl_coef: float = 0.05

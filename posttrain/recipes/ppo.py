@@ -9,6 +9,9 @@ One step, as in Ziegler et al. 2019, Stiennon et al. 2020 and InstructGPT (Ouyan
 
 1. **Rollout**: ``prompts_per_step`` prompts, ``samples_per_prompt`` responses each, sampled
    from the policy with a KV cache (``posttrain.rl.rollout``); the sampler's token log-probs are kept.
+   Each response has a seed of its own (step, prompt, sample), so N processes, each sampling its
+   share of the step's prompts, draw what one process would; their experience is joined on every
+   process (:func:`gather_step`) before whitening, advantages and minibatches.
 2. **Score**: every reward source (reward models, Python functions, the world's gold reward),
    weighted and summed; unfinished responses can be penalized, scores clipped. Where the prompts
    are the world's, the gold reward is logged beside the proxy.

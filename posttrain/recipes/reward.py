@@ -55,9 +55,8 @@ from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, R
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
-from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, refuse_fsdp,
-                                     setup_run, shard, total_steps, train_step)
-from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate,
+                                     prepare_training, refuse_fsdp, setup_run, shard, total_steps, train_step)
 from posttrain.training.sampler import StepSampler, require_one_step
 
 MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
@@ -397,9 +396,7 @@ def reward(cfg: RewardConfig) -> Path:
     if sampler.dropped_per_epoch:
         ctx.print(f"{sampler.dropped_per_epoch} of {len(train_data)} comparisons do not fill the last global batch "
                   f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
-    optimizer = build_optimizer(model, tc)
-    scheduler = build_scheduler(optimizer, tc, total)
-    model, optimizer = ctx.accelerator.prepare(model, optimizer)
+    model, optimizer, scheduler = prepare_training(ctx, model, total)
     ckpt = Checkpointer(ctx, model, optimizer, scheduler)
     state = ckpt.restore()
     loss_fn, eval_loss_fn = make_loss_fn(cfg), make_loss_fn(cfg, "bradley_terry")

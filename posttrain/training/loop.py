@@ -364,20 +364,21 @@ def evaluate(ctx: RunContext, model: torch.nn.Module, batches: Iterable[Any],
     """Loss and metrics per unit over ``batches`` (this process's share), summed over processes."""
     was_training = model.training
     model.eval()
-    units, loss_sum, metric_sums = 0, 0.0, {}
-    if ctx.sharded:
+    units, loss_sum, metric_sums, idle = 0, 0.0, {}, 0
+    if ctx.sharded:  # every forward gathers weights from all processes: each runs as many as the busiest
         batches = list(batches)
-        idle = max(gather_objects(ctx, len(batches))) - len(batches)
-        if idle and not batches:
-            raise TrainingError(f"train.fsdp: process {ctx.rank} has no held-out example, but every forward needs "
-                                f"all {ctx.world_size} processes; hold out at least one example per process")
+        counts = gather_objects(ctx, len(batches))
+        if 0 in counts and max(counts):
+            raise TrainingError(f"train.fsdp: {counts.count(0)} of {ctx.world_size} processes have no held-out "
+                                f"example, but every forward needs all of them; hold out at least one per process")
+        idle = max(counts) - len(batches)
     for batch in batches:
         loss, metrics = loss_fn(model, batch)
         units += count_fn(batch)
         loss_sum += loss.double().item()
         for key, value in metrics.items():
             metric_sums[key] = metric_sums.get(key, 0.0) + float(value)
-    for _ in range(idle if ctx.sharded else 0):  # as many forwards as the busiest process; not counted
+    for _ in range(idle):  # forwards that only keep step with the other processes; not counted
         loss_fn(model, batches[-1])
     model.train(was_training)
     # Processes may hold different numbers of batches, so sum python objects rather than
