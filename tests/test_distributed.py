@@ -30,9 +30,9 @@ import numpy as np
 import pytest
 import torch
 
-from posttrain.data.records import Message, Preference
 from posttrain.data.writers import write_jsonl
 from posttrain.training.metrics import read_metrics
+from test_dpo import records
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,18 +43,6 @@ IGNORED = ("per_s", "time/", "epoch")
 """Metric keys that measure speed (they differ between runs) or bookkeeping."""
 
 
-def _preferences(n: int, offset: int = 0) -> list[Preference]:
-    out = []
-    for i in range(offset, offset + n):
-        a, b = i % 13, i % 7
-        prompt = [Message("user", f"What is {a} plus {b}?")]
-        if i % 4 == 0:
-            prompt = [Message("system", "Answer in capitals."), *prompt]
-        out.append(Preference(prompt, [Message("assistant", f"{a} plus {b} is {a + b}.")],
-                              [Message("assistant", f"It is {a + b + 1}, I think.")], 1 + i % 4))
-    return out
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     return write_data(tmp_path_factory.mktemp("data"))
@@ -62,8 +50,8 @@ def data(tmp_path_factory) -> Path:
 
 def write_data(folder: Path) -> Path:
     """Preference pairs (train, and 5 held out), PPO prompts and SFT chats in ``folder``."""
-    write_jsonl(_preferences(40), folder / "pairs.jsonl")
-    write_jsonl(_preferences(5, offset=100), folder / "eval_pairs.jsonl")  # 3 + 2 per process: uneven shards
+    write_jsonl(records(40), folder / "pairs.jsonl")
+    write_jsonl(records(5, offset=100), folder / "eval_pairs.jsonl")  # 3 + 2 per process: uneven shards
     with (folder / "prompts.jsonl").open("w") as f:
         for i in range(16):
             f.write(json.dumps({"prompt": [{"role": "user", "content": f"Say {i} plus {i % 5}."}]}) + "\n")
