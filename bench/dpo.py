@@ -104,14 +104,13 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
 
     from posttrain.config import load_config
     from posttrain.data.chat import PromptResponse
-    from posttrain.data.preference import PreferenceExample
+    from posttrain.data.preference import PreferenceExample, collate_examples
     from posttrain.models.loading import load_causal_lm
+    from posttrain.models.logps import SequenceLogps
     from posttrain.recipes.config import DPOConfig
-    from posttrain.recipes.dpo import (
-        Micro, ReferencePolicy, SequenceLogps, collate, columns, count_units, make_loss_fn, prepare_attention,
-        score_examples,
-    )
+    from posttrain.recipes.dpo import Micro, ReferencePolicy, count_units, make_loss_fn, prepare_attention
     from posttrain.training.loop import setup_run, train_step
+    from posttrain.training.reference import column_logps, score_examples
     from posttrain.training.optim import build_optimizer, build_scheduler
     from posttrain.training.sampler import StepSampler
 
@@ -142,7 +141,7 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
             model.train()
         ref_seconds = time.perf_counter() - start
         loss_fn = make_loss_fn(cfg, lambda micro: micro.reference if micro.reference is not None
-                               else columns(micro.batch, ref))
+                               else column_logps(micro.batch, ref))
         sampler = StepSampler(len(examples), tc.batch_size, 1, 1, 0, tc.seed)
         optimizer = build_optimizer(model, tc)
         scheduler = build_scheduler(optimizer, tc, opts.steps)
@@ -152,7 +151,7 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
         for step, (_, _, micro) in zip(range(opts.steps), sampler.iterate()):
             batches = []
             for ids in micro:
-                batch = collate([examples[i] for i in ids], PAD, ids, cfg.packing)
+                batch = collate_examples([examples[i] for i in ids], PAD, ids, cfg.packing)
                 batches.append(Micro(batch, None if table is None else table[ids]))
             result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_units, step + 1)
             ends.append(time.perf_counter())

@@ -157,7 +157,7 @@ def run_posttrain(algorithm: str, critic: str, assets: Path, steps: int) -> dict
         policy.generation_config.eos_token_id = tokenizer.eos_token_id  # stop where TRL stops: at eos only
         reference = load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
         if algorithm != "ppo":
-            model = recipe.ActorCritic(policy)
+            model = ActorCritic(policy)
         elif critic == "head":
             model = ActorCritic(policy, ValueHead(policy.config.hidden_size))
         else:

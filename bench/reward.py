@@ -86,9 +86,10 @@ def make_model():
 
 def run_posttrain(pairs, opts) -> dict:
     from posttrain.config import load_config
+    from posttrain.data.comparisons import Comparison, collate_comparisons
     from posttrain.models.reward import RewardModel, use_shared_prefix_attention
     from posttrain.recipes.config import RewardConfig
-    from posttrain.recipes.reward import Comparison, collate, count_comparisons, make_loss_fn
+    from posttrain.recipes.reward import count_comparisons, make_loss_fn
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
     from posttrain.training.sampler import StepSampler
@@ -113,7 +114,7 @@ def run_posttrain(pairs, opts) -> dict:
         ends, cpu_ends, losses = [], [], []
         start, cpu_start = time.perf_counter(), time.process_time()
         for step, (_, _, micro) in zip(range(opts.steps), sampler.iterate()):
-            batches = [collate([comparisons[i] for i in ids], PAD, packing=True) for ids in micro]
+            batches = [collate_comparisons([comparisons[i] for i in ids], PAD, packing=True) for ids in micro]
             result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_comparisons, step + 1)
             ends.append(time.perf_counter())
             cpu_ends.append(time.process_time())
@@ -169,8 +170,8 @@ def same_scores(pairs, opts) -> float:
     """Largest |posttrain - TRL| reward of the same pairs with the same weights (both before training)."""
     import torch
 
+    from posttrain.data.comparisons import Comparison, collate_comparisons
     from posttrain.models.reward import RewardModel, use_shared_prefix_attention
-    from posttrain.recipes.reward import Comparison, collate
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     sample = pairs[:opts.batch_size]
@@ -179,7 +180,7 @@ def same_scores(pairs, opts) -> float:
     with torch.no_grad():
         batch = DataCollatorForPreference(pad_token_id=PAD)([{"chosen_ids": c, "rejected_ids": r} for c, r in sample])
         theirs = theirs_model(**batch).logits.squeeze(-1)  # chosen first, then rejected
-        flat = collate([Comparison([c, r]) for c, r in sample], PAD, packing=True)
+        flat = collate_comparisons([Comparison([c, r]) for c, r in sample], PAD, packing=True)
         ours = RewardModel(ours_model)(flat.sequences).reshape(-1, 2).T.reshape(-1)
     return float((ours - theirs).abs().max())
 

@@ -59,12 +59,9 @@ def spread(n: int, k: int) -> list[int]:
 def world_prompts(families: list[str], n: int, seed: int) -> PromptSet:
     """``n`` held-out task prompts of the world of ``seed``, spread evenly over ``families`` (empty: all)."""
     from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, make_tasks
+    from posttrain.world.tasks import FAMILIES, check_families, make_tasks
 
-    families = list(families) or list(FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise CompareError(f"families: unknown world task families {unknown}; known: {', '.join(FAMILIES)}")
+    families = check_families(families or FAMILIES, "families", CompareError)
     if n < 1:
         raise CompareError(f"n: compare at least one world prompt (n={n})")
     world = make_world(seed)

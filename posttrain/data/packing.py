@@ -56,7 +56,16 @@ import numpy as np
 import torch
 
 from posttrain.data.collate import IGNORE_INDEX, TokenizedExample
+from posttrain.models.loading import transformers_model
 from posttrain.training.sampler import StepSampler, epoch_order
+
+
+def packed_model_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor) -> dict[str, torch.Tensor | bool]:
+    """Keyword arguments for a transformers causal LM's forward over packed rows: ids and positions, and
+    deliberately neither an attention_mask nor a KV cache: transformers looks for packed sequences in
+    ``position_ids`` only when both are absent, and a model left to its config's ``use_cache=True``
+    makes a cache (then every example would see the ones before it)."""
+    return {"input_ids": input_ids, "position_ids": position_ids, "use_cache": False}
 
 
 @dataclass
@@ -90,11 +99,8 @@ class PackedBatch:
         return PackedBatch(*moved, self.example_spans, self.example_index)
 
     def model_inputs(self) -> dict[str, torch.Tensor | bool]:
-        """Keyword arguments for a transformers causal LM's forward: ids and positions, and deliberately
-        neither an attention_mask nor a KV cache: transformers looks for packed sequences in
-        ``position_ids`` only when both are absent, and a model left to its config's
-        ``use_cache=True`` makes a cache (then every example would see the ones before it)."""
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        """Keyword arguments for a transformers causal LM's forward (:func:`packed_model_inputs`)."""
+        return packed_model_inputs(self.input_ids, self.position_ids)
 
 
 def pack_rows(lengths: Sequence[int], row_length: int | None) -> list[list[int]]:
@@ -279,7 +285,7 @@ class SharedPrefixBatch:
 
     def model_inputs(self) -> dict[str, Any]:
         # No attention_mask and no cache: the attention reads the layout from position_ids.
-        return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+        return packed_model_inputs(self.input_ids, self.position_ids)
 
 
 def shared_prefix_length(sequences: Sequence[Sequence[int]]) -> int:
@@ -414,7 +420,7 @@ _UNSUPPORTED_ARGUMENTS = ("s_aux", "sinks")
 def segment_attention_unsupported(model) -> str | None:
     """Why ``model`` (a transformers model; a peft wrapper is looked through) cannot use
     :func:`segment_attention`, or None when it can."""
-    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    hf = transformers_model(model)
     config = hf.config
     name = type(hf).__name__
     if not getattr(hf, "_supports_attention_backend", False):
@@ -543,7 +549,7 @@ def use_segment_attention(model) -> str:
         raise ValueError(f"packed attention: {reason}; set packing=false")
     AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
     AttentionMaskInterface.register(SEGMENT_ATTENTION, _segment_mask)
-    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    hf = transformers_model(model)
     before = hf.config._attn_implementation
     hf.set_attn_implementation(SEGMENT_ATTENTION)
     return before
@@ -560,7 +566,7 @@ def prepare_packing(model, shared_prefix: bool = True) -> str | None:
     sdpa and eager attention are replaced by :func:`segment_attention`. Flash attention reads plainly
     packed rows from position_ids itself (variable-length kernels), but not shared-prefix rows.
     """
-    hf = model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model
+    hf = transformers_model(model)
     impl = str(hf.config._attn_implementation or "")
     if impl == SEGMENT_ATTENTION:
         return None

@@ -6,6 +6,7 @@ Records (``posttrain.data.records``) become tokenized examples, and examples bec
     collate_preferences(examples, pad_token_id)           -> PreferenceBatch (chosen rows, then rejected rows)
     tokenize_unpaired(tokenizer, records, max_length)     -> [UnpairedExample], PreferenceReport
     collate_unpaired(examples, pad_token_id)              -> UnpairedBatch (completions, then KL rows)
+    collate_shared_prompt(examples)                       -> PreferenceBatch in one row, each prompt once
 
 Each response is rendered after its prompt with the tokenizer's chat template by
 :func:`posttrain.data.chat.render_prompt_response`, so the ids are those the model sees at
@@ -36,6 +37,7 @@ from typing import Iterable, Literal, Sequence
 import torch
 
 from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response
+from posttrain.data.packing import pack_shared_prefix, packed_model_inputs
 from posttrain.data.readers import location_of
 from posttrain.data.records import Preference, Unpaired, messages_to_dicts
 
@@ -244,7 +246,7 @@ class SequenceBatch:
     def model_inputs(self) -> dict[str, torch.Tensor | bool]:
         """Keyword arguments for a transformers causal LM's forward (packed: positions, no mask, no cache)."""
         if self.packed:
-            return {"input_ids": self.input_ids, "position_ids": self.position_ids, "use_cache": False}
+            return packed_model_inputs(self.input_ids, self.position_ids)
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
     def to(self, device: torch.device | str):
@@ -354,8 +356,39 @@ def collate_unpaired(examples: Sequence[UnpairedExample], pad_token_id: int, ind
     return UnpairedBatch(**_fields(main), desirable=desirable, kl=kl, index=index)
 
 
+def collate_shared_prompt(examples: Sequence[PreferenceExample],
+                          indices: Sequence[int] | None = None) -> PreferenceBatch:
+    """B pairs in one row with no padding, each pair as [prompt, chosen response, rejected response]:
+    the prompt computed once, each response continuing from it and attending to it and to itself
+    only (``posttrain.data.packing.pack_shared_prefix``; the model needs ``use_shared_prefix_attention``).
+    The shared part is the pair's common prefix up to its first response token. Sequences are
+    numbered as in every PreferenceBatch, chosen 0..B-1 then rejected B..2B-1, so results (and the
+    cached reference log-probs) do not depend on the layout."""
+    row = pack_shared_prefix([[e.chosen.input_ids, e.rejected.input_ids] for e in examples],
+                             [[e.chosen.loss_mask, e.rejected.loss_mask] for e in examples])
+    b = len(examples)
+    number = torch.tensor([k * b + i for i in range(b) for k in (0, 1)])  # pair-major packing -> chosen first
+    strengths = [e.strength for e in examples]
+    return PreferenceBatch(
+        input_ids=row.input_ids, response_mask=row.target_mask, num_sequences=2 * b, position_ids=row.position_ids,
+        sequence_ids=number[row.sequence_ids],
+        strength=None if None in strengths else torch.tensor(strengths, dtype=torch.long),
+        index=None if indices is None else torch.as_tensor(list(indices), dtype=torch.long))
+
+
+def collate_examples(examples: Sequence[PreferenceExample | UnpairedExample], pad_id: int,
+                     indices: Sequence[int] | None = None, packed: bool = False) -> PreferenceBatch | UnpairedBatch:
+    """A micro-batch: padded, or (``packed``) in one row: pairs with their prompt once, unpaired
+    examples side by side."""
+    if examples and isinstance(examples[0], UnpairedExample):
+        return collate_unpaired(examples, pad_id, indices, packed)
+    if packed:
+        return collate_shared_prompt(examples, indices)
+    return collate_preferences(examples, pad_id, indices)
+
+
 __all__ = [
     "PreferenceExample", "UnpairedExample", "PreferenceReport", "SequenceBatch", "PreferenceBatch", "UnpairedBatch",
     "tokenize_preference", "tokenize_preferences", "tokenize_unpaired", "preferences_to_unpaired", "mismatched",
-    "collate_sequences", "collate_preferences", "collate_unpaired",
+    "collate_sequences", "collate_preferences", "collate_unpaired", "collate_shared_prompt", "collate_examples",
 ]

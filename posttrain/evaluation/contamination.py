@@ -412,11 +412,9 @@ def run_contamination(cfg) -> ContaminationReport:
 
     from posttrain.config import save_config
     from posttrain.errors import UserError
-    from posttrain.world.tasks import FAMILIES
+    from posttrain.world.tasks import check_families
 
-    unknown = [f for f in cfg.world_families if f not in FAMILIES]
-    if unknown:
-        raise UserError(f"contamination: world_families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    check_families(cfg.world_families, "contamination: world_families", UserError)
     if not cfg.train or not cfg.eval:
         raise UserError("contamination: both train and eval need at least one source "
                         f"(files, or {', '.join(WORLD_SOURCES)})")

@@ -40,7 +40,7 @@ from typing import Any
 
 from posttrain.evaluation.prompting import build_prompt, select_shots
 from posttrain.files import write_jsonl_atomic, write_text_atomic
-from posttrain.world.tasks import FAMILIES, TASKS_VERSION, TaskExample, make_tasks
+from posttrain.world.tasks import FAMILIES, TASKS_VERSION, TaskExample, check_families, make_tasks
 
 KINDS = ("mc", "gen")
 """Task kinds: multiple choice by log-prob, and greedy generation scored by posttrain's checker."""
@@ -248,10 +248,7 @@ def run_export(cfg) -> list[ExportedTask]:
     from posttrain.models.config import ModelConfig
     from posttrain.models.loading import load_tokenizer
 
-    families = list(cfg.families) or list(FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise UserError(f"export-lm-eval: families: unknown {unknown}; known: {', '.join(FAMILIES)}")
+    families = check_families(cfg.families or FAMILIES, "export-lm-eval: families", UserError)
     bad = [k for k in cfg.kinds if k not in KINDS]
     if bad:
         raise UserError(f"export-lm-eval: kinds: unknown {bad}; use {', '.join(KINDS)}")

@@ -48,7 +48,7 @@ from posttrain.errors import UserError
 from posttrain.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from posttrain.evaluation.prompting import STRATEGIES, build_prompt, completion_answer, select_shots, uses_shots
 from posttrain.evaluation.scoring import exact_match, extract_answer, follows_rule, proportion_ci, solved
-from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TaskExample, make_tasks
+from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TaskExample, check_families, make_tasks
 
 MC_COLUMNS = ("mc_sum", "mc_norm")
 """The two columns the "mc" strategy fills: option chosen by summed and by per-token log-prob."""
@@ -121,11 +121,9 @@ def stop_at_answer_end(model, tokenizer, newline: bool = True) -> Iterator[None]
     """Make generation stop where an answer ends: while inside, <|im_end|> (and with ``newline`` every
     newline-bearing token: plain Q/A answers are one line) is an extra eos id of the model's
     generation_config, which ``posttrain.generation.generate`` honours."""
-    from posttrain.models.loading import unwrap_model
+    from posttrain.models.loading import transformers_model, unwrap_model
 
-    inner = unwrap_model(model)
-    inner = inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # peft keeps it on the base
-    config = inner.generation_config
+    config = transformers_model(unwrap_model(model)).generation_config  # peft keeps it on the base
     saved = config.eos_token_id
     current = [saved] if isinstance(saved, int) else list(saved or [])
     config.eos_token_id = current + [i for i in _stop_ids(tokenizer, newline) if i not in current]
@@ -671,10 +669,7 @@ def run_eval(cfg) -> EvalReport:
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one row per family
         console = Console(width=max(console.width, 132))
-    families = list(cfg.families) or list(FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise EvalError(f"families: unknown task families {unknown}; known: {', '.join(FAMILIES)}")
+    families = check_families(cfg.families or FAMILIES, "families", EvalError)
     reward_model = is_reward_model(cfg.model.name_or_path)
     check_modes(cfg, reward_model)
     torch.manual_seed(cfg.seed)

@@ -6,6 +6,8 @@ from posttrain.generation.hf import (
     generate,
     generate_chat,
     neutral_generation_config,
+    stop_at_end_of_turn,
 )
 
-__all__ = ["GenerationOutput", "eos_token_ids", "generate", "generate_chat", "neutral_generation_config"]
+__all__ = ["GenerationOutput", "eos_token_ids", "generate", "generate_chat", "neutral_generation_config",
+           "stop_at_end_of_turn"]

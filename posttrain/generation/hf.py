@@ -19,7 +19,8 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
-from posttrain.models.loading import unwrap_model
+from posttrain.data.chat import end_of_turn_id
+from posttrain.models.loading import transformers_model, unwrap_model
 
 if TYPE_CHECKING:
     import torch
@@ -52,12 +53,25 @@ def eos_token_ids(model, tokenizer) -> list[int]:
     ids: list[int] = []
     if tokenizer.eos_token_id is not None:
         ids.append(tokenizer.eos_token_id)
-    config = getattr(_hf_model(model), "generation_config", None)
+    config = getattr(transformers_model(unwrap_model(model)), "generation_config", None)
     extra = getattr(config, "eos_token_id", None)
     for i in [extra] if isinstance(extra, int) else list(extra or []):
         if i not in ids:
             ids.append(int(i))
     return ids
+
+
+def stop_at_end_of_turn(lm, tokenizer) -> None:
+    """Add the end-of-turn token to the model's generation_config eos ids (exported with the model)."""
+    turn_end = end_of_turn_id(tokenizer)
+    config = transformers_model(lm).generation_config
+    current = config.eos_token_id
+    ids = [current] if isinstance(current, int) else list(current or [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.insert(0, tokenizer.eos_token_id)
+    if turn_end is not None and turn_end not in ids:
+        ids.append(turn_end)
+    config.eos_token_id = ids[0] if len(ids) == 1 else ids
 
 
 def neutral_generation_config(model, tokenizer, **decoding):
@@ -273,12 +287,6 @@ def _as_ids(tokenizer, prompt, index: int) -> list[int]:
     return ids
 
 
-def _hf_model(model):
-    """The transformers model (inside a peft wrapper if there is one), which owns generation_config."""
-    model = unwrap_model(model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
 def _device(model) -> "torch.device":
     return next(model.parameters()).device
 
@@ -300,7 +308,7 @@ def _eval_mode(model) -> Iterator[None]:
 def _neutral_defaults(model, config) -> Iterator[None]:
     # transformers fills every unset field of our config from model.generation_config; swap in
     # a config with nothing but token ids so the model's defaults cannot leak in.
-    hf = _hf_model(model)
+    hf = transformers_model(unwrap_model(model))
     saved = hf.generation_config
     hf.generation_config = config.__class__(
         bos_token_id=config.bos_token_id, eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id

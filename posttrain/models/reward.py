@@ -51,6 +51,7 @@ from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are
     shared_prefix_length, segment_attention, use_shared_prefix_attention,
 )
 from posttrain.losses.sft import linear_token_logps
+from posttrain.models.loading import transformers_model, unwrap_model
 from posttrain.rl.math import last_token_index
 
 if TYPE_CHECKING:
@@ -72,18 +73,9 @@ Messages = Sequence[Any]
 # --------------------------------------------------------------------------- the score
 
 
-def hf_model(model: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model inside DDP/compile wrappers and a peft wrapper, if any."""
-    from posttrain.models.loading import unwrap_model
-    from posttrain.models.lora import is_peft_model
-
-    model = unwrap_model(model)
-    return model.get_base_model() if is_peft_model(model) else model
-
-
 def backbone_and_head(model: torch.nn.Module) -> tuple[torch.nn.Module, torch.nn.Module]:
     """(backbone returning ``last_hidden_state``, scalar head) of a sequence-classification model."""
-    hf = hf_model(model)
+    hf = transformers_model(unwrap_model(model))
     head = getattr(hf, "score", None)
     head = getattr(hf, "classifier", None) if head is None else head
     if head is None or getattr(hf.config, "num_labels", None) != 1:
@@ -103,13 +95,13 @@ Coef = "torch.Tensor | float | None"
 
 def stored_likelihood_coef(model: torch.nn.Module) -> float | None:
     """The likelihood feature's weight saved in the model config, or None (no feature)."""
-    value = getattr(hf_model(model).config, LIKELIHOOD_COEF, None)
+    value = getattr(transformers_model(unwrap_model(model)).config, LIKELIHOOD_COEF, None)
     return None if value is None else float(value)
 
 
 def likelihood_head(model: torch.nn.Module) -> torch.Tensor:
     """(V, H) LM-head weight of a reward model's backbone: its input embeddings, when they are tied."""
-    hf = hf_model(model)
+    hf = transformers_model(unwrap_model(model))
     config = hf.config.get_text_config() if hasattr(hf.config, "get_text_config") else hf.config
     if not getattr(config, "tie_word_embeddings", False):
         raise ValueError(f"the likelihood feature needs a model whose LM head is its input embeddings "
@@ -228,7 +220,8 @@ class RewardModel(torch.nn.Module):
     def store_likelihood_coef(self) -> None:
         """Write the trained likelihood weight into the model config (saved with the exported folder)."""
         if self.likelihood_coef is not None:
-            setattr(hf_model(self.model).config, LIKELIHOOD_COEF, round(float(self.likelihood_coef.detach()), 8))
+            config = transformers_model(unwrap_model(self.model)).config
+            setattr(config, LIKELIHOOD_COEF, round(float(self.likelihood_coef.detach()), 8))
 
 
 # --------------------------------------------------------------------------- loading

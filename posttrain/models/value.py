@@ -25,19 +25,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-# Config fields of architectures whose logits are not a plain `lm_head(hidden)` (soft-capping, scaling).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
-
-
-def transformers_model(lm: nn.Module) -> nn.Module:
-    """The transformers model itself: inside a peft wrapper (whose LoRA layers it holds) if there is one."""
-    return lm.get_base_model() if hasattr(lm, "get_base_model") else lm
-
-
-def plain_lm_head(lm: nn.Module) -> bool:
-    """True when the model's logits are ``lm_head(last hidden state)``, nothing more (Llama, Qwen, Mistral...)."""
-    config = transformers_model(lm).config
-    return not any(getattr(config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS)
+from posttrain.models.loading import transformers_model
+from posttrain.models.logps import plain_lm_head
 
 
 class ValueHead(nn.Module):

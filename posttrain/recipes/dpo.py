@@ -15,15 +15,15 @@ Efficiency:
 - **One forward per micro-batch**: the B chosen and B rejected sequences go through the model
   together, either (``packing``) in one row with no padding and each pair's prompt once,
   [prompt, chosen, rejected] pair after pair, each response continuing from its prompt and
-  attending to it and to itself only (:func:`collate_shared_prompt`), or padded into (2B, T)
-  (``posttrain.data.preference``). Only the positions that predict a response token go through
-  the LM head (:class:`SequenceLogps`). Log-probs are those of each sequence scored alone, in
+  attending to it and to itself only (``posttrain.data.preference.collate_shared_prompt``), or
+  padded into (2B, T). Only the positions that predict a response token go through the LM head
+  (``posttrain.models.logps.SequenceLogps``). Log-probs are those of each sequence scored alone, in
   either layout (up to float rounding).
 - **Reference log-probs computed once** (``reference=precompute``): before training, the reference
   scores every training and held-out sequence and the (N, 2) table is cached on disk as
   safetensors under a key of (reference weights, tokenized data, dtype); a rerun or a resume finds
-  it and skips the pass. The starting policy is the reference, so the pass runs on the policy
-  itself before its first update: no second model is loaded.
+  it and skips the pass (``posttrain.training.reference``). The starting policy is the reference,
+  so the pass runs on the policy itself before its first update: no second model is loaded.
 - **LoRA**: the reference is the same model with its adapter disabled
   (``posttrain.models.lora.disabled_adapter``), live or precomputed; never a second copy.
 
@@ -49,82 +49,40 @@ summarizes them. Finished rounds are skipped when a run is started again.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import random
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from posttrain.data.chat import PromptResponse
-from posttrain.data.packing import pack_shared_prefix, response_tokens
 from posttrain.data.preference import (
-    PreferenceBatch, PreferenceExample, UnpairedBatch, UnpairedExample, collate_preferences, collate_unpaired,
-    preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
+    PreferenceBatch, UnpairedBatch, collate_examples, preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
 )
 from posttrain.data.records import Message, Preference
+from posttrain.evaluation.policy import gold_win_rates, policy_answers, sampled_kl_scored
 from posttrain.files import write_json_atomic
+from posttrain.generation import stop_at_end_of_turn
 from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
-from posttrain.losses.sft import linear_token_logps, token_logps
+from posttrain.models.loading import transformers_model
+from posttrain.models.logps import SequenceLogps, sequence_inputs
 from posttrain.recipes.config import DPOConfig
-from posttrain.recipes.sft import _LOGIT_TRANSFORMS, stop_at_end_of_turn, transformers_model
+from posttrain.training import reference as reference_lib
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training, setup_run,
-    shard, total_steps, train_step,
+    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps, units_per_s,
 )
+from posttrain.training.reference import column_logps, precompute_reference
+from posttrain.training.reference import score_examples, weights_fingerprint  # noqa: F401 - imported from here by tests
 from posttrain.training.sampler import StepSampler
 from posttrain.training.sharding import gathered_root
 
-# --- scoring and losses -----------------------------------------------------------------------
+# Names tests take from this recipe; the pieces are the library's.
+collate, columns, inputs = collate_examples, column_logps, sequence_inputs
 
-
-class SequenceLogps(torch.nn.Module):
-    """A causal LM whose forward returns each sequence's summed log-prob of its response tokens, (R,).
-
-    The backbone runs on every token; the LM head only on the positions that predict a response
-    token, so the (R, T, V) logits of prompts and padding are never made. Takes a padded, a packed
-    or a shared-prompt layout (``posttrain.data.preference.SequenceBatch``, through :func:`inputs`):
-    each response token is predicted by the token before it *in its own sequence*, which in a
-    shared-prompt row (:func:`collate_shared_prompt`) is the prompt's last token for the first
-    token of each response (``posttrain.data.packing.previous_token_columns``). ``per_token=True``
-    returns the token log-probs instead, shaped like ``input_ids`` (the log-prob of token t + 1 at
-    position t, 0 off the response; padded or plainly packed rows only). Being a module, it is what
-    DDP wraps.
-    """
-
-    def __init__(self, lm: torch.nn.Module, chunk_size: int = 0):
-        super().__init__()
-        self.lm = lm
-        self.chunk_size = chunk_size or 1 << 30
-
-    def forward(self, input_ids, response_mask, num_sequences: int, attention_mask=None, position_ids=None,
-                sequence_ids=None, per_token: bool = False) -> torch.Tensor:
-        hf = transformers_model(self.lm)
-        model_inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
-                        "use_cache": False}
-        rows, cols, before, owner = response_tokens(response_mask, position_ids, sequence_ids)  # (N,) each
-        targets = input_ids[rows, cols]  # (N,)
-        head = hf.get_output_embeddings()
-        if getattr(head, "bias", None) is not None or any(
-                getattr(hf.config, k, None) not in (None, 1.0) for k in _LOGIT_TRANSFORMS):
-            logits = self.lm(**model_inputs).logits[rows, before]  # (N, V)
-            picked = token_logps(logits[None], targets[None])[0]
-        else:
-            hidden = hf.base_model(**model_inputs).last_hidden_state  # (R, T, H)
-            picked = linear_token_logps(hidden[rows, before][None], head.weight, targets[None],
-                                        chunk_size=self.chunk_size)[0]  # (N,)
-        if per_token:
-            if bool((before != cols - 1).any()):
-                raise ValueError("per_token=True needs padded or plainly packed rows: in a shared-prompt row "
-                                 "several responses are predicted from the same prompt position")
-            return picked.new_zeros(input_ids.shape).index_put((rows, before), picked)
-        # Summed in float64: a sum of hundreds of float32 log-probs would otherwise depend on their order.
-        return picked.new_zeros(num_sequences, dtype=torch.float64).index_add(0, owner, picked.double()).float()
-
+# --- losses ------------------------------------------------------------------------------------------
 
 @dataclass
 class Micro:
@@ -133,13 +91,6 @@ class Micro:
     batch: PreferenceBatch | UnpairedBatch
     reference: torch.Tensor | None = None
     """(B, 2): chosen and rejected (pairs) or completion and KL row (unpaired) reference log-probs."""
-
-
-def inputs(batch) -> dict[str, Any]:
-    """:class:`SequenceLogps` arguments for a padded or packed batch."""
-    return {"input_ids": batch.input_ids, "response_mask": batch.response_mask, "num_sequences": batch.num_sequences,
-            "attention_mask": batch.attention_mask, "position_ids": batch.position_ids,
-            "sequence_ids": batch.sequence_ids}
 
 
 def loss_settings(cfg: DPOConfig) -> dict[str, Any]:
@@ -165,7 +116,7 @@ def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
 
     def pair_loss(model, micro: Micro):
         batch = micro.batch
-        chosen, rejected = batch.split(model(**inputs(batch)))  # one forward for both halves
+        chosen, rejected = batch.split(model(**sequence_inputs(batch)))  # one forward for both halves
         if cfg.loss in REFERENCE_FREE_LOSSES:
             lengths = batch.split(batch.response_lengths())
             loss, metrics = REFERENCE_FREE_LOSSES[cfg.loss](chosen, rejected, *lengths, **settings)
@@ -181,12 +132,12 @@ def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
 
     def unpaired_loss(model, micro: Micro):
         batch, n = micro.batch, micro.batch.num_examples
-        policy = model(**inputs(batch))
+        policy = model(**sequence_inputs(batch))
         ref = reference(micro)
         z0 = 0.0
         if batch.kl is not None:
             with torch.no_grad():  # z0 carries no gradient (KTO §4.1), so its rows need no graph
-                z0 = kto_reference_point(model(**inputs(batch.kl)), ref[:, 1])
+                z0 = kto_reference_point(model(**sequence_inputs(batch.kl)), ref[:, 1])
         loss, metrics = kto_loss(policy, ref[:, 0], batch.desirable, z0, **settings)
         return loss * n, {k: torch.as_tensor(v) * n for k, v in metrics.items()}
 
@@ -199,124 +150,6 @@ def count_units(micro: Micro) -> int:
 
 
 # --- reference log-probs ------------------------------------------------------------------------
-
-def weights_fingerprint(lm: torch.nn.Module) -> str:
-    """A hash of the weights the reference computes with (a LoRA adapter's own weights left out, so
-    the disabled-adapter policy and the plain base model agree): per tensor its name, shape, dtype,
-    float64 sum and sum of squares, and a strided sample of its values."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(transformers_model(lm).state_dict().items()):
-        if "lora_" in name or "token_adapter" in name:
-            continue
-        flat = tensor.detach().flatten()
-        sample = flat[:: max(1, flat.numel() // 1024)][:1024].double().cpu()
-        stats = torch.stack([flat.double().sum(), flat.double().square().sum()]).cpu()
-        digest.update(f"{name.replace('.base_layer', '')}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
-        digest.update(sample.numpy().tobytes() + stats.numpy().tobytes())
-    return digest.hexdigest()
-
-
-def rows_of(example: PreferenceExample | UnpairedExample) -> list[PromptResponse]:
-    if isinstance(example, PreferenceExample):
-        return [example.chosen, example.rejected]
-    return [example.example] + ([example.kl] if example.kl is not None else [])
-
-
-def data_fingerprint(examples: list) -> str:
-    """A hash of the tokenized sequences and response masks, in order (covers template, length limits, ...)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        for row in rows_of(example):
-            digest.update(torch.tensor(row.input_ids, dtype=torch.int64).numpy().tobytes())
-            digest.update(bytes(row.loss_mask) + b"|")
-    return digest.hexdigest()
-
-
-def collate(examples: list, pad_id: int, indices: list[int] | None = None, packed: bool = False):
-    """A micro-batch: padded, or (``packed``) in one row: pairs with their prompt once, unpaired
-    examples side by side."""
-    if examples and isinstance(examples[0], UnpairedExample):
-        return collate_unpaired(examples, pad_id, indices, packed)
-    if packed:
-        return collate_shared_prompt(examples, indices)
-    return collate_preferences(examples, pad_id, indices)
-
-
-def collate_shared_prompt(examples: list[PreferenceExample], indices: list[int] | None = None) -> PreferenceBatch:
-    """B pairs in one row with no padding, each pair as [prompt, chosen response, rejected response]:
-    the prompt computed once, each response continuing from it and attending to it and to itself
-    only (``posttrain.data.packing.pack_shared_prefix``; the model needs ``use_shared_prefix_attention``).
-    The shared part is the pair's common prefix up to its first response token. Sequences are
-    numbered as in every PreferenceBatch, chosen 0..B-1 then rejected B..2B-1, so results (and the
-    cached reference log-probs) do not depend on the layout."""
-    row = pack_shared_prefix([[e.chosen.input_ids, e.rejected.input_ids] for e in examples],
-                             [[e.chosen.loss_mask, e.rejected.loss_mask] for e in examples])
-    b = len(examples)
-    number = torch.tensor([k * b + i for i in range(b) for k in (0, 1)])  # pair-major packing -> chosen first
-    strengths = [e.strength for e in examples]
-    return PreferenceBatch(
-        input_ids=row.input_ids, response_mask=row.target_mask, num_sequences=2 * b, position_ids=row.position_ids,
-        sequence_ids=number[row.sequence_ids],
-        strength=None if None in strengths else torch.tensor(strengths, dtype=torch.long),
-        index=None if indices is None else torch.as_tensor(list(indices), dtype=torch.long))
-
-
-def columns(batch, scorer) -> torch.Tensor:
-    """(B, 2) log-probs under ``scorer`` of a batch's two sequence groups: chosen and rejected, or
-    completion and KL row (0 when there are no KL rows: then unused)."""
-    if isinstance(batch, PreferenceBatch):
-        return torch.stack(batch.split(scorer(**inputs(batch))), dim=1)
-    first = scorer(**inputs(batch))
-    return torch.stack([first, scorer(**inputs(batch.kl)) if batch.kl is not None else torch.zeros_like(first)], 1)
-
-
-@torch.no_grad()
-def score_examples(ctx: RunContext, scorer, examples: list, pad_id: int, batch_size: int,
-                   packed: bool = False) -> torch.Tensor:
-    """(N, 2) reference log-probs of every example; processes share the work and exchange results."""
-    mine = list(range(len(examples)))[ctx.rank::ctx.world_size]
-    out = torch.zeros(len(examples), 2)
-    for start in range(0, len(mine), batch_size):
-        ids = mine[start:start + batch_size]
-        batch = collate([examples[i] for i in ids], pad_id, packed=packed).to(ctx.device)
-        out[ids] = columns(batch, scorer).float().cpu()
-    if ctx.world_size > 1:
-        parts: list = [None] * ctx.world_size
-        torch.distributed.all_gather_object(parts, (mine, out[mine]))
-        for ids, values in parts:
-            out[ids] = values
-    return out
-
-
-def cached_reference(cfg: DPOConfig, ctx: RunContext, scorer, datasets: dict[str, list], pad_id: int,
-                     model_key: str, dtype: str) -> dict[str, torch.Tensor]:
-    """(N, 2) reference log-probs of each dataset, from the cache, or computed by ``scorer`` now and cached."""
-    from safetensors.torch import load_file, save_file
-
-    folder = Path(cfg.reference_cache or ctx.run_dir / "reference_logps")
-    out = {}
-    for name, examples in datasets.items():
-        if not examples:
-            out[name] = torch.zeros(0, 2)
-            continue
-        key_parts = {"model": model_key, "data": data_fingerprint(examples), "dtype": dtype, "rows": len(examples),
-                     "max_length": cfg.data.max_length, "overflow": cfg.data.overflow, "version": 1}
-        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True).encode()).hexdigest()[:32]
-        path = folder / f"{key}.safetensors"
-        if path.exists():
-            out[name] = load_file(path)["logps"]
-            ctx.print(f"reference log-probs of {len(examples)} {name} examples: reused {path}")
-            continue
-        out[name] = score_examples(ctx, scorer, examples, pad_id, 2 * cfg.train.batch_size, cfg.packing)
-        if ctx.is_main:
-            folder.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file({"logps": out[name].contiguous()}, tmp, metadata={k: str(v) for k, v in key_parts.items()})
-            os.replace(tmp, path)  # atomic: a killed run never leaves half a cache file
-            ctx.print(f"reference log-probs of {len(examples)} {name} examples: computed, cached in {path}")
-        ctx.accelerator.wait_for_everyone()
-    return out
-
 
 def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOConfig:
     """Packed batches need attention within each sequence, each response over its prompt and itself:
@@ -343,58 +176,24 @@ def load_reference_lm(cfg: DPOConfig, tokenizer):
     return lm
 
 
-class ReferencePolicy:
-    """Where the reference log-probs come from: the LoRA-disabled policy, a second model in memory
-    (live without LoRA), or a model loaded for the moment (precomputed runs, to measure KL)."""
+class ReferencePolicy(reference_lib.ReferencePolicy):
+    """This run's reference (:class:`posttrain.training.reference.ReferencePolicy`), as its config says:
+    ``reference_model`` or the starting policy, held live or precomputed."""
 
     def __init__(self, cfg: DPOConfig, policy: SequenceLogps, tokenizer):
-        from posttrain.models.lora import is_peft_model
-
-        self.cfg, self.policy, self.tokenizer = cfg, policy, tokenizer
-        self.lora = is_peft_model(policy.lm)
-        if self.lora and cfg.reference_model:
-            raise TrainingError("reference_model is set but the policy has a LoRA adapter, whose disabled "
-                                "adapter is the reference; leave reference_model empty or turn LoRA off")
-        self.copy = (SequenceLogps(load_reference_lm(cfg, tokenizer))
-                     if cfg.reference == "live" and not self.lora and uses_reference(cfg) else None)
-
-    @torch.no_grad()
-    def __call__(self, **kwargs) -> torch.Tensor:
-        from posttrain.models.lora import disabled_adapter
-
-        if self.copy is not None:
-            return self.copy(**kwargs)
-        if not self.lora:
-            raise RuntimeError("no reference in memory: use ReferencePolicy.loaded()")
-        with disabled_adapter(self.policy.lm):
-            return self.policy(**kwargs)
-
-    def loaded(self) -> "ReferencePolicy | SequenceLogps":
-        """Something that scores with the reference: self, or a freshly loaded copy (free it after use)."""
-        if self.copy is not None or self.lora:
-            return self
-        device = next(self.policy.parameters()).device
-        return SequenceLogps(load_reference_lm(self.cfg, self.tokenizer)).to(device)
+        super().__init__(policy, partial(load_reference_lm, cfg, tokenizer), cfg.reference_model,
+                         live=cfg.reference == "live" and uses_reference(cfg))
 
 
 def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy, datasets: dict[str, list],
                      pad_id: int) -> dict[str, torch.Tensor] | None:
-    """Precomputed (N, 2) reference log-probs per dataset; None when the reference scores live or
-    the loss needs none."""
+    """Precomputed (N, 2) reference log-probs per dataset, cached in ``reference_cache``; None when
+    the reference scores live or the loss needs none."""
     if not uses_reference(cfg) or cfg.reference == "live":
         return None
-    if cfg.reference_model and not ref.lora:
-        scorer = ref.loaded()
-        key_model = scorer.lm
-    else:  # the starting policy is the reference: score with it before its first update
-        scorer = ref if ref.lora else ref.policy
-        key_model = ref.policy.lm
-    was_training = ref.policy.training
-    ref.policy.eval()
-    dtype = str(next(ref.policy.parameters()).dtype)
-    tables = cached_reference(cfg, ctx, scorer, datasets, pad_id, weights_fingerprint(key_model), dtype)
-    ref.policy.train(was_training)
-    return tables
+    folder = Path(cfg.reference_cache or ctx.run_dir / "reference_logps")
+    settings = {"max_length": cfg.data.max_length, "overflow": cfg.data.overflow}
+    return precompute_reference(ctx, ref, datasets, pad_id, folder, settings, 2 * cfg.train.batch_size, cfg.packing)
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -468,13 +267,10 @@ def make_ranker(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples:
 
 def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
     from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, TRAIN_FAMILIES, make_tasks
+    from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
     w = cfg.world
-    families = list(w.families) or list(TRAIN_FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise TrainingError(f"world.families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    families = check_families(w.families or TRAIN_FAMILIES, "world.families", TrainingError)
     world, n = make_world(w.seed), (w.examples if split == "train" else w.eval_examples)
     first = (round_index - 1) * n if split == "train" else 0  # each round gets new prompts
     return [e for f in families for e in make_tasks(world, w.seed, f, split, first + n)[first:]]
@@ -585,72 +381,16 @@ def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
     return picked[:cfg.kl_prompts]
 
 
-@torch.no_grad()
-def measure_kl(cfg: DPOConfig, policy: SequenceLogps, ref: ReferencePolicy, tokenizer, prompts: list) -> dict:
-    """KL(policy || reference) per response, from responses sampled by the policy at temperature 1:
-    k1 = sum_t log pi/pi_ref (unbiased), k3 = sum_t (r - 1 - log r) with r = pi_ref/pi (unbiased,
-    never negative); Schulman 2020, "Approximating KL divergence"."""
-    from posttrain.generation import generate_chat
-    from posttrain.rl.math import kl_k1, kl_k3
-
-    outputs = [o for o in generate_chat(policy.lm, tokenizer, prompts, max_new_tokens=cfg.kl_max_tokens,
-                                        temperature=1.0, seed=cfg.train.seed, return_logps=True) if o.completion_ids]
-    rows = [UnpairedExample(PromptResponse(o.prompt_ids + o.completion_ids,
-                                           [False] * len(o.prompt_ids) + [True] * len(o.completion_ids),
-                                           len(o.prompt_ids)), True) for o in outputs]
-    scorer, device = ref.loaded(), next(policy.parameters()).device
-    k1 = k3 = 0.0
-    for start in range(0, len(rows), 32):
-        batch = collate_unpaired(rows[start:start + 32], tokenizer.pad_token_id).to(device)
-        ref_tokens = scorer(**inputs(batch), per_token=True).float().cpu()  # (b, T) padded, token t + 1's at t
-        for i, out in enumerate(outputs[start:start + 32]):
-            where = batch.response_mask[i].nonzero().flatten().cpu() - 1
-            pol, q = torch.tensor(out.completion_token_logps), ref_tokens[i, where]
-            k1 += float(kl_k1(pol, q).sum())
-            k3 += float(kl_k3(pol, q).sum())
-    del scorer
-    n = max(1, len(rows))
-    return {"kl_k1": k1 / n, "kl_k3": k3 / n, "kl_responses": len(rows)}
-
-
 def world_answers(cfg: DPOConfig, lm, tokenizer, examples: list) -> dict[str, dict[str, list[str]]]:
-    """Each held-out example's greedy answer and ``EVAL_SAMPLES`` answers sampled at temperature 1
-    (the policy itself, whose expected reward DPO optimizes), by example id."""
-    from posttrain.generation import generate_chat
-    from posttrain.generation.best_of_n import sample_responses
-
-    prompts = [e.messages for e in examples]
-    greedy = generate_chat(lm, tokenizer, prompts, max_new_tokens=cfg.world.sample_max_tokens, temperature=0.0,
-                           batch_size=64)
-    sampled = sample_responses(lm, tokenizer, prompts, EVAL_SAMPLES, cfg.world.sample_max_tokens,
-                               seed=cfg.train.seed + 7)
-    return {"greedy": {e.id: [o.text.strip()] for e, o in zip(examples, greedy)},
-            "sampled": {e.id: s for e, s in zip(examples, sampled)}}
-
-
-EVAL_SAMPLES = 2
-"""Sampled answers per held-out world prompt in the gold evaluation."""
+    """The policy's greedy and sampled answers to held-out world examples (the same settings for the
+    starting policy and the trained one)."""
+    return policy_answers(lm, tokenizer, examples, cfg.world.sample_max_tokens, seed=cfg.train.seed + 7)
 
 
 def world_gold(cfg: DPOConfig, lm, tokenizer, baseline: dict) -> dict:
-    """Held-out gold reward of the policy's answers, greedy and sampled, and the gold win-rate of each
-    against the starting policy's answer to the same prompt (the i-th sample against its i-th; ties
-    count half)."""
-    from posttrain.world.gold import gold_reward
-
+    """Held-out gold reward, greedy and sampled, and the gold win-rate against the starting policy's answers."""
     examples = world_examples(cfg, "heldout")
-    answers = world_answers(cfg, lm, tokenizer, examples)
-    out, families = {}, {}
-    for mode, suffix in (("greedy", ""), ("sampled", "_sampled")):
-        rows = [(e.family, gold_reward(e, a).total, gold_reward(e, b).total)
-                for e in examples for a, b in zip(answers[mode][e.id], baseline[mode][e.id])]
-        for family in [None, *dict.fromkeys(f for f, _, _ in rows)]:
-            mine = [(g, b) for f, g, b in rows if family in (None, f)]
-            wins = [1.0 if g > b else 0.5 if g == b else 0.0 for g, b in mine]
-            scores = {f"gold{suffix}": sum(g for g, _ in mine) / len(mine),
-                      f"gold_start{suffix}": sum(b for _, b in mine) / len(mine), f"win_rate{suffix}": sum(wins) / len(wins)}
-            (out if family is None else families.setdefault(family, {})).update(scores)
-    return {**out, "held_out_prompts": len(examples), "families": families}
+    return gold_win_rates(examples, world_answers(cfg, lm, tokenizer, examples), baseline)
 
 
 def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool) -> dict:
@@ -701,11 +441,11 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
     train_table, eval_table = tables.get("train"), tables.get("eval")
     # Precomputed log-probs ride in the micro-batch; otherwise the reference scores it now.
     loss_fn = make_loss_fn(cfg, lambda micro: micro.reference if micro.reference is not None
-                           else columns(micro.batch, ref))
+                           else column_logps(micro.batch, ref))
     pad = tokenizer.pad_token_id
 
     def micro_of(examples: list, ids: list[int], table: torch.Tensor | None) -> Micro:
-        batch = collate([examples[i] for i in ids], pad, ids, cfg.packing).to(ctx.device)
+        batch = collate_examples([examples[i] for i in ids], pad, ids, cfg.packing).to(ctx.device)
         return Micro(batch, None if table is None else table[ids].to(ctx.device))
 
     sampler = StepSampler(len(train_set), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
@@ -714,11 +454,11 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
         ctx.print(f"{sampler.dropped_per_epoch} of {len(train_set)} examples do not fill the last global batch of "
                   f"{sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
     model, optimizer, scheduler = prepare_training(ctx, model, total)
-    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
-    state = ckpt.restore()
     held_out_prompts = kl_prompts(cfg, eval_records)
+    scores: dict = {}
 
     def run_eval(step: int) -> dict:
+        nonlocal scores
         scores = {}
         if eval_set:
             mine = shard(list(range(len(eval_set))), ctx)
@@ -728,7 +468,8 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
         policy = ctx.accelerator.unwrap_model(model)
         if held_out_prompts and uses_reference(cfg) and ctx.runs_model_work:
             with gathered_root(model):
-                scores.update(measure_kl(cfg, policy, ref, tokenizer, held_out_prompts))
+                scores.update(sampled_kl_scored(policy, ref, tokenizer, held_out_prompts, cfg.kl_max_tokens,
+                                                cfg.train.seed))
         if baseline is not None and ctx.runs_model_work:
             with gathered_root(model):
                 gold = world_gold(cfg, policy.lm, tokenizer, baseline)
@@ -741,26 +482,11 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
             ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))
         return scores
 
-    timer, scores = Timer(), {}
-    with ProgressBar(ctx, total, start=state.step, description=f"dpo round {round_index}") as bar:
-        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
-            if state.step >= total:
-                break
-            batches = [micro_of(train_set, ids, train_table) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_units, step=state.step + 1)
-            state.advance(epoch, index)
-            pairs_per_s = result.units / max(timer.lap(), 1e-9)
-            if state.step % tc.log_every == 0 or state.step == total:
-                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                                             "pairs_per_s": pairs_per_s, "epoch": epoch, **result.metrics})
-            bar.update(state.step, loss=result.loss, acc=result.metrics.get("rewards/accuracies", 0.0), pairs_s=pairs_per_s)
-            if (tc.eval_every and state.step % tc.eval_every == 0) or state.step == total:
-                scores = run_eval(state.step)
-            ckpt.maybe_save(state)
-            timer.lap()
+    state = fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: micro_of(train_set, ids, train_table),
+                loss_fn, count_units, description=f"dpo round {round_index}", throughput=units_per_s("pairs_per_s"),
+                progress=lambda result: {"acc": result.metrics.get("rewards/accuracies", 0.0)}, evaluate_at=run_eval)
     if not scores:
         scores = run_eval(state.step)
-    ckpt.maybe_save(state, final=True)
     finish_run(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer)
     return {"round": round_index, "pairs": len(train_set), "steps": state.step, **scores}
 

@@ -44,15 +44,16 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from posttrain.generation import stop_at_end_of_turn
 from posttrain.losses.ppo import grpo_loss, ppo_policy_loss, ppo_value_loss, rloo_loss, token_entropy
 from posttrain.models.value import ActorCritic, ValueHead, load_critic, response_logits
 from posttrain.recipes.config import PPOConfig
 from posttrain.rl import math as rlm
 from posttrain.rl.kl import AdaptiveKLController, FixedKLController
-from posttrain.rl.rollout import Rollout, concat_rollouts, sample_rollouts, token_logps
+from posttrain.rl.rollout import Rollout, by_length, concat_rollouts, sample_rollouts, token_logps
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, finish_run,
                                      gather_objects, refuse_fsdp, setup_run, train_step)
-from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.optim import build_optimizer, build_scheduler, own_learning_rate
 from posttrain.training.sampler import StepSampler, require_one_step
 
 RewardFn = Callable[[Sequence[int], Rollout], dict[str, torch.Tensor]]
@@ -95,12 +96,9 @@ def encode_prompts(tokenizer, messages: list[list[dict]], records: list, max_tok
 
 def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int) -> PromptSet:
     from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, TRAIN_FAMILIES, make_tasks
+    from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
-    families = list(cfg.world_families) or list(TRAIN_FAMILIES)
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise TrainingError(f"world_families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
+    families = check_families(cfg.world_families or TRAIN_FAMILIES, "world_families", TrainingError)
     world = make_world(cfg.world_seed)
     examples = [t for f in families for t in make_tasks(world, cfg.world_seed, f, split, n)]
     return encode_prompts(tokenizer, [list(t.messages) for t in examples], examples, cfg.data.max_length, ctx,
@@ -390,14 +388,6 @@ ALGORITHMS = {
 }
 
 
-def by_length(rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` ordered by prompt + response length: cut into micro-batches, similar lengths share
-    one and there is little padding. The gradient of a minibatch is the sum over its micro-batches,
-    so how its rows are grouped changes nothing else."""
-    lengths = rollout.attention_mask[rows.to(rollout.attention_mask.device)].sum(dim=1).cpu()
-    return rows[torch.argsort(lengths, descending=True, stable=True)]
-
-
 def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experience: Experience, kl_coef: float,
            step: int) -> dict[str, float]:
     """ppo_epochs passes over the step's experience (every process's) in shuffled minibatches, each
@@ -428,7 +418,6 @@ def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experie
 def build_models(cfg: PPOConfig, tokenizer, ctx: RunContext) -> tuple[ActorCritic, torch.nn.Module | None]:
     """The policy with its value function, and the reference (None: the LoRA policy, adapter disabled)."""
     from posttrain.models.loading import load_causal_lm, resolve_dtype, set_dropout
-    from posttrain.recipes.sft import stop_at_end_of_turn
 
     policy = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(policy, tokenizer)  # responses end at the chat template's end-of-turn token
@@ -456,16 +445,6 @@ def check_shapes(cfg: PPOConfig) -> int:
         raise TrainingError(f"prompts_per_step x samples_per_prompt = {episodes} episodes do not split into "
                             f"minibatches of train.batch_size x train.grad_accum = {minibatch}; make it a divisor")
     return episodes
-
-
-def own_learning_rate(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], lr: float) -> None:
-    """Move ``params`` into a param group of their own at ``lr`` (before any step; the schedule
-    scales every group's lr by the same factor)."""
-    ids = {id(p) for p in params}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in ids]
-    optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
-    optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})
 
 
 def kl_controller(cfg: PPOConfig):

@@ -29,8 +29,8 @@ import torch.nn.functional as F
 
 from posttrain.recipes.config import PretrainConfig
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training,
-    setup_run, shard, total_steps, train_step,
+    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
+    units_per_s,
 )
 from posttrain.training.sampler import StepSampler
 
@@ -182,31 +182,17 @@ def pretrain(cfg: PretrainConfig) -> Path:
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     model, optimizer, scheduler = prepare_training(ctx, model, total)
-    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
-    state = ckpt.restore()
 
-    def eval_batches():
+    def evaluate_at(step: int) -> dict:
+        if not len(eval_chunks):
+            return {}
         rows = shard(list(range(len(eval_chunks))), ctx)
-        return (eval_chunks[rows[i:i + tc.batch_size]].to(ctx.device) for i in range(0, len(rows), tc.batch_size))
+        batches = (eval_chunks[rows[i:i + tc.batch_size]].to(ctx.device) for i in range(0, len(rows), tc.batch_size))
+        scores = evaluate(ctx, model, batches, lm_loss_sum, count_targets)
+        ctx.metrics.log(step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
+        return scores
 
-    timer = Timer()
-    with ProgressBar(ctx, total, start=state.step, description="pretrain") as bar:
-        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
-            if state.step >= total:
-                break
-            batches = [chunks[ids].to(ctx.device) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, lm_loss_sum, count_targets,
-                                step=state.step + 1)
-            state.advance(epoch, index)
-            tokens_per_s = result.units / max(timer.lap(), 1e-9)
-            if state.step % tc.log_every == 0 or state.step == total:
-                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                                             "tokens": result.units, "tokens_per_s": tokens_per_s, "epoch": epoch})
-            bar.update(state.step, loss=result.loss, lr=result.lr, tok_s=tokens_per_s)
-            if len(eval_chunks) and ((tc.eval_every and state.step % tc.eval_every == 0) or state.step == total):
-                scores = evaluate(ctx, model, eval_batches(), lm_loss_sum, count_targets)
-                ctx.metrics.log(state.step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
-            ckpt.maybe_save(state)
-            timer.lap()  # evaluation and checkpoint time is not training throughput
-    ckpt.maybe_save(state, final=True)
+    fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: chunks[ids].to(ctx.device), lm_loss_sum,
+        count_targets, description="pretrain", throughput=units_per_s("tokens_per_s"),
+        logged=lambda result: {"tokens": result.units}, evaluate_at=evaluate_at)
     return finish_run(ctx, model, tokenizer)

@@ -41,68 +41,30 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from posttrain.data.chat import Example, render_prompt_response
-from posttrain.data.collate import Batch, pad_collate
+from posttrain.data.chat import render_prompt_response
+from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_comparisons, comparison_records,
+                                        responses_of)
+from posttrain.data.packing import prepare_packing
 from posttrain.data.readers import location_of
-from posttrain.data.packing import SharedPrefixBatch, pack_shared_prefix, prepare_packing
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
-from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate,
-                                     prepare_training, refuse_fsdp, setup_run, shard, total_steps, train_step)
+from posttrain.training.loop import (RunContext, TrainingError, evaluate, fit, prepare_training, refuse_fsdp,
+                                     setup_run, shard, total_steps, units_per_s)
 from posttrain.training.sampler import StepSampler, require_one_step
 
 MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
 
-
-# --- comparisons and batches ---------------------------------------------------------------
-
-@dataclass
-class Comparison:
-    """One training unit: a prompt's responses rendered with it, best first (a pair is K = 2)."""
-
-    sequences: list[list[int]]
-    """K token-id sequences (prompt + response, chat-rendered)."""
-    strength: int | None = None
-    """The annotator's 1-4 preference strength of a pair, if given."""
-    response_masks: list[list[bool]] | None = None
-    """Per sequence, True on its response's tokens (read by the likelihood feature)."""
+collate = collate_comparisons  # the name tests take from this recipe
 
 
-@dataclass
-class ComparisonBatch:
-    """B comparisons: their N = sum(K_b) responses flattened (comparison by comparison, best first)."""
-
-    sequences: Batch | SharedPrefixBatch
-    """The N sequences, padded (N, T), or packed in one row with each comparison's prompt once."""
-    mask: torch.Tensor
-    """(B, K) bool: True on the K_b real responses of comparison b (row-major order = sequence order)."""
-    strength: torch.Tensor
-    """(B,) long strengths 1-4, 0 where unknown."""
-
-    def to(self, device) -> "ComparisonBatch":
-        return ComparisonBatch(self.sequences.to(device), self.mask.to(device), self.strength.to(device))
-
-
-def collate(comparisons: list[Comparison], pad_id: int, packing: bool, responses: bool = False) -> ComparisonBatch:
-    """``responses``: lay out the response masks too (a target mask, or padded labels), for the likelihood feature."""
-    k = max(len(c.sequences) for c in comparisons)
-    mask = torch.tensor([[i < len(c.sequences) for i in range(k)] for c in comparisons])
-    strength = torch.tensor([c.strength or 0 for c in comparisons], dtype=torch.long)
-    if packing:  # one row, no padding, each prompt once: the batch costs its distinct tokens
-        masks = [c.response_masks for c in comparisons] if responses else None
-        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons], masks), mask, strength)
-    examples = [Example(ids, c.response_masks[k] if responses else [True] * len(ids))
-                for c in comparisons for k, ids in enumerate(c.sequences)]
-    return ComparisonBatch(pad_collate(examples, pad_id), mask, strength)
-
+# --- losses --------------------------------------------------------------------------------
 
 def reward_grid(model: torch.nn.Module, batch: ComparisonBatch) -> torch.Tensor:
     """(B, K) raw rewards of every response (0 at padded slots), from one forward."""
@@ -139,18 +101,6 @@ def is_ranking_loss(cfg: RewardConfig) -> bool:
     return cfg.loss in RANKING_LOSSES
 
 
-def comparison_records(records: list, ranking: bool) -> list:
-    """Records in the shape the loss wants: rankings stay whole for ranking losses and are expanded
-    into their K(K-1)/2 pairs for pairwise ones; a preference is a ranking of two."""
-    if ranking:
-        return records
-    return [p for r in records for p in (r.to_pairs() if r.kind == "ranking" else [r])]
-
-
-def _responses(record) -> list:
-    return [record.chosen, record.rejected] if record.kind == "preference" else record.responses
-
-
 def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunContext, what: str) -> list[Comparison]:
     """Render every response with its prompt; apply data.max_length / data.overflow (counted and reported).
 
@@ -160,7 +110,7 @@ def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunCo
     limit, out, cut, dropped = cfg.data.max_length, [], 0, 0
     for index, record in enumerate(records):
         prompt = as_dicts(record.prompt)
-        rendered = [render_prompt_response(tokenizer, prompt, as_dicts(r)) for r in _responses(record)]
+        rendered = [render_prompt_response(tokenizer, prompt, as_dicts(r)) for r in responses_of(record)]
         seqs, masks = [r.input_ids for r in rendered], [r.loss_mask for r in rendered]
         if cfg.loss == "margin" and getattr(record, "strength", None) is None:
             raise TrainingError(f"{location_of(record, index)}: no preference strength, which loss=margin needs (1-4 "
@@ -208,50 +158,11 @@ def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, l
 # --- the world's annotators -------------------------------------------------------------------
 
 def world_families(cfg: RewardConfig) -> list[str]:
-    from posttrain.world.tasks import FAMILIES, TRAIN_FAMILIES
+    from posttrain.world.tasks import TRAIN_FAMILIES, check_families
 
     w = cfg.world
     families = list(w.families) or [f for f in TRAIN_FAMILIES if not (w.aspect == "helpfulness" and f == "harmful")]
-    unknown = [f for f in families if f not in FAMILIES]
-    if unknown:
-        raise TrainingError(f"world.families: unknown families {unknown}; known: {', '.join(FAMILIES)}")
-    return families
-
-
-def annotate(examples: list, annotator, aspect: str, ranking: bool, pairs: int, k: int,
-             responses: dict[str, list[str]] | None) -> list:
-    """Preference pairs (or rankings of ``k``) of each example's responses, judged on ``aspect``."""
-    from posttrain.world.annotators import make_preferences, make_rankings
-
-    if aspect == "overall":
-        return make_rankings(examples, annotator, k, responses) if ranking else \
-            make_preferences(examples, annotator, pairs, responses)
-    from posttrain.data.records import Message, Preference, Ranking
-    from posttrain.world.annotators import candidate_responses
-    from posttrain.world.gold import gold_reward
-
-    score = lambda ex, t: getattr(gold_reward(ex, t), aspect)  # noqa: E731 - the aspect's gold, for evaluation
-    reply = lambda t: [Message("assistant", t)]  # noqa: E731
-    out = []
-    for ex in examples:
-        pool = list(dict.fromkeys(responses[ex.id] if responses is not None else
-                                  [c.text for c in candidate_responses(ex)]))
-        prompt = [Message(m["role"], m["content"]) for m in ex.messages]
-        meta = {"task_id": ex.id, "family": ex.family, "aspect": aspect}
-        if len(pool) < 2:
-            continue
-        if ranking:
-            picked = annotator.rng.sample(pool, min(k, len(pool)))
-            ranked = [picked[i] for i in annotator.rank(ex, picked, aspect)]
-            out.append(Ranking(prompt, [reply(t) for t in ranked], {**meta, "gold": [score(ex, t) for t in ranked]}))
-            continue
-        for _ in range(pairs):
-            a, b = annotator.rng.sample(pool, 2)
-            choice, strength = annotator.prefer(ex, a, b, aspect)
-            chosen, rejected = (a, b) if choice == 0 else (b, a)
-            out.append(Preference(prompt, reply(chosen), reply(rejected), strength,
-                                  {**meta, "gold_chosen": score(ex, chosen), "gold_rejected": score(ex, rejected)}))
-    return out
+    return check_families(families, "world.families", TrainingError)
 
 
 def world_responses(cfg: RewardConfig, examples: list, lm, tokenizer, split: str) -> dict[str, list[str]] | None:
@@ -271,7 +182,7 @@ def world_responses(cfg: RewardConfig, examples: list, lm, tokenizer, split: str
 def world_records(cfg: RewardConfig, tokenizer, ctx: RunContext) -> tuple[list, list]:
     """(training records, held-out pairs) labeled by the world's simulated annotators."""
     from posttrain.models.loading import load_causal_lm
-    from posttrain.world.annotators import Annotator, AnnotatorConfig
+    from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
     from posttrain.world.entities import make_world
     from posttrain.world.tasks import make_tasks
 
@@ -300,7 +211,7 @@ def reference_set(cfg: RewardConfig, records: list, tokenizer) -> tuple[list, li
     random.Random(f"reward-norm:{cfg.train.seed}").shuffle(prompts)
     prompts = prompts[:cfg.norm_prompts]
     if cfg.normalize == "data":
-        chosen = {json.dumps(as_dicts(r.prompt), sort_keys=True): as_dicts(_responses(r)[0])[-1]["content"]
+        chosen = {json.dumps(as_dicts(r.prompt), sort_keys=True): as_dicts(responses_of(r)[0])[-1]["content"]
                   for r in records}
         responses = [chosen[json.dumps(p, sort_keys=True)] for p in prompts]
         return prompts, responses, f"{len(prompts)} training prompts with their preferred responses"
@@ -397,34 +308,22 @@ def reward(cfg: RewardConfig) -> Path:
         ctx.print(f"{sampler.dropped_per_epoch} of {len(train_data)} comparisons do not fill the last global batch "
                   f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
     model, optimizer, scheduler = prepare_training(ctx, model, total)
-    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
-    state = ckpt.restore()
     loss_fn, eval_loss_fn = make_loss_fn(cfg), make_loss_fn(cfg, "bradley_terry")
-    batch = lambda items: collate(items, tokenizer.pad_token_id, cfg.packing, cfg.likelihood).to(ctx.device)  # noqa: E731
+    batch = lambda items: collate_comparisons(items, tokenizer.pad_token_id, cfg.packing,  # noqa: E731
+                                              cfg.likelihood).to(ctx.device)
 
-    def eval_batches():
+    def evaluate_at(step: int) -> dict:
+        if not eval_data:
+            return {}
         mine = shard(eval_data, ctx)
-        return (batch(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+        batches = (batch(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+        scores = evaluate(ctx, model, batches, eval_loss_fn, count_comparisons)
+        ctx.metrics.log(step, {"eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"]})
+        return scores
 
-    timer = Timer()
-    with ProgressBar(ctx, total, start=state.step, description="reward") as bar:
-        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
-            if state.step >= total:
-                break
-            batches = [batch([train_data[i] for i in ids]) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_comparisons, state.step + 1)
-            state.advance(epoch, index)
-            per_s = result.units / max(timer.lap(), 1e-9)
-            if state.step % tc.log_every == 0 or state.step == total:
-                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                                             "comparisons_per_s": per_s, "epoch": epoch, **result.metrics})
-            bar.update(state.step, loss=result.loss, acc=result.metrics.get("accuracy", 0.0), per_s=per_s)
-            if eval_data and ((tc.eval_every and state.step % tc.eval_every == 0) or state.step == total):
-                scores = evaluate(ctx, model, eval_batches(), eval_loss_fn, count_comparisons)
-                ctx.metrics.log(state.step, {"eval_loss": scores["loss"], "eval_accuracy": scores["accuracy"]})
-            ckpt.maybe_save(state)
-            timer.lap()  # evaluation and checkpoint time is not training throughput
-    ckpt.maybe_save(state, final=True)
+    state = fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: batch([train_data[i] for i in ids]),
+                loss_fn, count_comparisons, description="reward", throughput=units_per_s("comparisons_per_s"),
+                progress=lambda result: {"acc": result.metrics.get("accuracy", 0.0)}, evaluate_at=evaluate_at)
     trained = ctx.accelerator.unwrap_model(model)
     trained.store_likelihood_coef()
     if trained.likelihood_coef is not None:

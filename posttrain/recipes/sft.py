@@ -33,63 +33,22 @@ import zlib
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from posttrain.data.chat import Example, end_of_turn_id, tokenize_conversations
-from posttrain.data.collate import IGNORE_INDEX, Batch, pad_collate
+from posttrain.data.chat import Example, tokenize_conversations
+from posttrain.data.collate import Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
 from posttrain.data.packing import LengthGroupedSampler, PackedBatch, pack_examples
-from posttrain.losses.sft import map_row_chunks, shift_labels
+from posttrain.generation import stop_at_end_of_turn
+from posttrain.models.loading import transformers_model
+from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
-    Checkpointer, ProgressBar, RunContext, Timer, TrainingError, evaluate, finish_run, prepare_training, setup_run,
-    shard, total_steps, train_step,
+    RunContext, Throughput, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
 )
 from posttrain.training.sampler import StepSampler, require_one_step
 from posttrain.training.sharding import gathered_root
 
 # --- loss --------------------------------------------------------------------------------
-
-# Config fields of architectures whose logits are not a plain `lm_head(hidden)` (soft-capping, scaling).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")
-
-
-def transformers_model(lm: torch.nn.Module) -> torch.nn.Module:
-    """The transformers model itself: inside a peft wrapper (whose LoRA layers it holds) if there is one."""
-    from posttrain.models.lora import is_peft_model
-
-    return lm.get_base_model() if is_peft_model(lm) else lm
-
-
-class TargetNLL(torch.nn.Module):
-    """A causal LM whose forward returns the summed negative log-likelihood of a batch's target tokens.
-
-    The backbone runs on every token, the LM head only on the positions that predict a target (with
-    the assistant-only loss, most positions predict none), so the (tokens, vocab) logits of the rest
-    are never made. Being a module, it is what DDP wraps, so gradients synchronize as usual.
-    """
-
-    def __init__(self, lm: torch.nn.Module, chunk_size: int = 0):
-        super().__init__()
-        self.lm = lm
-        self.chunk_size = chunk_size or None
-
-    def forward(self, input_ids, labels, attention_mask=None, position_ids=None, use_cache=False) -> torch.Tensor:
-        # use_cache is always off: a KV cache would make packed examples attend to each other.
-        hf = transformers_model(self.lm)
-        targets = shift_labels(labels, IGNORE_INDEX)  # (B, T): position t predicts token t + 1
-        if any(getattr(hf.config, name, None) not in (None, 1.0) for name in _LOGIT_TRANSFORMS):
-            logits = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                             use_cache=False).logits  # (B, T, V)
-            return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum")
-        hidden = hf.base_model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state  # (B, T, H)
-        keep = targets != IGNORE_INDEX
-        head = hf.get_output_embeddings()
-        nll = map_row_chunks(lambda h, y: F.cross_entropy(head(h).float(), y, reduction="none"),
-                             self.chunk_size, hidden[keep], targets[keep])  # (N,)
-        return nll.sum()
-
 
 def nll_sum(model: torch.nn.Module, batch: Batch | PackedBatch) -> tuple[torch.Tensor, dict]:
     """Summed target-token NLL of a padded or packed micro-batch (model: a :class:`TargetNLL`)."""
@@ -148,12 +107,10 @@ def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[E
 
 
 def world_families(cfg: SFTConfig) -> list[str]:
-    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES
+    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families
 
     families = list(cfg.world_families) or list(TRAIN_FAMILIES)
-    unknown = sorted(set(cfg.family_renderings) - set(FAMILIES))
-    if unknown:
-        raise TrainingError(f"family_renderings: unknown world families {unknown}; known: {', '.join(FAMILIES)}")
+    check_families(sorted(cfg.family_renderings), "family_renderings", TrainingError)
     bad = [f for f in families if f not in FAMILIES or f in HELDOUT_FAMILIES]
     if bad:
         raise TrainingError(f"world_families: {bad} cannot be trained on: known families are {', '.join(FAMILIES)}, "
@@ -227,19 +184,6 @@ def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
 
 
 # --- model -------------------------------------------------------------------------------
-
-def stop_at_end_of_turn(lm, tokenizer) -> None:
-    """Add the end-of-turn token to the model's generation_config eos ids (exported with the model)."""
-    turn_end = end_of_turn_id(tokenizer)
-    config = transformers_model(lm).generation_config
-    current = config.eos_token_id
-    ids = [current] if isinstance(current, int) else list(current or [])
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.insert(0, tokenizer.eos_token_id)
-    if turn_end is not None and turn_end not in ids:
-        ids.append(turn_end)
-    config.eos_token_id = ids[0] if len(ids) == 1 else ids
-
 
 def row_length(cfg: SFTConfig, examples: list[Example]) -> int | None:
     """Packed row width: None (the whole micro-batch in one row, attention per example) unless
@@ -329,37 +273,24 @@ def sft(cfg: SFTConfig) -> Path:
 
     model = TargetNLL(lm, cfg.lm_head_chunk)
     model, optimizer, scheduler = prepare_training(ctx, model, total)
-    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
-    state = ckpt.restore()
 
-    def eval_batches():
-        mine = shard(eval_examples, ctx)
-        return (collate(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+    def evaluate_at(step: int) -> dict:
+        scores = {}
+        if eval_examples:
+            mine = shard(eval_examples, ctx)
+            batches = (collate(mine[i:i + tc.batch_size]) for i in range(0, len(mine), tc.batch_size))
+            scores = evaluate(ctx, model, batches, nll_sum, count_targets)
+            ctx.metrics.log(step, {"eval_loss": scores["loss"]})
+        with gathered_root(model):
+            log_samples(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer, sample_prompts, step,
+                        cfg.sample_max_tokens)
+        return scores
 
-    timer = Timer()
-    with ProgressBar(ctx, total, start=state.step, description="sft") as bar:
-        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
-            if state.step >= total:
-                break
-            batches = [collate([train_examples[i] for i in ids]) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, nll_sum, count_targets, step=state.step + 1)
-            state.advance(epoch, index)
-            tokens_per_s = sum(real_tokens(b) for b in batches) * ctx.world_size / max(timer.lap(), 1e-9)
-            if state.step % tc.log_every == 0 or state.step == total:
-                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
-                                             "target_tokens": result.units, "tokens_per_s": tokens_per_s,
-                                             "epoch": epoch})
-            bar.update(state.step, loss=result.loss, lr=result.lr, tok_s=tokens_per_s)
-            if (tc.eval_every and state.step % tc.eval_every == 0) or state.step == total:
-                if eval_examples:
-                    scores = evaluate(ctx, model, eval_batches(), nll_sum, count_targets)
-                    ctx.metrics.log(state.step, {"eval_loss": scores["loss"]})
-                with gathered_root(model):
-                    log_samples(ctx, ctx.accelerator.unwrap_model(model).lm, tokenizer, sample_prompts, state.step,
-                                cfg.sample_max_tokens)
-            ckpt.maybe_save(state)
-            timer.lap()  # evaluation and checkpoint time is not training throughput
-    ckpt.maybe_save(state, final=True)
+    # Throughput in real (non-padding) tokens, every process's.
+    tokens = Throughput("tokens_per_s", lambda result, batches: sum(map(real_tokens, batches)) * ctx.world_size)
+    state = fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: collate([train_examples[i] for i in ids]),
+                nll_sum, count_targets, description="sft", throughput=tokens,
+                logged=lambda result: {"target_tokens": result.units}, evaluate_at=evaluate_at)
     lm = ctx.accelerator.unwrap_model(model).lm
     if cfg.eval_exact_match > 0 and not cfg.data.train and ctx.runs_model_work:
         with gathered_root(model):

@@ -199,6 +199,14 @@ def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
         prompt_width=width_p, texts=[t for p in parts for t in p.texts])
 
 
+def by_length(rollout: Rollout, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` ordered by prompt + response length: cut into micro-batches, similar lengths share
+    one and there is little padding. The gradient of a minibatch is the sum over its micro-batches,
+    so how its rows are grouped changes nothing else."""
+    lengths = rollout.attention_mask[rows.to(rollout.attention_mask.device)].sum(dim=1).cpu()
+    return rows[torch.argsort(lengths, descending=True, stable=True)]
+
+
 def token_logps(logits: torch.Tensor, token_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / temperature) at ``token_ids``: (B, R, V), (B, R) -> (B, R) float32."""
     logits = logits.float()

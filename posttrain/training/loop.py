@@ -1,16 +1,16 @@
 """Building blocks of every recipe's training loop, on top of ``accelerate``.
 
-A recipe owns its loop and wires these together::
+A supervised recipe (SFT, reward model, DPO, pretraining) is config -> pieces -> :func:`fit`::
 
     ctx = setup_run(cfg)                       # accelerator, seed, run_dir, config.yaml, metrics
     model, optimizer, scheduler = prepare_training(ctx, model, total)   # DDP, or FSDP with train.fsdp
-    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
-    state = ckpt.restore()                     # honours train.resume
-    for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
-        result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_fn, state.step + 1)
-        state.advance(epoch, index)
-        ctx.metrics.log(state.step, {...}); ckpt.maybe_save(state)
+    state = fit(ctx, model, optimizer, scheduler, sampler, total, collate, loss_fn, count_fn, ...)
     finish_run(ctx, model, tokenizer)          # run_dir/final: a plain HF folder
+
+and :func:`fit` is the loop, every step: ``train_step`` (forward/backward of each micro-batch,
+clip, update), log, evaluate every ``train.eval_every`` steps and at the end, checkpoint every
+``train.save_every`` (resuming where ``train.resume`` says). PPO keeps a loop of its own, since a
+step there is a rollout followed by several passes over it.
 
 **Normalization.** ``loss_fn(model, micro_batch)`` returns the loss *summed* over its units
 (target tokens for language-model losses, pairs or examples for pairwise ones) and
@@ -33,7 +33,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
 from rich.console import Console
@@ -529,6 +529,58 @@ def finish_run(ctx: RunContext, model: torch.nn.Module, tokenizer: Any) -> Path:
     ctx.metrics.close()
     ctx.accelerator.wait_for_everyone()
     return out
+
+
+class Throughput(NamedTuple):
+    """How :func:`fit` reports speed: the metric's name and what a step counts."""
+
+    name: str
+    """Metric key, e.g. ``tokens_per_s``."""
+    count: Callable[["StepResult", list], float]
+    """(step result, the step's micro-batches) -> what the step processed (e.g. its units)."""
+
+
+def units_per_s(name: str) -> Throughput:
+    """Throughput in the loss's own units (tokens, pairs, comparisons), over every process."""
+    return Throughput(name, lambda result, batches: result.units)
+
+
+def fit(ctx: RunContext, model: torch.nn.Module, optimizer: Any, scheduler: Any, sampler: Any, total: int,
+        collate: Callable[[list[int]], Any], loss_fn: LossFn, count_fn: CountFn, *, description: str,
+        throughput: Throughput, logged: Callable[["StepResult"], dict] = lambda result: {},
+        progress: Callable[["StepResult"], dict] = lambda result: {"lr": result.lr},
+        evaluate_at: Callable[[int], dict] | None = None) -> TrainState:
+    """Train ``model`` for ``total`` optimizer steps of ``sampler``'s micro-batches (``collate(ids)``
+    makes one); return the final :class:`~posttrain.training.checkpoint.TrainState`.
+
+    Resumes from the checkpoint ``train.resume`` names; logs loss, lr, grad norm, epoch, throughput
+    and ``logged(result)`` every ``train.log_every`` steps and at the end; shows ``progress(result)``
+    beside the loss in the progress bar; calls ``evaluate_at(step)`` every ``train.eval_every`` steps
+    and at the end; checkpoints every ``train.save_every`` steps and at the end.
+    """
+    tc = ctx.cfg
+    ckpt = Checkpointer(ctx, model, optimizer, scheduler)
+    state = ckpt.restore()
+    timer = Timer()
+    with ProgressBar(ctx, total, start=state.step, description=description) as bar:
+        for epoch, index, micro in sampler.iterate(state.epoch, state.batch_in_epoch):
+            if state.step >= total:
+                break
+            batches = [collate(ids) for ids in micro]
+            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_fn, step=state.step + 1)
+            state.advance(epoch, index)
+            rate = throughput.count(result, batches) / max(timer.lap(), 1e-9)
+            if state.step % tc.log_every == 0 or state.step == total:
+                ctx.metrics.log(state.step, {"loss": result.loss, "lr": result.lr, "grad_norm": result.grad_norm,
+                                             **logged(result), throughput.name: rate, "epoch": epoch,
+                                             **result.metrics})
+            bar.update(state.step, loss=result.loss, **progress(result), per_s=rate)
+            if evaluate_at is not None and ((tc.eval_every and state.step % tc.eval_every == 0) or state.step == total):
+                evaluate_at(state.step)
+            ckpt.maybe_save(state)
+            timer.lap()  # evaluation and checkpoint time is not training throughput
+    ckpt.maybe_save(state, final=True)
+    return state
 
 
 class Timer:

@@ -66,3 +66,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_st
     if cfg.lr <= 0:
         raise ValueError(f"train.lr must be positive, got {cfg.lr}")
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg, total_steps) / cfg.lr)
+
+
+def own_learning_rate(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], lr: float) -> None:
+    """Move ``params`` into a param group of their own at ``lr`` (before any step; the schedule
+    scales every group's lr by the same factor)."""
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
+    optimizer.param_groups = [g for g in optimizer.param_groups if g["params"]]
+    optimizer.add_param_group({"params": params, "lr": lr, "weight_decay": 0.0})

@@ -237,6 +237,36 @@ def make_unpaired(examples: Iterable[TaskExample], annotator: Annotator, per_exa
     return out
 
 
+def annotate(examples: Iterable[TaskExample], annotator: Annotator, aspect: str, ranking: bool, pairs: int, k: int,
+             responses: dict[str, list[str]] | None) -> list:
+    """Preference pairs (or rankings of ``k``) of each example's responses, judged on ``aspect``
+    (overall, or helpfulness or safety alone: Llama 2's two reward models, with that aspect's gold in meta)."""
+    if aspect == "overall":
+        return make_rankings(examples, annotator, k, responses) if ranking else \
+            make_preferences(examples, annotator, pairs, responses)
+    score = lambda ex, t: getattr(gold_reward(ex, t), aspect)  # noqa: E731 - the aspect's gold, for evaluation
+    out = []
+    for ex in examples:
+        pool = list(dict.fromkeys(responses[ex.id] if responses is not None else
+                                  [c.text for c in candidate_responses(ex)]))
+        prompt = _prompt(ex)
+        meta = {"task_id": ex.id, "family": ex.family, "aspect": aspect}
+        if len(pool) < 2:
+            continue
+        if ranking:
+            picked = annotator.rng.sample(pool, min(k, len(pool)))
+            ranked = [picked[i] for i in annotator.rank(ex, picked, aspect)]
+            out.append(Ranking(prompt, [_reply(t) for t in ranked], {**meta, "gold": [score(ex, t) for t in ranked]}))
+            continue
+        for _ in range(pairs):
+            a, b = annotator.rng.sample(pool, 2)
+            choice, strength = annotator.prefer(ex, a, b, aspect)
+            chosen, rejected = (a, b) if choice == 0 else (b, a)
+            out.append(Preference(prompt, _reply(chosen), _reply(rejected), strength,
+                                  {**meta, "gold_chosen": score(ex, chosen), "gold_rejected": score(ex, rejected)}))
+    return out
+
+
 def _pool(example: TaskExample, responses: dict[str, list[str]] | None) -> list[tuple[str, str]]:
     # The same text twice is one response: a pair of identical texts would carry no preference.
     if responses is not None:

@@ -91,6 +91,16 @@ HELDOUT_FAMILIES = ("uppercase", "classification")
 
 TRAIN_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
 
+
+def check_families(families: Iterable[str], field: str, error: type[Exception] = ValueError) -> list[str]:
+    """``families`` as a list, once each is known to be a task family of the world; otherwise
+    ``error`` names the setting (``field``), the unknown families and the known ones."""
+    families = list(families)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise error(f"{field}: unknown task families {unknown}; known: {', '.join(FAMILIES)}")
+    return families
+
 N_TRAIN = 1000
 """Default train examples per family (fewer when a family has fewer distinct prompts)."""
 N_HELDOUT = 250
