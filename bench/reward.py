@@ -87,7 +87,8 @@ def make_model():
 def run_posttrain(pairs, opts) -> dict:
     from posttrain.config import load_config
     from posttrain.data.comparisons import Comparison, collate_comparisons
-    from posttrain.models.reward import RewardModel, use_shared_prefix_attention
+    from posttrain.models.attention import use_shared_prefix_attention
+    from posttrain.models.reward import RewardModel
     from posttrain.recipes.config import RewardConfig
     from posttrain.recipes.reward import count_comparisons, make_loss_fn
     from posttrain.training.loop import setup_run, train_step
@@ -171,7 +172,8 @@ def same_scores(pairs, opts) -> float:
     import torch
 
     from posttrain.data.comparisons import Comparison, collate_comparisons
-    from posttrain.models.reward import RewardModel, use_shared_prefix_attention
+    from posttrain.models.attention import use_shared_prefix_attention
+    from posttrain.models.reward import RewardModel
     from trl.trainer.reward_trainer import DataCollatorForPreference
 
     sample = pairs[:opts.batch_size]

@@ -158,13 +158,13 @@ def run_posttrain(setting: str, data, opts) -> dict:
     from posttrain.config import load_config
     from posttrain.data.chat import Example
     from posttrain.data.collate import pad_collate
-    from posttrain.data.packing import LengthGroupedSampler, pack_examples
+    from posttrain.data.packing import pack_examples
     from posttrain.models.logps import TargetNLL
     from posttrain.recipes.config import SFTConfig
     from posttrain.recipes.sft import count_targets, nll_sum, prepare_attention, real_tokens, row_length
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
-    from posttrain.training.sampler import StepSampler
+    from posttrain.training.sampler import LengthGroupedSampler, StepSampler
 
     examples = [Example(ids, mask) for ids, mask in data]
     lm = make_model()

@@ -1,7 +1,7 @@
 """Packed and shared-prefix attention equal plain transformers on every model family (issue 20).
 
 posttrain packs examples into one row and lets sequences share their prompt; its attention
-(``posttrain.data.packing.segment_attention``) must then give each token exactly what the model's own
+(``posttrain.models.attention.segment_attention``) must then give each token exactly what the model's own
 attention gives it when the sequence runs alone: the sliding window (Mistral, Gemma 2/3, Phi-3 with an
 8-token window here, so every example below is longer than it), Gemma 2's attention soft-capping, GPT-2's
 and OPT's learned positions. Each test compares against plain ``transformers`` forwards of each sequence.

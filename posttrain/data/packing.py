@@ -1,4 +1,11 @@
-"""Padding-free packing: several tokenized examples per row, each attending only to itself.
+"""Padding-free packing layouts: several tokenized examples per row, each attending only to itself.
+
+This module holds the layouts and the indexing into them: packed rows (:func:`pack_examples`),
+shared-prefix rows (:func:`pack_shared_prefix`), how a row's ``position_ids`` split into segments
+(:func:`segment_bounds`, :func:`prefix_segments`) and where each response token's predictor is
+(:func:`response_tokens`). The attention that reads these layouts is in
+:mod:`posttrain.models.attention`; the length-grouped sampler for padded batching is
+:class:`posttrain.training.sampler.LengthGroupedSampler`.
 
 A padded batch spends compute on padding: examples of 32 to 512 tokens padded to the longest
 waste about half of every matrix product. A packed batch puts examples side by side in rows of
@@ -23,41 +30,50 @@ touch a real token.
 
 **Attention per example.** transformers' sdpa/eager attention applies the block-diagonal mask to
 the whole (T, T) product of a row, so a long row pays for attention between examples that is then
-masked away. :func:`segment_attention` (installed with :func:`use_segment_attention`) instead
-attends within each example of the row, with the model's sliding window and logit soft-capping:
-a whole micro-batch can then be one row with no padding at all and attention costs what the
-examples cost alone (``row_length=None``, the SFT recipe's default). Masked or cached calls
-(generation) go to the model's own attention.
+masked away. :func:`posttrain.models.attention.segment_attention` (installed with
+:func:`posttrain.models.attention.use_segment_attention`) instead attends within each example of
+the row, with the model's sliding window and logit soft-capping: a whole micro-batch can then be
+one row with no padding at all and attention costs what the examples cost alone
+(``row_length=None``, the SFT recipe's default). Masked or cached calls (generation) go to the
+model's own attention.
 
 **Shared prefix.** Sequences that begin with the same prompt (a reward model's responses to one
 prompt, a DPO pair's chosen and rejected) can share it: :func:`pack_shared_prefix` lays out each
 group as [prefix, rest_1, rest_2, ...] in one row, each rest's positions continuing from the
-prefix, and :func:`segment_attention` lets each rest attend to its prefix and to itself only, so
-the prompt is computed once per group and every sequence gets the hidden states it has alone
-(see the section comments below).
+prefix, and :func:`posttrain.models.attention.segment_attention` lets each rest attend to its
+prefix and to itself only, so the prompt is computed once per group and every sequence gets the
+hidden states it has alone (see the section comments below).
 
 **What a batch is.** Packing changes the *layout* of a micro-batch, not its content: a micro-batch
 is the same ``batch_size`` examples that would be padded, packed instead. So a packed run and a
 padded run with the same seed train on the same examples at every step, normalized by the same
 target-token counts, and give the same loss curve (up to float rounding).
-
-**Group by length** (when not packing): :class:`LengthGroupedSampler` orders each epoch so that
-a global batch holds examples of similar length, and sorts each global batch by length before
-splitting it into micro-batches, as ``transformers``' ``group_by_length`` does, so padding is short.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from posttrain.data.collate import IGNORE_INDEX, TokenizedExample
-from posttrain.models.loading import transformers_model
-from posttrain.training.sampler import StepSampler, epoch_order
+# The length-grouped sampler moved to posttrain.training.sampler; re-exported for tests/test_packing.py.
+from posttrain.training.sampler import LengthGroupedSampler, length_grouped_order  # noqa: F401
+
+# Attention names that moved to posttrain.models.attention, re-exported for the tests that import them
+# from here (test_packing.py, test_reward_model.py, test_family_attention.py). Lazily, on first access:
+# posttrain.models.attention imports this module (prefix_segments), so importing it here would be a cycle.
+_MOVED_TO_MODELS_ATTENTION = ("prepare_packing", "use_packed_attention", "use_shared_prefix_attention")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_MODELS_ATTENTION:
+        from posttrain.models import attention
+
+        return getattr(attention, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def packed_model_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor) -> dict[str, torch.Tensor | bool]:
@@ -174,59 +190,6 @@ def pack_examples(examples: Sequence[TokenizedExample], pad_token_id: int,
 def padding_fraction(lengths: Sequence[int], batch_rows: int, width: int) -> float:
     """Share of a ``(batch_rows, width)`` tensor that is padding, for ``lengths`` laid out in it."""
     return 1.0 - sum(lengths) / max(1, batch_rows * width)
-
-
-# --------------------------------------------------------------------------- length grouping
-
-
-@lru_cache(maxsize=4)
-def length_grouped_order(lengths: tuple[int, ...], seed: int, epoch: int, group_size: int,
-                         mega_batches: int = 50) -> tuple[int, ...]:
-    """An epoch order in which each run of ``group_size`` examples has similar lengths.
-
-    The epoch's shuffled order (:func:`posttrain.training.sampler.epoch_order`) is cut into
-    mega-batches of ``mega_batches * group_size`` examples, each sorted by decreasing length, so
-    a group (one global batch) is randomly drawn yet short on padding; the groups are then
-    shuffled, so long and short steps alternate through the epoch.
-    """
-    order = np.asarray(epoch_order(len(lengths), seed, epoch, True))
-    lens = np.asarray(lengths)
-    mega = max(1, mega_batches) * group_size
-    chunks = [order[i:i + mega] for i in range(0, len(order), mega)]
-    # Stable sort (mergesort) keeps ties in the shuffled order, so the result is deterministic.
-    grouped = np.concatenate([c[np.argsort(-lens[c], kind="mergesort")] for c in chunks])
-    n_groups = len(grouped) // group_size
-    groups = grouped[: n_groups * group_size].reshape(n_groups, group_size)
-    perm = np.random.default_rng([seed, epoch, 1]).permutation(n_groups)
-    return tuple(np.concatenate([groups[perm].reshape(-1), grouped[n_groups * group_size:]]).tolist())
-
-
-@dataclass(frozen=True)
-class LengthGroupedSampler(StepSampler):
-    """A :class:`StepSampler` whose global batches hold examples of similar length (for padded batching).
-
-    Each step's examples are also sorted by length before being dealt into micro-batches and
-    processes, so every micro-batch is padded to a length close to its own examples'.
-    """
-
-    lengths: tuple[int, ...] = ()
-    """Tokens of each example, in dataset order."""
-
-    def __post_init__(self):
-        super().__post_init__()
-        if len(self.lengths) != self.num_examples:
-            raise ValueError(f"lengths has {len(self.lengths)} entries for {self.num_examples} examples")
-
-    def micro_batches(self, epoch: int, index: int) -> list[list[int]]:
-        if not 0 <= index < self.steps_per_epoch:
-            raise IndexError(f"batch {index} outside epoch of {self.steps_per_epoch} batches")
-        order = length_grouped_order(self.lengths, self.seed, epoch, self.global_batch) if self.shuffle \
-            else tuple(range(self.num_examples))
-        step_ids = sorted(order[index * self.global_batch:(index + 1) * self.global_batch],
-                          key=lambda i: -self.lengths[i])
-        # Contiguous slices of the sorted step: micro-batch k of rank r holds neighbours in length.
-        grid = np.asarray(step_ids).reshape(self.grad_accum, self.world_size, self.batch_size)
-        return [grid[k, self.rank].tolist() for k in range(self.grad_accum)]
 
 
 # --------------------------------------------------------------------------- attention per example
@@ -390,189 +353,3 @@ def response_tokens(response_mask: torch.Tensor, position_ids: torch.Tensor | No
     rows, cols, before = rows[kept], cols[kept], before[kept]
     owner = rows if sequence_ids is None else sequence_ids[rows, cols]
     return ResponseTokens(rows, cols, before, owner)
-
-
-# --------------------------------------------------------------------------- attention over segments
-#
-# Packed rows (roots only) and shared-prefix rows (roots and continuations) carry their layout in
-# position_ids alone. transformers' sdpa/eager attention would build a (T, T) mask for a row and compute
-# attention across its examples only to mask it away; :func:`segment_attention` instead attends within
-# each segment (a continuation over its prefix and itself), and honours what the model's own attention
-# does, read from the arguments transformers passes to every attention function:
-# - ``sliding_window`` (Mistral, Qwen2's sliding layers, Gemma 2/3's local layers, Phi-3): a query sees
-#   the keys fewer than ``sliding_window`` positions behind it (transformers' ``sliding_window_overlay``);
-# - ``softcap`` (Gemma 2's attention logit soft-capping): scores become ``cap * tanh(s / cap)`` before
-#   the softmax, which sdpa cannot do, so such layers are computed eagerly (the model's own formula);
-# - dropout, scaling and grouped-query heads.
-# An argument it cannot honour (attention sinks) raises instead of being silently dropped. A model whose
-# attention does not go through transformers' attention interface at all cannot be packed this way:
-# :func:`segment_attention_unsupported` says why, and the recipes then pad instead.
-
-SEGMENT_ATTENTION = "posttrain_segments"
-"""Name under which :func:`use_segment_attention` registers :func:`segment_attention` with transformers
-(no "sdpa" in it: transformers refuses anything named sdpa for models without sdpa support, e.g. Gemma 2)."""
-PACKED_ATTENTION = SHARED_PREFIX_ATTENTION = SEGMENT_ATTENTION
-
-_UNSUPPORTED_ARGUMENTS = ("s_aux", "sinks")
-"""Attention-function arguments that change the result and that :func:`segment_attention` does not implement."""
-
-
-def segment_attention_unsupported(model) -> str | None:
-    """Why ``model`` (a transformers model; a peft wrapper is looked through) cannot use
-    :func:`segment_attention`, or None when it can."""
-    hf = transformers_model(model)
-    config = hf.config
-    name = type(hf).__name__
-    if not getattr(hf, "_supports_attention_backend", False):
-        return f"{name} does not route its attention through transformers' attention interface"
-    if getattr(config, "attention_chunk_size", None):
-        return f"{name} uses chunked attention (attention_chunk_size={config.attention_chunk_size})"
-    for key in ("sinks", "s_aux"):
-        if any(key in n for n, _ in hf.named_parameters()):
-            return f"{name} has attention sinks"
-    return None
-
-
-def visible_keys(query_positions: torch.Tensor, key_positions: torch.Tensor, sliding_window: int | None) -> torch.Tensor:
-    """(m,) query and (n,) key positions -> (m, n) bool: causal, and within ``sliding_window`` when set
-    (a key fewer than ``sliding_window`` positions behind the query, as transformers masks it)."""
-    q, k = query_positions[:, None], key_positions[None, :]
-    visible = k <= q
-    if sliding_window:
-        visible &= k > q - sliding_window
-    return visible
-
-
-def attend(module, query, key, value, visible: torch.Tensor | None, dropout: float, scaling: float | None,
-           softcap: float | None) -> torch.Tensor:
-    """Attention of query (1, Hq, m, D) over key/value (1, Hkv, n, D) -> (1, Hq, m, D).
-
-    ``visible`` (m, n) bool, or None for plain causal attention (m == n). sdpa unless ``softcap`` is set;
-    then eagerly, as Gemma 2's eager attention: scaled scores soft-capped, masked, softmax in fp32, dropout.
-    """
-    functional = torch.nn.functional
-    if softcap is None:
-        return functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=visible, dropout_p=dropout, scale=scaling, is_causal=visible is None,
-            enable_gqa=query.shape[1] != key.shape[1])
-    groups = query.shape[1] // key.shape[1]
-    key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    scores = query @ key.transpose(2, 3) * (query.shape[-1] ** -0.5 if scaling is None else scaling)
-    scores = softcap * torch.tanh(scores / softcap)
-    if visible is None:
-        visible = torch.ones(scores.shape[-2:], dtype=torch.bool, device=scores.device).tril()
-    scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
-    weights = functional.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
-    weights = functional.dropout(weights, p=dropout, training=module.training)
-    return weights @ value
-
-
-def _model_attention(module, query, key, value, attention_mask, softcap, **kwargs):
-    """A masked or cached call (padding, generation): the model's own eager attention when it soft-caps
-    (sdpa cannot), transformers' sdpa otherwise; the mask is the matching one (:func:`_segment_mask`)."""
-    import sys
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-    if softcap is not None:
-        return sys.modules[type(module).__module__].eager_attention_forward(
-            module, query, key, value, attention_mask, softcap=softcap, **kwargs)
-    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-
-
-def segment_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
-                      position_ids=None, sliding_window: int | None = None, softcap: float | None = None,
-                      **kwargs):
-    """A transformers attention function (query (B, Hq, T, D), key/value (B, Hkv, T, D) -> ((B, T, Hq, D),
-    None)) for packed and :class:`SharedPrefixBatch` rows: each root segment attends causally to itself, a
-    continuation to [its prefix, itself] (the prefix fully visible, itself causal), with the model's
-    sliding window and soft-capping (see the section comment). A row of examples then costs what the
-    examples cost alone. Masked or cached calls (padding, generation) go to the model's own attention."""
-    for name in _UNSUPPORTED_ARGUMENTS:
-        if kwargs.get(name) is not None:
-            raise NotImplementedError(f"posttrain's packed attention does not implement {name!r} "
-                                      f"({type(module).__name__}); set packing=false")
-    length = query.shape[2]
-    if attention_mask is not None or position_ids is None or key.shape[2] != length or length == 1:
-        return _model_attention(module, query, key, value, attention_mask, softcap, dropout=dropout,
-                                scaling=scaling, sliding_window=sliding_window, **kwargs)
-    rows = []
-    # split, not slicing: the backward of a slice makes a zero tensor as large as the whole row for each
-    # segment (quadratic in the row), that of a split concatenates the segments' gradients once.
-    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
-        segments = prefix_segments(position_ids[b if position_ids.shape[0] > 1 else 0])
-        sizes = [end - start for start, end, _, _ in segments]
-        qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
-        where = {start: i for i, (start, _, _, _) in enumerate(segments)}
-        parts = []
-        for i, (start, end, root, prefix) in enumerate(segments):
-            own = torch.arange(prefix, prefix + end - start, device=q.device)
-            if prefix == 0:
-                keys, values = ks[i], vs[i]
-                visible = None if not sliding_window or end - start <= sliding_window \
-                    else visible_keys(own, own, sliding_window)
-            else:  # query j (position prefix + j) sees the prefix and its own tokens up to itself
-                r = where[root]
-                keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
-                values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
-                visible = visible_keys(own, torch.arange(prefix + end - start, device=q.device), sliding_window)
-            parts.append(attend(module, qs[i], keys, values, visible, dropout, scaling, softcap))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
-
-
-def _segment_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, config=None,
-                  **kwargs):
-    """The mask for :func:`segment_attention`: none for a training forward (it reads the segments from
-    position_ids); for padded or cached calls the mask the model's own attention takes (eager's additive
-    mask for soft-capping models, sdpa's boolean one otherwise)."""
-    from transformers.masking_utils import eager_mask, sdpa_mask
-
-    if attention_mask is None and q_offset == 0 and q_length == kv_length:
-        return None
-    build = eager_mask if getattr(config, "attn_logit_softcapping", None) is not None else sdpa_mask
-    return build(batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
-                 kv_offset=kv_offset, attention_mask=attention_mask, config=config, **kwargs)
-
-
-def use_segment_attention(model) -> str:
-    """Switch a transformers model (a peft wrapper is looked through) to :func:`segment_attention`, which
-    runs packed rows, shared-prefix rows and padded batches alike; return the implementation it had.
-    Only the running model changes: ``config.json`` does not record the attention implementation, so an
-    exported model loads with transformers' default. Raises ValueError when the model cannot use it
-    (:func:`segment_attention_unsupported`)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    reason = segment_attention_unsupported(model)
-    if reason:
-        raise ValueError(f"packed attention: {reason}; set packing=false")
-    AttentionInterface.register(SEGMENT_ATTENTION, segment_attention)
-    AttentionMaskInterface.register(SEGMENT_ATTENTION, _segment_mask)
-    hf = transformers_model(model)
-    before = hf.config._attn_implementation
-    hf.set_attn_implementation(SEGMENT_ATTENTION)
-    return before
-
-
-# The names the recipes and benches know it by.
-use_packed_attention = use_shared_prefix_attention = use_segment_attention
-
-
-def prepare_packing(model, shared_prefix: bool = True) -> str | None:
-    """Make ``model`` (a peft wrapper is looked through) ready for packed rows, or say why it cannot take
-    them (the caller then pads its batches, and says so once).
-
-    sdpa and eager attention are replaced by :func:`segment_attention`. Flash attention reads plainly
-    packed rows from position_ids itself (variable-length kernels), but not shared-prefix rows.
-    """
-    hf = transformers_model(model)
-    impl = str(hf.config._attn_implementation or "")
-    if impl == SEGMENT_ATTENTION:
-        return None
-    if impl not in ("sdpa", "eager"):
-        return f"attn_implementation {impl!r} cannot read rows that share a prompt" if shared_prefix else None
-    reason = segment_attention_unsupported(hf)
-    if reason is None:
-        use_segment_attention(hf)
-    return reason

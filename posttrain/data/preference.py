@@ -360,10 +360,11 @@ def collate_shared_prompt(examples: Sequence[PreferenceExample],
                           indices: Sequence[int] | None = None) -> PreferenceBatch:
     """B pairs in one row with no padding, each pair as [prompt, chosen response, rejected response]:
     the prompt computed once, each response continuing from it and attending to it and to itself
-    only (``posttrain.data.packing.pack_shared_prefix``; the model needs ``use_shared_prefix_attention``).
-    The shared part is the pair's common prefix up to its first response token. Sequences are
-    numbered as in every PreferenceBatch, chosen 0..B-1 then rejected B..2B-1, so results (and the
-    cached reference log-probs) do not depend on the layout."""
+    only (``posttrain.data.packing.pack_shared_prefix``; the model needs
+    ``posttrain.models.attention.use_shared_prefix_attention``). The shared part is the pair's common
+    prefix up to its first response token. Sequences are numbered as in every PreferenceBatch, chosen
+    0..B-1 then rejected B..2B-1, so results (and the cached reference log-probs) do not depend on the
+    layout."""
     row = pack_shared_prefix([[e.chosen.input_ids, e.rejected.input_ids] for e in examples],
                              [[e.chosen.loss_mask, e.rejected.loss_mask] for e in examples])
     b = len(examples)

@@ -47,10 +47,10 @@ import torch
 
 from posttrain.data.collate import IGNORE_INDEX
 from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are re-exported for older importers
-    SHARED_PREFIX_ATTENTION, PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, response_tokens,
-    shared_prefix_length, segment_attention, use_shared_prefix_attention,
+    PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, response_tokens, shared_prefix_length,
 )
 from posttrain.losses.sft import linear_token_logps
+from posttrain.models.attention import use_shared_prefix_attention  # noqa: F401 - re-exported, as above
 from posttrain.models.loading import transformers_model, unwrap_model
 from posttrain.rl.math import last_token_index
 

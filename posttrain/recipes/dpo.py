@@ -155,7 +155,7 @@ def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOC
     """Packed batches need attention within each sequence, each response over its prompt and itself:
     posttrain's segment attention replaces sdpa/eager (padded and generation calls go to the model's
     own). A model that cannot take it gets padded batches instead (the returned config), said once."""
-    from posttrain.data.packing import prepare_packing
+    from posttrain.models.attention import prepare_packing
 
     if not cfg.packing:
         return cfg

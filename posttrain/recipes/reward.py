@@ -48,10 +48,10 @@ import torch
 from posttrain.data.chat import render_prompt_response
 from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_comparisons, comparison_records,
                                         responses_of)
-from posttrain.data.packing import prepare_packing
 from posttrain.data.readers import location_of
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
+from posttrain.models.attention import prepare_packing
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig

@@ -14,9 +14,9 @@ the embedded world's tasks is one (its train split, rendered zero-shot / few-sho
 mixes in pretraining text (``posttrain.data.mixing``).
 
 Batches: a micro-batch is ``train.batch_size`` examples, packed padding-free (``packing``, see
-``posttrain.data.packing``: one row, positions restarting per example, attention per example) or
-padded to its longest (grouped by length); both layouts give the same loss for the same
-examples, so the choice only changes speed and memory.
+``posttrain.data.packing``: one row, positions restarting per example; ``posttrain.models.attention``:
+attention per example) or padded to its longest (grouped by length); both layouts give the same loss
+for the same examples, so the choice only changes speed and memory.
 
 Model: full fine-tuning, or a LoRA adapter (``model.lora.enabled``) merged on export. Only the
 positions that have a target go through the LM head (:class:`TargetNLL`).
@@ -37,7 +37,7 @@ import torch
 from posttrain.data.chat import Example, tokenize_conversations
 from posttrain.data.collate import Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
-from posttrain.data.packing import LengthGroupedSampler, PackedBatch, pack_examples
+from posttrain.data.packing import PackedBatch, pack_examples
 from posttrain.generation import stop_at_end_of_turn
 from posttrain.models.loading import transformers_model
 from posttrain.models.logps import TargetNLL
@@ -45,7 +45,7 @@ from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
     RunContext, Throughput, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
 )
-from posttrain.training.sampler import StepSampler, require_one_step
+from posttrain.training.sampler import LengthGroupedSampler, StepSampler, require_one_step
 from posttrain.training.sharding import gathered_root
 
 # --- loss --------------------------------------------------------------------------------
@@ -197,7 +197,7 @@ def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTC
     over all of it, so they are swapped for posttrain's per-example attention (same results, the
     model's sliding window and soft-capping included). A model whose attention cannot be read that
     way gets padded batches instead (the returned config), and the log says why."""
-    from posttrain.data.packing import prepare_packing
+    from posttrain.models.attention import prepare_packing
 
     if not cfg.packing or cfg.pack_length:
         return cfg

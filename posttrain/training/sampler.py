@@ -5,6 +5,10 @@ a resumed run finds the exact batches it has not seen yet from ``(epoch, batch_i
 iterator state needs saving. A *global batch* (one optimizer step) holds
 ``batch_size * grad_accum * world_size`` examples; process ``rank`` takes a disjoint slice of
 it, so 2 processes x batch 4 train on exactly the examples of 1 process x batch 8.
+
+**Group by length** (padded batching, not packing): :class:`LengthGroupedSampler` orders each epoch
+so that a global batch holds examples of similar length, and sorts each global batch by length before
+splitting it into micro-batches, as ``transformers``' ``group_by_length`` does, so padding is short.
 """
 
 from __future__ import annotations
@@ -106,3 +110,53 @@ class StepSampler:
                 epoch, index = epoch + 1, 0
             yield epoch, index, self.micro_batches(epoch, index)
             index += 1
+
+
+@lru_cache(maxsize=4)
+def length_grouped_order(lengths: tuple[int, ...], seed: int, epoch: int, group_size: int,
+                         mega_batches: int = 50) -> tuple[int, ...]:
+    """An epoch order in which each run of ``group_size`` examples has similar lengths.
+
+    The epoch's shuffled order (:func:`epoch_order`) is cut into mega-batches of
+    ``mega_batches * group_size`` examples, each sorted by decreasing length, so a group (one
+    global batch) is randomly drawn yet short on padding; the groups are then shuffled, so long
+    and short steps alternate through the epoch.
+    """
+    order = np.asarray(epoch_order(len(lengths), seed, epoch, True))
+    lens = np.asarray(lengths)
+    mega = max(1, mega_batches) * group_size
+    chunks = [order[i:i + mega] for i in range(0, len(order), mega)]
+    # Stable sort (mergesort) keeps ties in the shuffled order, so the result is deterministic.
+    grouped = np.concatenate([c[np.argsort(-lens[c], kind="mergesort")] for c in chunks])
+    n_groups = len(grouped) // group_size
+    groups = grouped[: n_groups * group_size].reshape(n_groups, group_size)
+    perm = np.random.default_rng([seed, epoch, 1]).permutation(n_groups)
+    return tuple(np.concatenate([groups[perm].reshape(-1), grouped[n_groups * group_size:]]).tolist())
+
+
+@dataclass(frozen=True)
+class LengthGroupedSampler(StepSampler):
+    """A :class:`StepSampler` whose global batches hold examples of similar length (for padded batching).
+
+    Each step's examples are also sorted by length before being dealt into micro-batches and
+    processes, so every micro-batch is padded to a length close to its own examples'.
+    """
+
+    lengths: tuple[int, ...] = ()
+    """Tokens of each example, in dataset order."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if len(self.lengths) != self.num_examples:
+            raise ValueError(f"lengths has {len(self.lengths)} entries for {self.num_examples} examples")
+
+    def micro_batches(self, epoch: int, index: int) -> list[list[int]]:
+        if not 0 <= index < self.steps_per_epoch:
+            raise IndexError(f"batch {index} outside epoch of {self.steps_per_epoch} batches")
+        order = length_grouped_order(self.lengths, self.seed, epoch, self.global_batch) if self.shuffle \
+            else tuple(range(self.num_examples))
+        step_ids = sorted(order[index * self.global_batch:(index + 1) * self.global_batch],
+                          key=lambda i: -self.lengths[i])
+        # Contiguous slices of the sorted step: micro-batch k of rank r holds neighbours in length.
+        grid = np.asarray(step_ids).reshape(self.grad_accum, self.world_size, self.batch_size)
+        return [grid[k, self.rank].tolist() for k in range(self.grad_accum)]
