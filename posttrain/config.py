@@ -270,18 +270,22 @@ def dump_yaml(cfg: Any, indent: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def describe(cls: type, prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted name, default, doc) for every field of ``cls``, nested sections flattened."""
+def describe(cls: type, prefix: str = "", defaults: dict[str, Any] | None = None) -> list[tuple[str, str, str]]:
+    """(dotted name, default, doc) for every field of ``cls``, nested sections flattened. A section's
+    defaults are the enclosing class's (``defaults``: a recipe's train section may set another lr)."""
     rows = []
     docs = field_docs(cls)
     hints = _resolved_types(cls)
+    defaults = defaults or {}
     for f in dataclasses.fields(cls):
         name = prefix + f.name
         tp = hints[f.name]
         if _is_dataclass_type(tp):
-            rows.extend(describe(tp, name + "."))
+            rows.extend(describe(tp, name + ".", {**_section_default(f), **defaults.get(f.name, {})}))
             continue
-        if f.default is not dataclasses.MISSING:
+        if f.name in defaults:
+            default = defaults[f.name]
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()

@@ -14,12 +14,7 @@ PROMPTS = [[{"role": "user", "content": "What is the capital of Zorbia?"}],
            [{"role": "system", "content": "Answer in capitals."}, {"role": "user", "content": "Add 12 and 7."}]]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def test_select_best_looks_only_at_the_first_n_samples():

@@ -30,3 +30,9 @@ def test_unknown_override_is_a_clear_error():
 def test_version():
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip()
+
+
+def test_help_shows_the_recipes_own_section_defaults():
+    dpo = runner.invoke(app, ["dpo", "--help"]).output
+    assert "model.dropout = 0.0" in dpo and "train.lr = 5e-06" in dpo  # not ModelConfig's / TrainConfig's own
+    assert "model.dropout = None" in runner.invoke(app, ["sft", "--help"]).output

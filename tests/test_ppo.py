@@ -18,12 +18,7 @@ from posttrain.recipes.config import PPOConfig
 from posttrain.training.metrics import read_metrics
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --- pieces by hand ------------------------------------------------------------------------
@@ -173,7 +168,7 @@ def _series(run_dir: Path, key: str) -> dict[int, float]:
 
 @pytest.fixture(scope="module")
 def ppo_run(tiny_model_dir, prompt_file, tmp_path_factory) -> Path:
-    torch.set_num_threads(1)  # module fixtures run before the autouse one_thread
+    torch.set_num_threads(1)  # this module fixture may run before one_thread
     run_dir = tmp_path_factory.mktemp("ppo") / "run"
     _ppo(*_args(tiny_model_dir, prompt_file, run_dir))
     return run_dir

@@ -23,12 +23,7 @@ from posttrain.training.metrics import read_metrics
 STEPS = 6
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _prompt(i: int) -> list[Message]:

@@ -13,12 +13,7 @@ STOP = list(range(5, 400, 8))
 PROMPTS = ["What is the capital of Zorbia?", "Add 12 and 7.", "Sort these words: pear, apple, fig. Then"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture()

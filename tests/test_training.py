@@ -17,13 +17,7 @@ from posttrain.training.optim import build_optimizer, build_scheduler, lr_at
 from posttrain.training.sampler import StepSampler
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # Two cores shared by many: one thread per process is faster and makes runs reproducible.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: one thread, faster and reproducible
 
 
 # --- schedule ------------------------------------------------------------------------------
