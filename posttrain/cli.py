@@ -109,9 +109,41 @@ def _root(
         raise typer.Exit()
 
 
+COMMANDS = (
+    ("demo", "DemoConfig", "posttrain.demo:run_demo",
+     "Run the end-to-end journey on the embedded world, stage by stage."),
+    ("pretrain", "PretrainConfig", "posttrain.recipes.pretrain:pretrain",
+     "Pretrain a causal LM on text (next-token prediction), from scratch or from a checkpoint."),
+    ("eval", "EvalConfig", "posttrain.evaluation.run:run_eval",
+     "Prompt a model on the world's task families: zero-shot, few-shot, CoT and multiple choice."),
+    ("contamination", "ContaminationConfig", "posttrain.evaluation.contamination:run_contamination",
+     "Check evaluation sets for training-data contamination: word n-gram overlap, reported per set."),
+    ("export-lm-eval", "LmEvalExportConfig", "posttrain.evaluation.lm_eval_export:run_export",
+     "Export world task families as lm-evaluation-harness tasks (YAML + local JSONL)."),
+    ("compare", "CompareConfig", "posttrain.compare:run_compare",
+     "The same prompts to several checkpoints side by side, judged against the first: terminal table, HTML page, "
+     "win-rates."),
+    ("sft", "SFTConfig", "posttrain.recipes.sft:sft",
+     "Supervised fine-tuning on conversations: assistant-token loss, packing, LoRA, data mixing and rehearsal."),
+    ("reward", "RewardConfig", "posttrain.recipes.reward:reward",
+     "Train a reward model on comparisons: Bradley-Terry, Llama 2 margins, K-wise rankings; normalized export."),
+    ("ppo", "PPOConfig", "posttrain.recipes.ppo:ppo",
+     "RLHF against reward models or functions with a KL penalty: PPO, RLOO or GRPO, with reward-hacking diagnostics."),
+    ("dpo", "DPOConfig", "posttrain.recipes.dpo:dpo",
+     "Preference optimization without a reward model: DPO, cDPO, IPO, SimPO, ORPO, KTO; iterative rounds."),
+)
+"""Every command: (name, config class in ``posttrain.recipes.config``, "module:function" it runs, summary).
+Config classes live in a light module (no torch import), so `posttrain --help` is instant; the
+function's module is imported only when its command runs."""
+
+
 def _register() -> None:
-    """Recipes register themselves here; each import is of a light config module only."""
-    from posttrain import commands  # noqa: F401  (side effect: recipe_command calls)
+    """Register every command of :data:`COMMANDS` with typer (once)."""
+    from posttrain.recipes import config as rc
+
+    for name, config, target, summary in COMMANDS:
+        if name not in CONFIGS:
+            recipe_command(name, getattr(rc, config), target, summary)
 
 
 def main() -> None:
@@ -125,8 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # Run as `python -m posttrain.cli`, this file is __main__ while posttrain.commands registers
-    # on the imported posttrain.cli; start that one.
-    from posttrain.cli import main as _main
-
-    _main()
+    main()

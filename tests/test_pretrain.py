@@ -58,8 +58,7 @@ def _assert_same_weights(a: Path, b: Path, atol: float) -> None:
         torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=atol, msg=name)
 
 
-# The installed console script; `python -m posttrain.cli` would register the commands on a second
-# copy of the cli module (the one imported as __main__ is not the one commands.py imports).
+# The installed console script (what users run).
 POSTTRAIN = str(Path(sys.executable).with_name("posttrain"))
 
 
