@@ -485,16 +485,22 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
 
     from posttrain.data.readers import DataError, set_location
 
+    # Only a template that can raise needs a trial rendering (tokenization renders every record anyway).
+    can_refuse = "raise_exception" in (tokenizer.chat_template or "")
     kept, where_kept = [], []
     for record, where in zip(result.records, result.locations):
         field = _PROMPT_FIELDS.get(record.kind)
-        if field is None:
+        if field is None or (system == "keep" and not can_refuse):
             kept.append(record)
             where_kept.append(where)
             continue
         if system != "keep":
             record = set_location(dataclasses.replace(record, **{field: apply_system(getattr(record, field), system)}),
                                   where)
+        if not can_refuse:
+            kept.append(record)
+            where_kept.append(where)
+            continue
         messages, generation_prompt = _rendered_messages(record)
         try:
             render_text(tokenizer, messages, add_generation_prompt=generation_prompt)

@@ -200,3 +200,12 @@ def prepare_packing(model, shared_prefix: bool = True) -> str | None:
     if reason is None:
         use_segment_attention(hf)
     return reason
+
+
+def packing_kept(model, shared_prefix: bool, say=print) -> bool:
+    """:func:`prepare_packing`, for a recipe: True when ``model`` takes packed rows; otherwise ``say`` why,
+    once, and False (the recipe pads its batches instead)."""
+    reason = prepare_packing(model, shared_prefix)
+    if reason is not None:
+        say(f"packing: {reason}; padding batches instead")
+    return reason is None

@@ -67,7 +67,6 @@ from posttrain.evaluation.policy import gold_win_rates, policy_answers, sampled_
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
 from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
-from posttrain.models.loading import transformers_model
 from posttrain.models.logps import SequenceLogps, sequence_inputs
 from posttrain.recipes.config import DPOConfig
 from posttrain.training import reference as reference_lib
@@ -155,14 +154,10 @@ def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOC
     """Packed batches need attention within each sequence, each response over its prompt and itself:
     posttrain's segment attention replaces sdpa/eager (padded and generation calls go to the model's
     own). A model that cannot take it gets padded batches instead (the returned config), said once."""
-    from posttrain.models.attention import prepare_packing
+    from posttrain.models.attention import packing_kept
 
-    if not cfg.packing:
+    if not cfg.packing or packing_kept(lm, shared_prefix=True, say=ctx.print if ctx else print):
         return cfg
-    reason = prepare_packing(transformers_model(lm), shared_prefix=True)
-    if reason is None:
-        return cfg
-    (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
     return dataclasses.replace(cfg, packing=False)
 
 

@@ -51,7 +51,7 @@ from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_com
 from posttrain.data.readers import location_of
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
-from posttrain.models.attention import prepare_packing
+from posttrain.models.attention import packing_kept
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
@@ -249,11 +249,9 @@ def build_model(cfg: RewardConfig, tokenizer, ctx: RunContext | None = None) -> 
     the config to train it with: packing is turned off (and the log says why) for a model whose
     attention cannot read packed rows that share each prompt."""
     hf = load_reward_model(cfg.model, tokenizer)
-    if cfg.packing:
-        reason = prepare_packing(hf, shared_prefix=True)  # attention per response over its prompt
-        if reason:
-            (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
-            cfg = dataclasses.replace(cfg, packing=False)
+    # Attention per response over its prompt, or padded batches when the model cannot take packed rows.
+    if cfg.packing and not packing_kept(hf, shared_prefix=True, say=ctx.print if ctx else print):
+        cfg = dataclasses.replace(cfg, packing=False)
     if cfg.train.gradient_checkpointing:
         hf.gradient_checkpointing_enable()
     try:

@@ -39,7 +39,6 @@ from posttrain.data.collate import Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
 from posttrain.data.packing import PackedBatch, pack_examples
 from posttrain.generation import stop_at_end_of_turn
-from posttrain.models.loading import transformers_model
 from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
@@ -197,14 +196,10 @@ def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTC
     over all of it, so they are swapped for posttrain's per-example attention (same results, the
     model's sliding window and soft-capping included). A model whose attention cannot be read that
     way gets padded batches instead (the returned config), and the log says why."""
-    from posttrain.models.attention import prepare_packing
+    from posttrain.models.attention import packing_kept
 
-    if not cfg.packing or cfg.pack_length:
+    if not cfg.packing or cfg.pack_length or packing_kept(lm, shared_prefix=False, say=ctx.print if ctx else print):
         return cfg
-    reason = prepare_packing(transformers_model(lm), shared_prefix=False)
-    if reason is None:
-        return cfg
-    (ctx.print if ctx else print)(f"packing: {reason}; padding batches instead")
     return dataclasses.replace(cfg, packing=False)
 
 
