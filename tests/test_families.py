@@ -321,6 +321,8 @@ def test_ppo(family, family_dirs, data, runs):
     cli("ppo", *rl_args(family_dirs[family], data["prompts"], run_dir), config="ppo/tiny.yaml")
     records = check_rl_run(run_dir)
     assert "value/explained_variance" in records[0]
+    # One update per step here, so step 1's update starts at the sampling policy: ratio 1 (no dropout).
+    assert records[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
     check_causal_lm(family, run_dir / "final", family_dirs[family])
 
 
@@ -333,6 +335,7 @@ def test_ppo_rm(family, family_dirs, data, runs):
     records = check_rl_run(run_dir)
     assert all(f"reward/{rm.name}" in r for r in records), "the reward model's scores are not logged"
     assert "value/explained_variance" in records[0]
+    assert records[0]["policy/ratio"] == pytest.approx(1.0, abs=1e-5)
     check_causal_lm(family, run_dir / "final", family_dirs[family])
 
 
