@@ -122,7 +122,7 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
         cfg = load_config(DPOConfig, None, [
             f"model.name_or_path={folder}", "model.device=cpu", f"train.run_dir={run_dir}",
             f"train.batch_size={opts.batch_size}", f"train.max_steps={opts.steps}", "train.lr=5e-6",
-            "train.warmup_steps=2", "train.tensorboard=false", "train.progress=false", "beta=0.1",
+            "train.warmup_steps=2", "train.tensorboard=false", "train.progress=false", "loss.beta=0.1",
             f"packing={str(setting != 'padded').lower()}",
             f"reference={'live' if setting in ('live', 'lora') else 'precompute'}",
             f"model.lora.enabled={str(setting == 'lora').lower()}", "model.lora.r=16", "model.lora.alpha=32"])

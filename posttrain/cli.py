@@ -40,7 +40,18 @@ def _fields_help(config_cls: type) -> str:
         lines.append(f"  {name} = {default}")
         if doc:
             lines.extend(f"      {line}" for line in doc.splitlines())
+    if hasattr(config_cls, "help_lines"):  # what a field's value chooses among (e.g. DPO's losses)
+        lines.extend(["", "\b", *config_cls.help_lines()])
     return "\n".join(lines)
+
+
+class _RecipeCommand(typer.core.TyperCommand):
+    """A recipe command whose config-keys epilog is built only when its help is shown, so that
+    starting `posttrain` imports nothing heavy."""
+
+    def format_epilog(self, ctx, formatter) -> None:
+        self.epilog = _fields_help(CONFIGS[self.name])
+        super().format_epilog(ctx, formatter)
 
 
 USER_ERROR_EXIT = 2
@@ -85,7 +96,7 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
     app.command(
         name,
         help=summary,
-        epilog=_fields_help(config_cls),
+        cls=_RecipeCommand,
         context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
     )(command)
 

@@ -136,6 +136,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _unknown_key_error(cls: type, key: str, where: str) -> ConfigError:
+    moved = getattr(cls, "MOVED_KEYS", {})
+    if key in moved:
+        return ConfigError(f"{where}: '{key}' is now '{moved[key]}' (set {moved[key]}=... or write it in that section)")
     names = [f.name for f in dataclasses.fields(cls)]
     close = difflib.get_close_matches(key, names, n=1)
     hint = f" Did you mean '{close[0]}'?" if close else f" Known keys: {', '.join(names)}."

@@ -72,7 +72,7 @@ def _jobs(model: Path, data: Path, root: Path, processes: int) -> dict[str, tupl
     b = 4 // processes  # examples per micro-batch on each process: 4 in one, 2 x 2 in two
     reward = ["train.max_steps=3", "train.grad_accum=2", "train.lr=3e-3", "train.eval_every=3", "eval_fraction=0.2",
               "normalize=data", "norm_prompts=8", "packing=true", f"data.train=[{data / 'pairs.jsonl'}]"]
-    dpo = ["train.max_steps=3", "train.grad_accum=2", "train.lr=2e-3", "train.eval_every=3", "beta=0.5",
+    dpo = ["train.max_steps=3", "train.grad_accum=2", "train.lr=2e-3", "train.eval_every=3", "loss.beta=0.5",
            "data.max_length=96", f"data.train=[{data / 'pairs.jsonl'}]", f"data.eval=[{data / 'eval_pairs.jsonl'}]",
            "kl_prompts=3", "kl_max_tokens=5"]
     ppo = ["train.max_steps=3", "train.lr=2e-3", f"prompts_per_step={4 // processes}", "samples_per_prompt=2",

@@ -54,7 +54,7 @@ def args(model_dir: Path, pairs: Path, run_dir: Path, *extra: str) -> list[str]:
             f"data.eval=[{pairs / 'eval.jsonl'}]", f"train.run_dir={run_dir}", "data.max_length=96",
             f"train.max_steps={STEPS}", "train.batch_size=4", "train.grad_accum=2", "train.save_every=3",
             "train.keep_checkpoints=0", "train.lr=1e-3", "train.warmup_steps=1", "train.eval_every=3",
-            "train.tensorboard=false", "train.progress=false", "beta=0.5", "kl_prompts=4", "kl_max_tokens=6", *extra]
+            "train.tensorboard=false", "train.progress=false", "loss.beta=0.5", "kl_prompts=4", "kl_max_tokens=6", *extra]
 
 
 def run(*overrides: str, scorer=None) -> Path:
@@ -154,7 +154,7 @@ def test_reference_table_does_not_depend_on_the_layout(tiny_model_dir):
 STARTING_LOSS = {  # at step 0 the policy is its own reference: log-ratios are 0
     "sigmoid": lambda cfg, lengths: math.log(2),
     "cdpo": lambda cfg, lengths: math.log(2),
-    "ipo": lambda cfg, lengths: (1 / (2 * cfg.beta)) ** 2,
+    "ipo": lambda cfg, lengths: (1 / (2 * cfg.loss["beta"])) ** 2,
     "kto": lambda cfg, lengths: 0.5,  # lambda * (1 - sigmoid(0)), z0 = 0
 }
 
@@ -165,7 +165,7 @@ def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
     from posttrain.recipes.dpo import Micro, SequenceLogps, columns, make_loss_fn
 
     lm, tokenizer = load(tiny_model_dir)
-    cfg = load_config(DPOConfig, None, [f"loss={loss}", "beta=0.5"])
+    cfg = load_config(DPOConfig, None, [f"loss.name={loss}", *([] if loss == "orpo" else ["loss.beta=0.5"])])
     model = SequenceLogps(lm)
     if loss == "kto":
         examples, _ = tokenize_unpaired(tokenizer, preferences_to_unpaired(records(3)))
@@ -182,12 +182,12 @@ def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
         chosen, rejected = reference[:, 0], reference[:, 1]  # the policy's own log-probs, scored above
         lc, lr = batch.split(batch.response_lengths().float())
         if loss == "simpo":
-            z = cfg.beta * chosen / lc - cfg.beta * rejected / lr - cfg.simpo_gamma
+            z = cfg.loss["beta"] * chosen / lc - cfg.loss["beta"] * rejected / lr - cfg.loss["gamma"]
             expected = torch.nn.functional.softplus(-z).mean()
         else:
             mc, mr = chosen / lc, rejected / lr
             log_odds = (mc - torch.log(-torch.expm1(mc))) - (mr - torch.log(-torch.expm1(mr)))
-            expected = -chosen.sum() / lc.sum() + cfg.orpo_lambda * torch.nn.functional.softplus(-log_odds).mean()
+            expected = -chosen.sum() / lc.sum() + cfg.loss["lam"] * torch.nn.functional.softplus(-log_odds).mean()
         assert total.item() / units == pytest.approx(expected.item(), rel=1e-4)
     total.backward()
     assert all(torch.isfinite(v).all() for v in metrics.values())
@@ -285,7 +285,7 @@ def test_lora_and_kto_runs(tiny_model_dir, pairs_dir, tmp_path):
               "train.eval_every=0", "kl_prompts=2"))
     assert metric(lora, "loss")[1] == pytest.approx(math.log(2), abs=1e-5) and metric(lora, "kl_k1")
     kto = tmp_path / "kto"
-    run(*args(tiny_model_dir, pairs_dir, kto, "loss=kto", "train.max_steps=2", "kl_prompts=0"))
+    run(*args(tiny_model_dir, pairs_dir, kto, "loss.name=kto", "train.max_steps=2", "kl_prompts=0"))
     assert metric(kto, "loss")[1] == pytest.approx(0.5, abs=1e-5) and "kl" in read_metrics(kto / "metrics.jsonl")[0]
 
 

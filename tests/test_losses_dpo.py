@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from posttrain.losses.dpo import (
-    DPO_LOSSES, REFERENCE_FREE_LOSSES, cdpo_loss, dpo_loss, ipo_loss, kto_loss, kto_reference_point, log1mexp,
-    orpo_loss, simpo_loss,
+    PREFERENCE_LOSSES, PairLogps, UnpairedLogps, cdpo_loss, dpo_loss, ipo_loss, kto_loss, kto_reference_point,
+    log1mexp, orpo_loss, simpo_loss,
 )
 
 
@@ -33,7 +33,7 @@ def pair_logps(requires_grad: bool = False):
 
 
 def test_dpo_by_hand_with_trl_metrics():
-    loss, metrics = dpo_loss(*pair_logps(), beta=0.1)
+    loss, metrics = dpo_loss(PairLogps(*pair_logps()), beta=0.1)
     assert loss.item() == pytest.approx((nls(0.1 * 2) + nls(0.0)) / 2)
     assert metrics["rewards/chosen"].item() == pytest.approx((0.1 * 1 + 0.1 * 0) / 2)
     assert metrics["rewards/rejected"].item() == pytest.approx((0.1 * -1 + 0.1 * 0) / 2)
@@ -45,7 +45,7 @@ def test_dpo_by_hand_with_trl_metrics():
 
 def test_dpo_gradients_point_the_right_way_and_skip_the_reference():
     policy_chosen, policy_rejected, ref_chosen, ref_rejected = pair_logps(requires_grad=True)
-    loss, _ = dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, beta=0.1)
+    loss, _ = dpo_loss(PairLogps(policy_chosen, policy_rejected, ref_chosen, ref_rejected), beta=0.1)
     loss.backward()
     assert (policy_chosen.grad < 0).all() and (policy_rejected.grad > 0).all()
     # d/dh -log sigmoid(beta h) = -beta * sigmoid(-beta h); mean over 2 pairs
@@ -55,45 +55,47 @@ def test_dpo_gradients_point_the_right_way_and_skip_the_reference():
 
 def test_cdpo_by_hand_equals_dpo_at_zero_and_has_a_finite_optimum():
     eps = 0.1
-    loss, _ = cdpo_loss(*pair_logps(), beta=0.1, label_smoothing=eps)
+    loss, _ = cdpo_loss(PairLogps(*pair_logps()), beta=0.1, label_smoothing=eps)
     hand = [(1 - eps) * nls(0.2) + eps * nls(-0.2), (1 - eps) * nls(0.0) + eps * nls(0.0)]
     assert loss.item() == pytest.approx(sum(hand) / 2)
     gen = torch.Generator().manual_seed(0)
     logps = [torch.randn(5, generator=gen) * 3 - 20 for _ in range(4)]
-    assert cdpo_loss(*logps, beta=0.3, label_smoothing=0.0)[0].item() == pytest.approx(dpo_loss(*logps, beta=0.3)[0].item())
+    assert cdpo_loss(PairLogps(*logps), beta=0.3, label_smoothing=0.0)[0].item() == pytest.approx(dpo_loss(PairLogps(*logps), beta=0.3)[0].item())
     # Optimum where sigmoid(beta h) = 1 - eps: h* = log((1 - eps) / eps) / beta.
     beta = 0.5
     h_star = math.log((1 - eps) / eps) / beta
     h = torch.tensor([h_star], requires_grad=True)
     zero = torch.zeros(1)
-    cdpo_loss(h, zero, zero, zero, beta=beta, label_smoothing=eps)[0].backward()
+    cdpo_loss(PairLogps(h, zero, zero, zero), beta=beta, label_smoothing=eps)[0].backward()
     assert h.grad.item() == pytest.approx(0.0, abs=1e-6)
     with pytest.raises(ValueError, match="0.5"):
-        cdpo_loss(*logps, label_smoothing=0.5)
+        cdpo_loss(PairLogps(*logps), label_smoothing=0.5)
 
 
 def test_ipo_by_hand_and_minimum_at_half_inverse_beta():
-    loss, _ = ipo_loss(*pair_logps(), beta=0.1)
+    loss, _ = ipo_loss(PairLogps(*pair_logps()), beta=0.1)
     assert loss.item() == pytest.approx(((2 - 5) ** 2 + (0 - 5) ** 2) / 2)  # 1 / (2 * 0.1) = 5
     zero = torch.zeros(1)
     h = torch.tensor([5.0], requires_grad=True)
-    at_min, _ = ipo_loss(h, zero, zero, zero, beta=0.1)
+    at_min, _ = ipo_loss(PairLogps(h, zero, zero, zero), beta=0.1)
     at_min.backward()
     assert at_min.item() == 0.0 and h.grad.item() == 0.0
     for off in (4.9, 5.1):
-        assert ipo_loss(torch.tensor([off]), zero, zero, zero, beta=0.1)[0].item() == pytest.approx(0.01, rel=1e-5)
+        assert ipo_loss(PairLogps(torch.tensor([off]), zero, zero, zero), beta=0.1)[0].item() == pytest.approx(0.01, rel=1e-5)
 
 
 def test_simpo_by_hand():
     policy_chosen, chosen_lengths = torch.tensor([-6.0, -8.0]), torch.tensor([3, 4])
     policy_rejected, rejected_lengths = torch.tensor([-10.0, -6.0]), torch.tensor([2, 3])
-    loss, metrics = simpo_loss(policy_chosen, policy_rejected, chosen_lengths, rejected_lengths, beta=2.0, gamma=0.5)
+    loss, metrics = simpo_loss(PairLogps(policy_chosen, policy_rejected, chosen_lengths=chosen_lengths,
+                                             rejected_lengths=rejected_lengths), beta=2.0, gamma=0.5)
     # rewards: chosen 2 * -6/3 = -4, 2 * -8/4 = -4; rejected 2 * -10/2 = -10, 2 * -6/3 = -4
     assert loss.item() == pytest.approx((nls(-4 + 10 - 0.5) + nls(-4 + 4 - 0.5)) / 2)
     assert metrics["rewards/chosen"].item() == pytest.approx(-4.0)
     assert metrics["rewards/rejected"].item() == pytest.approx(-7.0)
     with pytest.raises(ValueError, match="positive"):
-        simpo_loss(policy_chosen, policy_rejected, torch.tensor([3, 0]), rejected_lengths)
+        simpo_loss(PairLogps(policy_chosen, policy_rejected, chosen_lengths=torch.tensor([3, 0]),
+                             rejected_lengths=rejected_lengths))
 
 
 def test_log1mexp_accurate_and_finite_gradient():
@@ -114,7 +116,8 @@ def test_orpo_by_hand():
 
     ratios = [log_odds(-1.0) - log_odds(-2.0), log_odds(-2.0) - log_odds(-0.5)]
     nll = (3.0 + 2.0) / (3 + 1)  # token-level mean over the chosen responses
-    loss, metrics = orpo_loss(policy_chosen, policy_rejected, chosen_lengths, rejected_lengths, lam=lam)
+    loss, metrics = orpo_loss(PairLogps(policy_chosen, policy_rejected, chosen_lengths=chosen_lengths,
+                                           rejected_lengths=rejected_lengths), lam=lam)
     assert loss.item() == pytest.approx(nll + lam * (nls(ratios[0]) + nls(ratios[1])) / 2)
     assert metrics["nll"].item() == pytest.approx(nll)
     assert metrics["log_odds_ratio"].item() == pytest.approx(sum(ratios) / 2)
@@ -124,7 +127,7 @@ def test_orpo_by_hand():
 def test_orpo_gradient_direction_and_certain_model_stays_finite():
     chosen = torch.tensor([-3.0, 0.0], requires_grad=True)  # second: probability 1, odds infinite
     rejected = torch.tensor([-4.0, -1.0], requires_grad=True)
-    loss, _ = orpo_loss(chosen, rejected, torch.tensor([3, 2]), torch.tensor([2, 2]))
+    loss, _ = orpo_loss(PairLogps(chosen, rejected, chosen_lengths=torch.tensor([3, 2]), rejected_lengths=torch.tensor([2, 2])))
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(chosen.grad).all() and torch.isfinite(rejected.grad).all()
     assert chosen.grad[0] < 0 and (rejected.grad > 0).all()
@@ -138,7 +141,8 @@ def test_kto_by_hand():
     z0 = kto_reference_point(policy_kl, torch.tensor([-6.0, -6.2]))
     assert z0.item() == pytest.approx((-0.5 + 0.7) / 2) and not z0.requires_grad
     beta, lam_d, lam_u = 0.1, 1.0, 1.5
-    loss, metrics = kto_loss(policy, ref, desirable, z0, beta=beta, desirable_weight=lam_d, undesirable_weight=lam_u)
+    loss, metrics = kto_loss(UnpairedLogps(policy, ref, desirable, z0), beta=beta, desirable_weight=lam_d,
+                             undesirable_weight=lam_u)
     r, z = [1.0, -1.0, 0.0], 0.1
     hand = [lam_d * (1 - sigmoid(beta * (r[0] - z))),
             lam_u * (1 - sigmoid(beta * (z - r[1]))),
@@ -155,10 +159,48 @@ def test_kto_by_hand():
 
 def test_config_mappings_share_one_call_signature():
     logps = pair_logps()
-    for name, fn in DPO_LOSSES.items():
-        loss, metrics = fn(*logps, beta=0.1)
-        assert torch.isfinite(loss) and "rewards/margins" in metrics, name
     lengths = torch.tensor([4, 5])
-    for name, fn in REFERENCE_FREE_LOSSES.items():
-        loss, metrics = fn(logps[0], logps[1], lengths, lengths)
-        assert torch.isfinite(loss) and "rewards/accuracies" in metrics, name
+    paired = [loss for loss in PREFERENCE_LOSSES.values() if not loss.unpaired]
+    for loss in (loss for loss in paired if loss.reference):
+        value, metrics = loss(PairLogps(*logps), beta=0.1)
+        assert torch.isfinite(value) and "rewards/margins" in metrics, loss.name
+    for loss in (loss for loss in paired if not loss.reference):
+        value, metrics = loss(PairLogps(logps[0], logps[1], chosen_lengths=lengths, rejected_lengths=lengths))
+        assert torch.isfinite(value) and "rewards/accuracies" in metrics, loss.name
+
+
+def test_a_config_names_a_loss_and_its_hyperparameters_checked_against_the_signature():
+    from posttrain.config import ConfigError, load_config
+    from posttrain.losses.dpo import preference_loss, resolve_loss
+    from posttrain.recipes.config import DPOConfig
+
+    cfg = load_config(DPOConfig, None, ["loss.name=cdpo", "loss.label_smoothing=0.2"])
+    assert cfg.loss == {"name": "cdpo", "beta": 0.1, "label_smoothing": 0.2}  # defaults from the signature
+    assert load_config(DPOConfig, None, ["loss=simpo"]).loss == {"name": "simpo", "beta": 2.0, "gamma": 0.5}
+    with pytest.raises(ConfigError, match="loss orpo has no parameter 'beta'; it takes lam"):
+        load_config(DPOConfig, None, ["loss.name=orpo", "loss.beta=0.5"])
+    with pytest.raises(ConfigError, match="unknown loss 'dop'; choose one of sigmoid, cdpo"):
+        load_config(DPOConfig, None, ["loss.name=dop"])
+    with pytest.raises(ConfigError, match="'beta' is now 'loss.beta'"):
+        load_config(DPOConfig, None, ["beta=0.5"])
+    with pytest.raises(ValueError, match="beta must be a number"):
+        resolve_loss({"name": "ipo", "beta": "high"})
+
+    @preference_loss("toy_hinge", reference=True)
+    def toy_hinge(x: PairLogps, margin: float = 1.0) -> tuple[torch.Tensor, dict]:
+        """A hinge on h, for this test.
+
+        Args:
+            margin: the h beyond which a pair costs nothing.
+        """
+        chosen, rejected = x.log_ratios()
+        return torch.relu(margin - (chosen - rejected)).mean(), {}
+
+    try:  # one decorated function is a new loss: config, signature check and --help see it
+        cfg = load_config(DPOConfig, None, ["loss.name=toy_hinge", "loss.margin=3"])
+        loss, hyper = resolve_loss(cfg.loss)
+        assert loss.reference and not loss.unpaired and hyper == {"margin": 3.0}
+        assert loss(PairLogps(*pair_logps()), **hyper)[0].item() == pytest.approx(((3 - 2) + (3 - 0)) / 2)
+        assert "      margin = 1.0: the h beyond which a pair costs nothing." in DPOConfig.help_lines()
+    finally:
+        PREFERENCE_LOSSES.pop("toy_hinge")

@@ -6,10 +6,10 @@
 * ``ppo``: PPO clipped policy/value losses, entropy bonus, REINFORCE/RLOO, GRPO.
 
 They import only torch (and ``posttrain.rl.math`` for masked statistics, itself torch only).
-Configs pick variants by name through the mappings below.
+Configs pick variants by name through the registries below.
 """
 
-from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES
+from posttrain.losses.dpo import PREFERENCE_LOSSES
 from posttrain.losses.reward import PAIRWISE_LOSSES, RANKING_LOSSES
 
-__all__ = ["DPO_LOSSES", "PAIRWISE_LOSSES", "RANKING_LOSSES", "REFERENCE_FREE_LOSSES"]
+__all__ = ["PAIRWISE_LOSSES", "PREFERENCE_LOSSES", "RANKING_LOSSES"]

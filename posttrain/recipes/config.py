@@ -7,7 +7,7 @@ algorithm settings are kept apart from infrastructure settings.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from posttrain.data.config import DataConfig
 from posttrain.models.config import ModelConfig
@@ -426,27 +426,15 @@ class DPOConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Policy to train, usually an SFT model folder (e.g. runs/sft-world/final); with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    """Preference records (prompt, chosen, rejected); for loss=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. Empty train: pairs made in the embedded world (see world)."""
+    """Preference records (prompt, chosen, rejected); for loss.name=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. Empty train: pairs made in the embedded world (see world)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/dpo", lr=5e-6, max_steps=-1, epochs=1, warmup_steps=10, min_lr_ratio=0.1))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs, whose chosen and rejected sequences go through one forward pass together."""
-    loss: Literal["sigmoid", "cdpo", "ipo", "simpo", "orpo", "kto"] = "sigmoid"
-    """sigmoid: DPO (Rafailov et al. 2023); cdpo: conservative DPO for noisy labels (label_smoothing); ipo: IPO (Azar et al. 2023); simpo: SimPO, reference-free, length-normalized (Meng et al. 2024); orpo: ORPO, SFT plus an odds ratio, reference-free (Hong et al. 2024); kto: KTO on desirable/undesirable labels (Ethayarajh et al. 2024)."""
-    beta: float = 0.1
-    """KL strength: beta of the implicit reward beta * log(pi / pi_ref) (sigmoid, cdpo, kto); IPO's tau (target margin 1 / (2 beta)); SimPO's reward scale (about 2). Unused by orpo."""
-    label_smoothing: float = 0.1
-    """cdpo: the probability that a label is flipped, in [0, 0.5)."""
-    simpo_gamma: float = 0.5
-    """simpo: target reward margin gamma."""
-    orpo_lambda: float = 0.1
-    """orpo: weight of the odds-ratio term added to the chosen responses' NLL."""
+    loss: str | dict[str, Any] = field(default_factory=lambda: {"name": "sigmoid", "beta": 0.1})
+    """The preference loss and its hyperparameters, one mapping: {name: cdpo, beta: 0.1, label_smoothing: 0.1}, or a name alone (loss=ipo); a hyperparameter left out takes the loss's default. Losses (posttrain.losses.dpo, listed below with their parameters): sigmoid (DPO), cdpo, ipo, simpo and orpo (reference-free), kto (unpaired desirable/undesirable examples)."""
     nll_weight: float = 0.0
     """DPO+NLL (Pang et al. 2024; TRL's rpo_alpha): add this weight times the chosen responses' per-token NLL to a pairwise loss (sigmoid, cdpo, ipo, simpo), so their likelihood rises rather than falling with the rejected ones'; 0: the loss alone."""
     sample_temperature: float = 1.0
     """Temperature of the responses sampled from the policy to make new pairs (world and iterative rounds); below 1 keeps them near the policy's mode."""
-    kto_desirable_weight: float = 1.0
-    """kto: weight lambda_D of desirable examples (the paper keeps lambda_D n_D / (lambda_U n_U) in [1, 4/3])."""
-    kto_undesirable_weight: float = 1.0
-    """kto: weight lambda_U of undesirable examples."""
     reference: Literal["precompute", "live"] = "precompute"
     """precompute: the reference log-probs of every training and held-out sequence are computed once before training and cached on disk (reruns and resumes reuse them); live: the reference scores every batch (the LoRA-disabled policy, or a second copy of the model in memory)."""
     reference_model: str = ""
@@ -473,3 +461,35 @@ class DPOConfig:
     """Held-out prompts whose responses, sampled from the policy at temperature 1, measure KL(policy || reference) (k1 and k3 estimates) at each evaluation; 0 skips it."""
     kl_max_tokens: int = 64
     """Longest response sampled for the KL measurement, in tokens."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "beta": "loss.beta", "label_smoothing": "loss.label_smoothing", "simpo_gamma": "loss.gamma",
+        "orpo_lambda": "loss.lam", "kto_desirable_weight": "loss.desirable_weight",
+        "kto_undesirable_weight": "loss.undesirable_weight"}
+    """Keys that live in the loss mapping now, for the error that names the new place."""
+
+    def __post_init__(self) -> None:
+        # The loss as one full mapping (its defaults filled in), so a run's config.yaml shows every
+        # hyperparameter; a mistake is left for problems() to report where the config came from.
+        from posttrain.losses.dpo import resolve_loss  # torch: imported when a DPO config is built, not for --help
+
+        try:
+            loss, hyper = resolve_loss(self.loss)
+        except ValueError:
+            return
+        self.loss = {"name": loss.name, **hyper}
+
+    def problems(self) -> list[tuple[str, str]]:
+        from posttrain.losses.dpo import resolve_loss
+
+        try:
+            resolve_loss(self.loss)
+        except ValueError as e:
+            return [("loss", str(e))]
+        return []
+
+    @staticmethod
+    def help_lines() -> list[str]:
+        from posttrain.losses.dpo import loss_help
+
+        return loss_help()

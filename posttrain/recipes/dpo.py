@@ -66,7 +66,9 @@ from posttrain.data.records import Message, Preference
 from posttrain.evaluation.policy import gold_win_rates, policy_answers, sampled_kl_scored
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
-from posttrain.losses.dpo import DPO_LOSSES, REFERENCE_FREE_LOSSES, chosen_nll, kto_loss, kto_reference_point
+from posttrain.losses.dpo import (
+    PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point, resolve_loss,
+)
 from posttrain.models.logps import SequenceLogps, sequence_inputs
 from posttrain.recipes.config import DPOConfig
 from posttrain.training import reference as reference_lib
@@ -92,17 +94,16 @@ class Micro:
     """(B, 2): chosen and rejected (pairs) or completion and KL row (unpaired) reference log-probs."""
 
 
-def loss_settings(cfg: DPOConfig) -> dict[str, Any]:
-    """The keyword arguments of the configured loss function."""
-    return {"sigmoid": {"beta": cfg.beta}, "cdpo": {"beta": cfg.beta, "label_smoothing": cfg.label_smoothing},
-            "ipo": {"beta": cfg.beta}, "simpo": {"beta": cfg.beta, "gamma": cfg.simpo_gamma},
-            "orpo": {"lam": cfg.orpo_lambda},
-            "kto": {"beta": cfg.beta, "desirable_weight": cfg.kto_desirable_weight,
-                    "undesirable_weight": cfg.kto_undesirable_weight}}[cfg.loss]
+def configured_loss(cfg: DPOConfig) -> tuple[PreferenceLoss, dict[str, Any]]:
+    """The loss function the config names and its hyperparameters."""
+    try:
+        return resolve_loss(cfg.loss)
+    except ValueError as e:
+        raise TrainingError(f"loss: {e}") from None
 
 
 def uses_reference(cfg: DPOConfig) -> bool:
-    return cfg.loss not in REFERENCE_FREE_LOSSES
+    return configured_loss(cfg)[0].reference
 
 
 Reference = Callable[[Micro], torch.Tensor]
@@ -111,19 +112,16 @@ Reference = Callable[[Micro], torch.Tensor]
 
 def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
     """``(model, micro) -> (loss summed over pairs or examples, metrics summed likewise)`` for train_step."""
-    settings = loss_settings(cfg)
+    loss_of, hyper = configured_loss(cfg)
 
     def pair_loss(model, micro: Micro):
         batch = micro.batch
         chosen, rejected = batch.split(model(**sequence_inputs(batch)))  # one forward for both halves
-        if cfg.loss in REFERENCE_FREE_LOSSES:
-            lengths = batch.split(batch.response_lengths())
-            loss, metrics = REFERENCE_FREE_LOSSES[cfg.loss](chosen, rejected, *lengths, **settings)
-        else:
-            ref = reference(micro)
-            loss, metrics = DPO_LOSSES[cfg.loss](chosen, rejected, ref[:, 0], ref[:, 1], **settings)
+        lengths = batch.split(batch.response_lengths())
+        ref = reference(micro).unbind(1) if loss_of.reference else (None, None)
+        loss, metrics = loss_of(PairLogps(chosen, rejected, *ref, *lengths), **hyper)
         if cfg.nll_weight:
-            nll = chosen_nll(chosen, batch.split(batch.response_lengths())[0])
+            nll = chosen_nll(chosen, lengths[0])
             loss = loss + cfg.nll_weight * nll
             metrics["nll"] = nll.detach()
         n = batch.num_pairs
@@ -137,10 +135,10 @@ def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
         if batch.kl is not None:
             with torch.no_grad():  # z0 carries no gradient (KTO §4.1), so its rows need no graph
                 z0 = kto_reference_point(model(**sequence_inputs(batch.kl)), ref[:, 1])
-        loss, metrics = kto_loss(policy, ref[:, 0], batch.desirable, z0, **settings)
+        loss, metrics = loss_of(UnpairedLogps(policy, ref[:, 0], batch.desirable, z0), **hyper)
         return loss * n, {k: torch.as_tensor(v) * n for k, v in metrics.items()}
 
-    return unpaired_loss if cfg.loss == "kto" else pair_loss
+    return unpaired_loss if loss_of.unpaired else pair_loss
 
 
 def count_units(micro: Micro) -> int:
@@ -347,14 +345,15 @@ def held_out_records(cfg: DPOConfig, tokenizer) -> list:
 
 
 def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: str) -> list:
-    kinds = {r.kind for r in records}
-    if cfg.loss == "kto":
+    kinds, loss = {r.kind for r in records}, configured_loss(cfg)[0]
+    if loss.unpaired:
         unpaired = [r for r in records if r.kind == "unpaired"]
         unpaired += preferences_to_unpaired([r for r in records if r.kind == "preference"])
         examples, report = tokenize_unpaired(tokenizer, unpaired, cfg.data.max_length, cfg.data.overflow)
     elif kinds - {"preference"}:
-        raise TrainingError(f"{what}: loss={cfg.loss} trains on preference records (prompt, chosen, rejected), "
-                            f"but the data holds {sorted(kinds - {'preference'})} records; use loss=kto for unpaired data")
+        raise TrainingError(f"{what}: loss {loss.name} trains on preference records (prompt, chosen, rejected), "
+                            f"but the data holds {sorted(kinds - {'preference'})} records; use loss.name=kto for "
+                            "unpaired data")
     else:
         examples, report = tokenize_preferences(tokenizer, records, cfg.data.max_length, cfg.data.overflow)
     if records:
@@ -407,11 +406,10 @@ def check_config(cfg: DPOConfig) -> None:
     if cfg.model.lora.enabled and cfg.round_reference == "initial" and cfg.rounds > 1:
         raise TrainingError("round_reference=initial with LoRA: each round merges its adapter, so the disabled "
                             "adapter is the previous round's model; use round_reference=previous or full fine-tuning")
-    if cfg.nll_weight and cfg.loss == "kto":
-        raise TrainingError("nll_weight adds the chosen responses' NLL to a pairwise loss; kto has no chosen "
+    loss = configured_loss(cfg)[0]
+    if cfg.nll_weight and loss.unpaired:
+        raise TrainingError(f"nll_weight adds the chosen responses' NLL to a pairwise loss; {loss.name} has no chosen "
                             "responses (set nll_weight=0)")
-    if cfg.loss not in (*DPO_LOSSES, *REFERENCE_FREE_LOSSES, "kto"):
-        raise TrainingError(f"loss={cfg.loss!r}: choose one of {', '.join([*DPO_LOSSES, *REFERENCE_FREE_LOSSES, 'kto'])}")
 
 
 def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int = 1, top_dir: Path | None = None) -> dict:
