@@ -179,7 +179,7 @@ def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, A
     """Every model of the journey on the same held-out world prompts: gold reward (per family),
     exact match, response length, gold win-rate against the SFT model, KL to the SFT model."""
     from posttrain.evaluation.policy import gold_by_family, sampled_kl
-    from posttrain.evaluation.scoring import solved
+    from posttrain.world.answers import solved
     from posttrain.evaluation.winrate import GoldJudge, compare_answers, generate_answers
     from posttrain.models.config import ModelConfig
     from posttrain.models.loading import load_causal_lm, load_tokenizer

@@ -7,3 +7,7 @@ and exits with status 2; anything else is a bug: it keeps its traceback and exit
 
 class UserError(Exception):
     """Bad input, config or state that the user can fix; the message says where and what to do."""
+
+
+class TrainingError(UserError, RuntimeError):
+    """A run that cannot go on; the message says why and what to try."""

@@ -105,7 +105,7 @@ def test_batch_scores_match_single_scores(suite):
 
 
 def test_a_chat_task_is_solved_only_when_the_rule_is_kept_too(suite):
-    from posttrain.evaluation.scoring import exact_match, solved
+    from posttrain.world.answers import exact_match, solved
 
     for ex in suite["chat_rule"]["heldout"][:20]:
         assert solved(ex, ex.answer)

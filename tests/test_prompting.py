@@ -9,7 +9,8 @@ import pytest
 
 from posttrain.evaluation import prompting as P
 from posttrain.evaluation.multiple_choice import ContinuationScore, continuation_logprobs, pick
-from posttrain.evaluation.scoring import difference_se, exact_match, proportion_ci
+from posttrain.evaluation.scoring import difference_se, proportion_ci
+from posttrain.world.answers import exact_match
 from posttrain.world import tasks as T
 
 

@@ -126,7 +126,7 @@ def test_debug_shows_the_traceback_of_a_user_error():
 
 
 def test_a_python_reward_function_is_imported_from_the_working_directory(tmp_path, monkeypatch):
-    from posttrain.recipes.ppo import _function
+    from posttrain.scorers import python_function as _function
     from posttrain.training.loop import TrainingError
 
     (tmp_path / "my_rewards_for_test.py").write_text(

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from posttrain.evaluation.scoring import exact_match
+from posttrain.world.answers import exact_match
 from posttrain.world import tasks as T
 from posttrain.world.entities import make_world
 from posttrain.world.formats import ANSWER_PREFIX

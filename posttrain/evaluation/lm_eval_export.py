@@ -14,7 +14,7 @@ Each exported task is a YAML config plus a local JSONL file (``dataset_path: jso
 - **generation** (``<prefix>_<family>_gen``, ``output_type: generate_until``): the zero-shot
   prompt, greedy decoding up to the end of the answer's line (plain) or of the assistant's turn
   (chat), and ``acc`` from posttrain's own answer checker
-  (:func:`posttrain.evaluation.scoring.solved`, through a ``utils.py`` beside the YAML; that task
+  (:func:`posttrain.world.answers.solved`, through a ``utils.py`` beside the YAML; that task
   needs posttrain installed where lm-eval runs).
 
 Two differences from posttrain's arithmetic, neither of which changes ``acc``: lm-eval encodes
@@ -52,7 +52,7 @@ UTILS_PY = '''"""posttrain's answer checker for the generate_until tasks exporte
 import json
 
 from posttrain.evaluation.prompting import completion_answer
-from posttrain.evaluation.scoring import solved
+from posttrain.world.answers import solved
 from posttrain.world.tasks import TaskExample
 
 
@@ -159,7 +159,7 @@ def export_gen_task(examples: Sequence[TaskExample], out_dir: str | Path, name: 
                     chat: bool = False, max_new_tokens: int = 128,
                     metadata: dict[str, Any] | None = None) -> ExportedTask:
     """Write ``<name>.yaml``, ``<name>.jsonl`` and ``utils.py``: a generate_until task (zero-shot, greedy)
-    whose ``acc`` is posttrain's :func:`~posttrain.evaluation.scoring.solved`."""
+    whose ``acc`` is posttrain's :func:`~posttrain.world.answers.solved`."""
     out_dir = Path(out_dir)
     docs = [gen_document(ex, chat, tokenizer) for ex in examples]
     data_path = out_dir / f"{name}.jsonl"

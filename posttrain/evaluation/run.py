@@ -47,7 +47,8 @@ from typing import Any
 from posttrain.errors import UserError
 from posttrain.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
 from posttrain.evaluation.prompting import STRATEGIES, build_prompt, completion_answer, select_shots, uses_shots
-from posttrain.evaluation.scoring import exact_match, extract_answer, follows_rule, proportion_ci, solved
+from posttrain.evaluation.scoring import proportion_ci
+from posttrain.world.answers import exact_match, extract_answer, follows_rule, solved
 from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TaskExample, check_families, make_tasks
 
 MC_COLUMNS = ("mc_sum", "mc_norm")
@@ -151,7 +152,7 @@ def evaluate_generation(model, tokenizer, examples: Sequence[TaskExample], pool:
                         strategy: str, *, shots: int = 3, seed: int = 0, chat: bool = False, batch_size: int = 32,
                         max_new_tokens: int = 128, max_prompt_tokens: int = 10**9) -> Cell:
     """Accuracy of greedy completions under one prompting strategy: the answer matches (and a system
-    rule is kept, see :func:`posttrain.evaluation.scoring.solved`)."""
+    rule is kept, see :func:`posttrain.world.answers.solved`)."""
     from posttrain.generation import generate
 
     budget = _budget(tokenizer, examples, max_new_tokens)

@@ -59,26 +59,37 @@ from typing import Any, Callable
 
 import torch
 
+from posttrain.config import save_config
+from posttrain.data.labelling import Ranker, annotator_ranker, label_pairs, response_pools, score_ranker
+from posttrain.data.records import Preference
 from posttrain.data.preference import (
-    PreferenceBatch, UnpairedBatch, collate_examples, preferences_to_unpaired, tokenize_preferences, tokenize_unpaired,
+    PreferenceBatch, UnpairedBatch, collate_examples, preferences_to_unpaired, tokenize_preferences,
+    tokenize_unpaired,
 )
-from posttrain.data.records import Message, Preference
+from posttrain.data.readers import read_from_config, read_records
+from posttrain.data.writers import write_jsonl
 from posttrain.evaluation.policy import gold_win_rates, policy_answers, sampled_kl_scored
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
-from posttrain.losses.dpo import (
-    PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point, resolve_loss,
-)
+from posttrain.generation.best_of_n import sample_responses
+from posttrain.losses.dpo import PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point, resolve_loss
+from posttrain.models.attention import packing_kept
+from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import SequenceLogps, sequence_inputs
 from posttrain.recipes.config import DPOConfig
+from posttrain.scorers import Scorer, as_scorer, load_scorer
 from posttrain.training import reference as reference_lib
 from posttrain.training.loop import (
-    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps, units_per_s,
+    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
+    units_per_s,
 )
 from posttrain.training.reference import column_logps, precompute_reference
 from posttrain.training.reference import score_examples, weights_fingerprint  # noqa: F401 - imported from here by tests
 from posttrain.training.sampler import StepSampler
 from posttrain.training.sharding import gathered_root
+from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
 # Names tests take from this recipe; the pieces are the library's.
 collate, columns, inputs = collate_examples, column_logps, sequence_inputs
@@ -152,7 +163,6 @@ def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOC
     """Packed batches need attention within each sequence, each response over its prompt and itself:
     posttrain's segment attention replaces sdpa/eager (padded and generation calls go to the model's
     own). A model that cannot take it gets padded batches instead (the returned config), said once."""
-    from posttrain.models.attention import packing_kept
 
     if not cfg.packing or packing_kept(lm, shared_prefix=True, say=ctx.print if ctx else print):
         return cfg
@@ -160,7 +170,6 @@ def prepare_attention(cfg: DPOConfig, lm, ctx: RunContext | None = None) -> DPOC
 
 
 def load_reference_lm(cfg: DPOConfig, tokenizer):
-    from posttrain.models.loading import load_causal_lm
 
     ref_cfg = dataclasses.replace(cfg.model, name_or_path=cfg.reference_model or cfg.model.name_or_path,
                                   lora=dataclasses.replace(cfg.model.lora, enabled=False))
@@ -191,76 +200,22 @@ def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy, data
 
 # --- data ----------------------------------------------------------------------------------------
 
-Scorer = Callable[[list, list], torch.Tensor]
-"""(prompts: message lists, responses: texts) -> (B,) rewards; or any object with such a .score method."""
-
-
-def as_scorer(scorer) -> Scorer | None:
-    if scorer is None or callable(getattr(scorer, "score", None)):
-        return None if scorer is None else (lambda prompts, responses: torch.as_tensor(scorer.score(prompts, responses)))
-    if callable(scorer):
-        return lambda prompts, responses: torch.as_tensor(scorer(prompts, responses))
-    raise TypeError(f"scorer must be a callable (prompts, responses) -> rewards or have a .score method; got {type(scorer)}")
-
-
-def label_pairs(prompts: list, pools: list[list[str]], rank, pairing: str, pairs_per_prompt: int, seed: int,
-                metas: list[dict]) -> tuple[list[Preference], int]:
-    """Preference records from each prompt's pool of distinct responses, ordered by ``rank(i, responses)``
-    (best first, or None when the labeler finds them all equal).
-
-    pairing="best_worst": one pair per prompt, the best of the pool against the worst (as iterative
-    DPO builds its pairs, Xu et al. 2023; Pang et al. 2024); "random": ``pairs_per_prompt`` random
-    pairs. Returns the records and the number of tied pairs skipped."""
-    rng, out, ties = random.Random(f"dpo-pairs:{seed}"), [], 0
-    for i, (prompt, pool) in enumerate(zip(prompts, pools)):
-        pool = list(dict.fromkeys(pool))
-        if len(pool) < 2:
-            continue
-        candidates = [pool] if pairing == "best_worst" else [rng.sample(pool, 2) for _ in range(pairs_per_prompt)]
-        for responses in candidates:
-            order = rank(i, responses)
-            if order is None:
-                ties += 1
-                continue
-            out.append(Preference([Message(m["role"], m["content"]) for m in prompt], [Message("assistant", order[0])],
-                                  [Message("assistant", order[-1])], None, dict(metas[i])))
-    return out, ties
-
-
-def make_ranker(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None, scorer: Scorer | None):
-    """rank(i, responses) -> the responses best first (None: all equal), by the configured labeler
-    (a Python scorer wins): the annotators' Plackett-Luce draw, or sorted by gold / scorer rewards."""
-    if scorer is None and cfg.labeler == "reward_model":
-        if not cfg.reward_model:
-            raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
-        from posttrain.models.reward import RewardScorer
-
-        scorer = as_scorer(RewardScorer.from_pretrained(cfg.reward_model))
+def make_ranker(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None,
+                scorer: Scorer | None) -> Ranker:
+    """The configured labeler's ranker (a scorer passed in Python wins): the world's annotators, or the
+    rewards of its gold reward or of a reward model."""
     if scorer is None and cfg.labeler == "annotator":
-        from posttrain.world.annotators import Annotator, AnnotatorConfig
-
         w = cfg.world
-        annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed))
-        return lambda i, responses: [responses[j] for j in annotator.rank(examples[i], responses, w.aspect)]
-    if scorer is None:  # gold
-        from posttrain.world.gold import gold_reward
-
-        score = {(i, t): gold_reward(examples[i], t).total for i, pool in enumerate(pools) for t in pool}
-    else:
-        flat = [(i, t) for i, pool in enumerate(pools) for t in dict.fromkeys(pool)]
-        values = scorer([prompts[i] for i, _ in flat], [t for _, t in flat]).float().flatten().tolist()
-        score = dict(zip(flat, values))
-
-    def rank(i: int, responses: list[str]) -> list[str] | None:
-        order = sorted(responses, key=lambda t: -score[i, t])  # stable: ties keep pool order
-        return None if score[i, order[0]] == score[i, order[-1]] else order
-
-    return rank
+        return annotator_ranker(Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed)),
+                                examples, w.aspect)
+    if scorer is None and cfg.labeler == "reward_model" and not cfg.reward_model:
+        raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
+    if scorer is None:
+        scorer = load_scorer(cfg.reward_model if cfg.labeler == "reward_model" else "world_gold")
+    return score_ranker(scorer, prompts, pools, examples)
 
 
 def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
     w = cfg.world
     families = check_families(w.families or TRAIN_FAMILIES, "world.families", TrainingError)
@@ -272,20 +227,15 @@ def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
 def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list, examples: list | None,
                   scorer: Scorer | None, round_index: int, with_candidates: bool) -> list[Preference]:
     """Responses sampled from ``lm`` (plus the world's candidates), labelled in pairs."""
-    from posttrain.generation.best_of_n import sample_responses
-
     w = cfg.world
     sampled = w.responses != "candidates" or examples is None
-    pools = [[] for _ in prompts]
+    samples = None
     if sampled:
-        pools = sample_responses(lm, tokenizer, prompts, w.samples_per_prompt, w.sample_max_tokens,
-                                 temperature=cfg.sample_temperature, seed=cfg.train.seed * 1000 + round_index)
-    if with_candidates and examples is not None:
-        from posttrain.world.annotators import candidate_responses
-
-        # Not the worked solutions: the policy answers directly, and gold scores brevity against the
-        # direct answer, so a chosen chain of thought would teach a style that costs reward.
-        pools = [[c.text for c in candidate_responses(e) if c.kind != "cot"] + p for e, p in zip(examples, pools)]
+        samples = sample_responses(lm, tokenizer, prompts, w.samples_per_prompt, w.sample_max_tokens,
+                                   temperature=cfg.sample_temperature, seed=cfg.train.seed * 1000 + round_index)
+    # Not the worked solutions: the policy answers directly, and gold scores brevity against the
+    # direct answer, so a chosen chain of thought would teach a style that costs reward.
+    pools = response_pools(examples if with_candidates else None, samples, len(prompts), skip_kinds=("cot",))
     metas = [{"task_id": e.id, "family": e.family} if examples else {} for e in (examples or prompts)]
     rank = make_ranker(cfg, prompts, pools, examples, scorer)
     records, ties = label_pairs(prompts, pools, rank, cfg.pairing, w.pairs_per_prompt,
@@ -299,19 +249,13 @@ def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list,
 def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer | None,
                   round_index: int) -> tuple[list, list]:
     """(training records, held-out records) of this round, saved in run_dir so a resume reuses them."""
-    from posttrain.data.readers import read_records
-    from posttrain.data.writers import write_jsonl
 
     saved = ctx.run_dir / "pairs.jsonl"
     if saved.exists():
         train = read_records(saved, "preference").expect("preference")
     elif cfg.data.train and round_index == 1:
-        from posttrain.data.readers import read_from_config
-
         train = read_from_config(cfg.data, "train", tokenizer).records
     elif cfg.data.train:
-        from posttrain.data.readers import read_from_config
-
         records = read_from_config(cfg.data, "train", tokenizer).records
         prompts = list({json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]): None
                         for r in records})
@@ -332,12 +276,9 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
 
 def held_out_records(cfg: DPOConfig, tokenizer) -> list:
     if cfg.data.eval:
-        from posttrain.data.readers import read_from_config
-
         return read_from_config(cfg.data, "eval", tokenizer).records
     if cfg.data.train:
         return []
-    from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
 
     w = cfg.world
     annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed + 1))
@@ -414,7 +355,6 @@ def check_config(cfg: DPOConfig) -> None:
 
 def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int = 1, top_dir: Path | None = None) -> dict:
     """One DPO run on this round's pairs; returns its final evaluation (and writes run_dir/final)."""
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
 
     ctx = setup_run(cfg)
     tc, top_dir = cfg.train, top_dir or Path(cfg.train.run_dir)
@@ -491,12 +431,11 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
     rewards`` or any object with that ``.score`` method (e.g. ``posttrain.models.reward.RewardScorer``).
     """
     check_config(cfg)
-    scorer = as_scorer(scorer)
+    scorer = None if scorer is None else as_scorer(scorer)
     if cfg.rounds == 1:
         summary = train_round(cfg, scorer)
         write_summary(Path(cfg.train.run_dir), [summary])
         return Path(cfg.train.run_dir) / "final"
-    from posttrain.config import save_config
 
     top = Path(cfg.train.run_dir)
     top.mkdir(parents=True, exist_ok=True)

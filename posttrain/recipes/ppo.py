@@ -33,7 +33,6 @@ rollout/logp_diff, episodes_per_s; held-out eval/score and eval/gold; and at the
 
 from __future__ import annotations
 
-import inspect
 import json
 import zlib
 from contextlib import nullcontext
@@ -44,17 +43,25 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from posttrain.data.readers import read_from_config
 from posttrain.generation import stop_at_end_of_turn
 from posttrain.losses.ppo import grpo_loss, ppo_policy_loss, ppo_value_loss, rloo_loss, token_entropy
+from posttrain.models.loading import load_causal_lm, load_tokenizer, resolve_dtype, set_dropout
+from posttrain.models.lora import disabled_adapter
 from posttrain.models.value import ActorCritic, ValueHead, load_critic, response_logits
 from posttrain.recipes.config import PPOConfig
 from posttrain.rl import math as rlm
+from posttrain.rl.diagnostics import hacking_summary, plot_proxy_vs_gold
 from posttrain.rl.kl import AdaptiveKLController, FixedKLController
 from posttrain.rl.rollout import Rollout, by_length, concat_rollouts, sample_rollouts, token_logps
+from posttrain.scorers import load_scorer, world_gold
 from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Timer, TrainingError, finish_run,
                                      gather_objects, refuse_fsdp, setup_run, train_step)
+from posttrain.training.metrics import read_metrics
 from posttrain.training.optim import build_optimizer, build_scheduler, own_learning_rate
 from posttrain.training.sampler import StepSampler, require_one_step
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
 RewardFn = Callable[[Sequence[int], Rollout], dict[str, torch.Tensor]]
 """(prompt index of each row, rollout) -> {"score": (B,) proxy reward, optionally "gold": (B,), and
@@ -95,9 +102,6 @@ def encode_prompts(tokenizer, messages: list[list[dict]], records: list, max_tok
 
 
 def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int) -> PromptSet:
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
-
     families = check_families(cfg.world_families or TRAIN_FAMILIES, "world_families", TrainingError)
     world = make_world(cfg.world_seed)
     examples = [t for f in families for t in make_tasks(world, cfg.world_seed, f, split, n)]
@@ -106,8 +110,6 @@ def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int
 
 
 def file_prompts(paths: list[str], cfg: PPOConfig, tokenizer, ctx: RunContext) -> PromptSet:
-    from posttrain.data.readers import read_from_config
-
     result = read_from_config(cfg.data, paths, tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("prompt", "conversation")
@@ -122,55 +124,6 @@ def file_prompts(paths: list[str], cfg: PPOConfig, tokenizer, ctx: RunContext) -
 
 # --- rewards -------------------------------------------------------------------------------
 
-def world_gold(prompts: Sequence, responses: Sequence[str], records: Sequence) -> list[float]:
-    """The embedded world's gold reward (total, in [0, 1]) of each response to its TaskExample."""
-    from posttrain.world.gold import gold_rewards
-    from posttrain.world.tasks import TaskExample
-
-    if not all(isinstance(r, TaskExample) for r in records):
-        raise TrainingError("rewards: world_gold scores the embedded world's task prompts only; leave data.train "
-                            "empty, or use a reward model or a function of your own")
-    return [s.total for s in gold_rewards(records, responses)]
-
-
-def _function(spec: str) -> Callable:
-    """``module:function`` imported as ``python -m`` would: the working directory comes first on the path."""
-    import importlib
-    import os
-    import sys
-
-    module, _, name = spec.partition(":")
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except ModuleNotFoundError as e:
-        raise TrainingError(f"rewards: cannot import module '{e.name}' of {spec!r}: looked for {module.replace('.', '/')}.py "
-                            f"(or a package) in the working directory {os.getcwd()} and on sys.path; run from the "
-                            f"folder that holds it, or add that folder to PYTHONPATH") from None
-    except AttributeError:
-        raise TrainingError(f"rewards: module '{module}' has no function '{name}' ({spec!r})") from None
-    if not callable(fn):
-        raise TrainingError(f"rewards: {spec!r} is not a function")
-    return fn
-
-
-def reward_source(spec: str, device: str) -> Callable[[list, list[str], list], torch.Tensor]:
-    """A reward-model folder, 'module:function' or world_gold as fn(prompts, responses, records) -> (B,)."""
-    if spec == "world_gold":
-        fn = world_gold
-    elif ":" in spec and not Path(spec).exists():
-        fn = _function(spec)
-        if "records" not in inspect.signature(fn).parameters:
-            fn = partial(lambda f, p, r, records: f(p, r), fn)
-    else:
-        from posttrain.models.reward import RewardScorer  # the reward-model recipe's scorer
-
-        scorer = RewardScorer.from_pretrained(spec, device=device)
-        return lambda p, r, records: scorer.score(p, r, batch_size=64).float().cpu()
-    return lambda p, r, records: torch.as_tensor([float(x) for x in fn(p, r, records=records)], dtype=torch.float32)
-
-
 def reward_sources(cfg: PPOConfig, device: str) -> list[tuple[str, float, Callable]]:
     """(name, weight, scoring function) of every entry of cfg.rewards, each loaded once."""
     if not cfg.rewards:
@@ -179,7 +132,7 @@ def reward_sources(cfg: PPOConfig, device: str) -> list[tuple[str, float, Callab
     if len(weights) != len(cfg.rewards):
         raise TrainingError(f"reward_weights has {len(weights)} entries for {len(cfg.rewards)} rewards")
     names = [Path(spec.rstrip("/")).name if Path(spec).exists() else spec for spec in cfg.rewards]
-    return [(name, w, reward_source(spec, device)) for name, spec, w in zip(names, cfg.rewards, weights)]
+    return [(name, w, load_scorer(spec, device)) for name, spec, w in zip(names, cfg.rewards, weights)]
 
 
 def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptSet) -> RewardFn:
@@ -188,10 +141,10 @@ def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptS
 
     def reward(rows: Sequence[int], rollout: Rollout) -> dict[str, torch.Tensor]:
         p, rec = [prompts.messages[i] for i in rows], [prompts.records[i] for i in rows]
-        out = {f"reward/{name}": fn(p, rollout.texts, rec) for name, _, fn in sources}
+        out = {f"reward/{name}": fn(p, rollout.texts, rec).float() for name, _, fn in sources}
         out["score"] = sum(w * s for (_, w, _), s in zip(sources, out.values()))
         if has_gold:
-            out["gold"] = torch.tensor(world_gold(p, rollout.texts, rec))
+            out["gold"] = world_gold(p, rollout.texts, rec).float()
         return out
 
     return reward
@@ -231,8 +184,6 @@ def forward_rollout(model: ActorCritic, reference: torch.nn.Module | None, rollo
                     batch_size: int) -> dict[str, torch.Tensor]:
     """Trainer log-probs, entropy and values of the policy, and reference log-probs, (B, R) each,
     computed ``batch_size`` rows at a time. ``reference`` None: the LoRA policy, adapter disabled."""
-    from posttrain.models.lora import disabled_adapter
-
     parts: dict[str, list[torch.Tensor]] = {}
     model.eval()
     order = by_length(rollout, torch.arange(len(rollout)))
@@ -417,8 +368,6 @@ def update(ctx: RunContext, cfg: PPOConfig, model, optimizer, scheduler, experie
 
 def build_models(cfg: PPOConfig, tokenizer, ctx: RunContext) -> tuple[ActorCritic, torch.nn.Module | None]:
     """The policy with its value function, and the reference (None: the LoRA policy, adapter disabled)."""
-    from posttrain.models.loading import load_causal_lm, resolve_dtype, set_dropout
-
     policy = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(policy, tokenizer)  # responses end at the chat template's end-of-turn token
     head = critic = None
@@ -534,10 +483,6 @@ def train(ctx: RunContext, cfg: PPOConfig, model: ActorCritic, reference, tokeni
 
 def ppo(cfg: PPOConfig) -> Path:
     """Train the policy against cfg.rewards; export ``run_dir/final`` and return its path."""
-    from posttrain.models.loading import load_tokenizer
-    from posttrain.rl.diagnostics import hacking_summary, plot_proxy_vs_gold
-    from posttrain.training.metrics import read_metrics
-
     ctx = setup_run(cfg)
     refuse_fsdp(ctx, "ppo", "each process samples its own rollouts, of its own lengths, so their forward passes "
                 "cannot run in step")

@@ -26,13 +26,18 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoTokenizer
 
+from posttrain.data.readers import read_many
+from posttrain.models.loading import load_causal_lm, load_tokenizer
+from posttrain.models.tiny import tiny_llama, train_bpe_tokenizer
 from posttrain.recipes.config import PretrainConfig
 from posttrain.training.loop import (
     RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
     units_per_s,
 )
 from posttrain.training.sampler import StepSampler
+from posttrain.world.corpus import generate_corpus
 
 
 # --- loss --------------------------------------------------------------------------------
@@ -80,8 +85,6 @@ def pack_documents(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
 
 
 def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> list[str]:
-    from posttrain.data.readers import read_many
-
     fmt = "text" if cfg.data.layout == "auto" else cfg.data.layout
     result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid)
     ctx.print(result.report.summary())  # says what was skipped (data.skip_invalid), and why
@@ -89,8 +92,6 @@ def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> li
 
 
 def world_documents(cfg: PretrainConfig, split: str, size_mb: float) -> list[str]:
-    from posttrain.world.corpus import generate_corpus
-
     return generate_corpus(cfg.world_seed, size_mb, split=split)
 
 
@@ -120,13 +121,7 @@ def prepare_tokenizer(cfg: PretrainConfig, ctx: RunContext, train_docs: list[str
     a resumed run, which reads the saved one instead of training again) has the same vocabulary.
     """
     if cfg.tokenizer == "model":
-        from posttrain.models.loading import load_tokenizer
-
         return load_tokenizer(cfg.model)
-    from transformers import AutoTokenizer
-
-    from posttrain.models.tiny import train_bpe_tokenizer
-
     folder = ctx.run_dir / "tokenizer"
     if ctx.is_main and not (ctx.resume_from and folder.exists()):
         train_bpe_tokenizer(train_docs, cfg.vocab_size, split_digits=cfg.split_digits).save_pretrained(folder)
@@ -136,14 +131,10 @@ def prepare_tokenizer(cfg: PretrainConfig, ctx: RunContext, train_docs: list[str
 
 def build_model(cfg: PretrainConfig, tokenizer) -> torch.nn.Module:
     if not cfg.from_scratch:
-        from posttrain.models.loading import load_causal_lm
-
         if cfg.tokenizer != "model":
             raise TrainingError("from_scratch is false but tokenizer is 'train': a loaded model needs its "
                                 "own tokenizer; set tokenizer=model")
         return load_causal_lm(cfg.model)
-    from posttrain.models.tiny import tiny_llama
-
     arch = cfg.arch
     model = tiny_llama(len(tokenizer), hidden_size=arch.hidden_size, num_layers=arch.num_layers,
                        num_heads=arch.num_heads, intermediate_size=arch.intermediate_size or None,

@@ -48,16 +48,24 @@ import torch
 from posttrain.data.chat import render_prompt_response
 from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_comparisons, comparison_records,
                                         responses_of)
-from posttrain.data.readers import location_of
+from posttrain.data.labelling import response_pools
+from posttrain.data.readers import location_of, read_from_config
+from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
+from posttrain.generation.best_of_n import sample_responses
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
                                      margin_loss)
 from posttrain.models.attention import packing_kept
+from posttrain.models.export import export_model
+from posttrain.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
 from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
                                      ensure_distinct_pad, fit_normalization, load_reward_model)
 from posttrain.recipes.config import RewardConfig
 from posttrain.training.loop import (RunContext, TrainingError, evaluate, fit, prepare_training, refuse_fsdp,
                                      setup_run, shard, total_steps, units_per_s)
 from posttrain.training.sampler import StepSampler, require_one_step
+from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
 MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
 
@@ -142,8 +150,6 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
 
 def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, list]:
     """(training records, held-out preference pairs) from data.train / data.eval."""
-    from posttrain.data.readers import read_from_config
-
     result = read_from_config(cfg.data, "train", tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("preference", "ranking")
@@ -158,8 +164,6 @@ def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, l
 # --- the world's annotators -------------------------------------------------------------------
 
 def world_families(cfg: RewardConfig) -> list[str]:
-    from posttrain.world.tasks import TRAIN_FAMILIES, check_families
-
     w = cfg.world
     families = list(w.families) or [f for f in TRAIN_FAMILIES if not (w.aspect == "helpfulness" and f == "harmful")]
     return check_families(families, "world.families", TrainingError)
@@ -170,22 +174,14 @@ def world_responses(cfg: RewardConfig, examples: list, lm, tokenizer, split: str
     w = cfg.world
     if w.responses == "candidates":
         return None
-    from posttrain.generation.best_of_n import sample_responses
-    from posttrain.world.annotators import candidate_responses
-
     samples = sample_responses(lm, tokenizer, [e.messages for e in examples], w.samples_per_prompt,
                                w.sample_max_tokens, seed=cfg.train.seed + (split == "heldout"))
-    extra = lambda e: [c.text for c in candidate_responses(e)] if w.responses == "both" else []  # noqa: E731
-    return {e.id: extra(e) + s for e, s in zip(examples, samples)}
+    pools = response_pools(examples if w.responses == "both" else None, samples, len(examples))
+    return {e.id: pool for e, pool in zip(examples, pools)}
 
 
 def world_records(cfg: RewardConfig, tokenizer, ctx: RunContext) -> tuple[list, list]:
     """(training records, held-out pairs) labeled by the world's simulated annotators."""
-    from posttrain.models.loading import load_causal_lm
-    from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import make_tasks
-
     w, world = cfg.world, make_world(cfg.world.seed)
     lm = None if w.responses == "candidates" else load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
     out = []
@@ -204,9 +200,6 @@ def world_records(cfg: RewardConfig, tokenizer, ctx: RunContext) -> tuple[list, 
 
 def reference_set(cfg: RewardConfig, records: list, tokenizer) -> tuple[list, list[str], str]:
     """(prompts, responses, description) the exported scores are standardized on."""
-    from posttrain.generation.best_of_n import sample_responses
-    from posttrain.models.loading import load_causal_lm
-
     prompts = list({json.dumps(as_dicts(r.prompt), sort_keys=True): as_dicts(r.prompt) for r in records}.values())
     random.Random(f"reward-norm:{cfg.train.seed}").shuffle(prompts)
     prompts = prompts[:cfg.norm_prompts]
@@ -226,8 +219,6 @@ def reference_set(cfg: RewardConfig, records: list, tokenizer) -> tuple[list, li
 
 def is_reward_folder(name_or_path: str) -> bool:
     """Whether a local model folder holds a sequence-classification (reward) model."""
-    from posttrain.models.loading import resolve_model_path
-
     config = Path(resolve_model_path(name_or_path)) / "config.json"
     if not config.is_file():
         return False
@@ -262,9 +253,6 @@ def build_model(cfg: RewardConfig, tokenizer, ctx: RunContext | None = None) -> 
 
 def finish(cfg: RewardConfig, ctx: RunContext, hf, tokenizer, records: list, held_out: list, step: int) -> Path:
     """Measure the normalization, write the held-out report, export ``run_dir/final`` with both."""
-    from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
-    from posttrain.models.export import export_model
-
     out = ctx.run_dir / "final"
     if ctx.is_main:
         scorer = RewardScorer(hf, tokenizer)
@@ -285,8 +273,6 @@ def finish(cfg: RewardConfig, ctx: RunContext, hf, tokenizer, records: list, hel
 
 def reward(cfg: RewardConfig) -> Path:
     """Train, checkpoint, normalize, evaluate and export ``run_dir/final``; return its path."""
-    from posttrain.models.loading import load_tokenizer
-
     ctx = setup_run(cfg)
     tc = cfg.train
     refuse_fsdp(ctx, "the reward recipe", "its normalization and report score on the main process alone")

@@ -34,11 +34,15 @@ from pathlib import Path
 
 import torch
 
-from posttrain.data.chat import Example, tokenize_conversations
+from posttrain.data.chat import Example, TokenizeReport, fit_to_length, tokenize_conversations
 from posttrain.data.collate import Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
 from posttrain.data.packing import PackedBatch, pack_examples
-from posttrain.generation import stop_at_end_of_turn
+from posttrain.data.readers import read_from_config, read_many
+from posttrain.evaluation.run import evaluate_suite, write_report
+from posttrain.generation import generate_chat, stop_at_end_of_turn
+from posttrain.models.attention import packing_kept
+from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
@@ -46,6 +50,9 @@ from posttrain.training.loop import (
 )
 from posttrain.training.sampler import LengthGroupedSampler, StepSampler, require_one_step
 from posttrain.training.sharding import gathered_root
+from posttrain.world.corpus import generate_corpus
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks
 
 # --- loss --------------------------------------------------------------------------------
 
@@ -77,8 +84,6 @@ def tokenize(tokenizer, conversations: list, cfg: SFTConfig, ctx: RunContext, wh
 def prompt_completion_examples(tokenizer, records: list, cfg: SFTConfig, ctx: RunContext, what: str) -> list[Example]:
     """Plain-text prompt + completion records (no chat template): loss on the completion and a
     closing eos; data.max_length / data.overflow apply, and what they cut or drop is reported."""
-    from posttrain.data.chat import TokenizeReport, fit_to_length
-
     report, examples = TokenizeReport(max_length=cfg.data.max_length), []
     for index, record in enumerate(records):
         p = tokenizer(record.prompt, add_special_tokens=False)["input_ids"]
@@ -95,8 +100,6 @@ def prompt_completion_examples(tokenizer, records: list, cfg: SFTConfig, ctx: Ru
 
 
 def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[Example]:
-    from posttrain.data.readers import read_from_config
-
     result = read_from_config(cfg.data, [path], tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("conversation", "prompt_completion")
@@ -106,8 +109,6 @@ def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[E
 
 
 def world_families(cfg: SFTConfig) -> list[str]:
-    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families
-
     families = list(cfg.world_families) or list(TRAIN_FAMILIES)
     check_families(sorted(cfg.family_renderings), "family_renderings", TrainingError)
     bad = [f for f in families if f not in FAMILIES or f in HELDOUT_FAMILIES]
@@ -119,8 +120,6 @@ def world_families(cfg: SFTConfig) -> list[str]:
 
 def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world) -> list[Example]:
     """One family's train split, each example rendered once (zero-shot, few-shot, CoT, ...)."""
-    from posttrain.world.tasks import make_tasks
-
     items = make_tasks(world, cfg.world_seed, family, "train", cfg.world_examples)
     # A seed per family, so families do not share one pattern of renderings.
     seed = cfg.train.seed * 1_000_003 + zlib.crc32(family.encode())
@@ -134,11 +133,7 @@ def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world)
 
 def rehearsal_text(cfg: SFTConfig) -> list[str]:
     if cfg.rehearsal_data:
-        from posttrain.data.readers import read_many
-
         return [r.text for r in read_many(cfg.rehearsal_data, "auto", cfg.data.split, cfg.data.skip_invalid).expect("text")]
-    from posttrain.world.corpus import generate_corpus
-
     return generate_corpus(cfg.world_seed, cfg.rehearsal_world_mb, split="train")
 
 
@@ -147,8 +142,6 @@ def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
     if cfg.data.train:
         sources = [Source(p, file_source(p, tokenizer, cfg, ctx)) for p in cfg.data.train]
     else:
-        from posttrain.world.entities import make_world
-
         world = make_world(cfg.world_seed)
         sources = [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
     names = [s.name for s in sources]
@@ -170,14 +163,9 @@ def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
 def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
     """Held-out conversations: data.eval, or every world family's held-out split, rendered zero-shot."""
     if cfg.data.eval:
-        from posttrain.data.readers import read_from_config
-
         return [r.as_dicts() for r in read_from_config(cfg.data, "eval", tokenizer).expect("conversation")]
     if cfg.data.train or cfg.eval_examples <= 0:
         return []
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, make_tasks
-
     world = make_world(cfg.world_seed)
     return [render_zero_shot(t) for f in FAMILIES for t in make_tasks(world, cfg.world_seed, f, "heldout", cfg.eval_examples)]
 
@@ -196,8 +184,6 @@ def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTC
     over all of it, so they are swapped for posttrain's per-example attention (same results, the
     model's sliding window and soft-capping included). A model whose attention cannot be read that
     way gets padded batches instead (the returned config), and the log says why."""
-    from posttrain.models.attention import packing_kept
-
     if not cfg.packing or cfg.pack_length or packing_kept(lm, shared_prefix=False, say=ctx.print if ctx else print):
         return cfg
     return dataclasses.replace(cfg, packing=False)
@@ -206,8 +192,6 @@ def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTC
 # --- evaluation ---------------------------------------------------------------------------
 
 def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_tokens: int) -> None:
-    from posttrain.generation import generate_chat
-
     if not prompts or not ctx.runs_model_work:
         return
     outputs = generate_chat(lm, tokenizer, prompts, max_new_tokens=max_tokens, temperature=0.0)
@@ -219,8 +203,6 @@ def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_to
 
 def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int) -> dict[str, float]:
     """Held-out exact match per world family (chat template, zero-shot), written to run_dir/eval."""
-    from posttrain.evaluation.run import evaluate_suite, write_report
-
     report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world_seed,
                             chat=True, max_prompt_tokens=cfg.data.max_length, max_new_tokens=cfg.eval_max_new_tokens)
     if ctx.is_main:
@@ -235,8 +217,6 @@ def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int)
 
 def sft(cfg: SFTConfig) -> Path:
     """Fine-tune, checkpoint, export ``run_dir/final``; return its path."""
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
-
     ctx = setup_run(cfg)
     tc = cfg.train
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)

@@ -39,7 +39,7 @@ import torch
 from rich.console import Console
 
 from posttrain.config import save_config
-from posttrain.errors import UserError
+from posttrain.errors import TrainingError
 from posttrain.training import checkpoint as ck
 from posttrain.training.checkpoint import TrainState
 from posttrain.training.config import TrainConfig
@@ -49,10 +49,6 @@ LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Te
 """(model, micro_batch) -> (loss summed over the micro-batch's units, {metric: sum over units})."""
 CountFn = Callable[[Any], int]
 """micro_batch -> its number of normalization units (e.g. target tokens)."""
-
-
-class TrainingError(UserError, RuntimeError):
-    """A run that cannot go on; the message says why and what to try."""
 
 
 class NonFiniteLossError(TrainingError):
