@@ -14,6 +14,7 @@ import random
 from typing import Callable, Sequence
 
 from posttrain.data.records import Message, Preference
+from posttrain.generation.best_of_n import sample_responses
 from posttrain.scorers import Scorer
 from posttrain.world.annotators import Annotator, candidate_responses
 
@@ -73,3 +74,22 @@ def label_pairs(prompts: list, pools: list[list[str]], rank: Ranker, pairing: st
             out.append(Preference([Message(m["role"], m["content"]) for m in prompt], [Message("assistant", order[0])],
                                   [Message("assistant", order[-1])], None, dict(metas[i])))
     return out, ties
+
+
+def sample_and_label(lm, tokenizer, prompts: list, examples: Sequence | None, ranker: Callable[[list], Ranker], *,
+                     samples_per_prompt: int, max_new_tokens: int, temperature: float, seed: int, sample: bool,
+                     candidates: bool, pairing: str, pairs_per_prompt: int) -> tuple[list[Preference], str]:
+    """Pairs labelled from each prompt's pool: ``samples_per_prompt`` samples of ``lm`` (``sample``) and/or
+    the world's candidates of ``examples`` (``candidates``; not the worked solutions: a policy answers
+    directly, and gold scores brevity against the direct answer, so a chosen chain of thought would teach
+    a style that costs reward), ranked by ``ranker(pools)``. Returns the records and a line saying how."""
+    samples = None
+    if sample:
+        samples = sample_responses(lm, tokenizer, prompts, samples_per_prompt, max_new_tokens,
+                                   temperature=temperature, seed=seed)
+    pools = response_pools(examples if candidates else None, samples, len(prompts), skip_kinds=("cot",))
+    metas = [{"task_id": e.id, "family": e.family} if examples else {} for e in (examples or prompts)]
+    records, ties = label_pairs(prompts, pools, ranker(pools), pairing, pairs_per_prompt, seed, metas)
+    sources = [f"{samples_per_prompt} policy samples"] * sample + ["the world's candidates"] * candidates
+    return records, (f"{len(records)} pairs from {len(prompts)} prompts ({' + '.join(sources)} each); "
+                     f"{ties} tied pairs skipped")

@@ -38,7 +38,7 @@ import torch
 
 from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response
 from posttrain.data.packing import pack_shared_prefix, packed_model_inputs
-from posttrain.data.readers import location_of
+from posttrain.data.readers import DataError, location_of
 from posttrain.data.records import Preference, Unpaired, messages_to_dicts
 
 Overflow = Literal["truncate", "drop", "error"]
@@ -393,3 +393,18 @@ __all__ = [
     "tokenize_preference", "tokenize_preferences", "tokenize_unpaired", "preferences_to_unpaired", "mismatched",
     "collate_sequences", "collate_preferences", "collate_unpaired", "collate_shared_prompt", "collate_examples",
 ]
+
+
+def tokenize_for_loss(tokenizer, records: Sequence, unpaired: bool, max_length: int = 1024,
+                      overflow: Overflow = "truncate", loss_name: str = "sigmoid"):
+    """(examples, report) for a pairwise loss (preference records) or an unpaired one (unpaired records,
+    and preferences split into a desirable chosen and an undesirable rejected)."""
+    kinds = {r.kind for r in records}
+    if unpaired:
+        examples = [r for r in records if r.kind == "unpaired"]
+        examples += preferences_to_unpaired([r for r in records if r.kind == "preference"])
+        return tokenize_unpaired(tokenizer, examples, max_length, overflow)
+    if kinds - {"preference"}:
+        raise DataError(f"loss {loss_name} trains on preference records (prompt, chosen, rejected), but the data "
+                        f"holds {sorted(kinds - {'preference'})} records; use loss.name=kto for unpaired data")
+    return tokenize_preferences(tokenizer, records, max_length, overflow)

@@ -14,11 +14,13 @@ scorer (``posttrain.training.reference.ReferencePolicy``: the LoRA-disabled poli
 memory, or a model loaded for the measurement), as preference training holds it.
 
 During preference training the gold reward is also compared with the starting policy's on the same
-held-out prompts (:func:`policy_answers`, :func:`gold_win_rates`).
+held-out prompts (:class:`GoldAgainstStart`: :func:`policy_answers`, :func:`gold_win_rates`).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any, Sequence
 
@@ -26,6 +28,7 @@ import torch
 
 from posttrain.data.chat import PromptResponse
 from posttrain.data.preference import UnpairedExample, collate_unpaired
+from posttrain.files import write_json_atomic
 from posttrain.generation import generate_chat
 from posttrain.generation.best_of_n import sample_responses
 from posttrain.models.logps import sequence_inputs
@@ -127,3 +130,26 @@ def gold_win_rates(examples: Sequence[Any], answers: dict, baseline: dict) -> di
                       f"win_rate{suffix}": sum(wins) / len(wins)}
             (out if family is None else families.setdefault(family, {})).update(scores)
     return {**out, "held_out_prompts": len(examples), "families": families}
+
+
+class GoldAgainstStart:
+    """Held-out gold reward of a policy, greedy and sampled, and its gold win-rate against the starting
+    policy's answers to the same world examples. The starting answers are made once, from ``lm``
+    before training, and kept in ``path`` (a resumed or next round reuses them)."""
+
+    def __init__(self, examples: Sequence[Any], lm, tokenizer, max_new_tokens: int, seed: int, path: Path,
+                 write: bool = True):
+        self.examples, self.max_new_tokens, self.seed = list(examples), max_new_tokens, seed
+        if path.exists():
+            self.baseline = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            self.baseline = self.answers(lm, tokenizer)
+            if write:
+                write_json_atomic(path, self.baseline)
+
+    def answers(self, lm, tokenizer) -> dict[str, dict[str, list[str]]]:
+        """The same decoding for the starting policy and the trained one."""
+        return policy_answers(lm, tokenizer, self.examples, self.max_new_tokens, seed=self.seed)
+
+    def __call__(self, lm, tokenizer) -> dict:
+        return gold_win_rates(self.examples, self.answers(lm, tokenizer), self.baseline)

@@ -60,18 +60,13 @@ from typing import Any, Callable
 import torch
 
 from posttrain.config import save_config
-from posttrain.data.labelling import Ranker, annotator_ranker, label_pairs, response_pools, score_ranker
-from posttrain.data.records import Preference
-from posttrain.data.preference import (
-    PreferenceBatch, UnpairedBatch, collate_examples, preferences_to_unpaired, tokenize_preferences,
-    tokenize_unpaired,
-)
-from posttrain.data.readers import read_from_config, read_records
+from posttrain.data.labelling import annotator_ranker, sample_and_label, score_ranker
+from posttrain.data.preference import PreferenceBatch, UnpairedBatch, collate_examples, tokenize_for_loss
+from posttrain.data.readers import DataError, read_from_config, read_records
 from posttrain.data.writers import write_jsonl
-from posttrain.evaluation.policy import gold_win_rates, policy_answers, sampled_kl_scored
+from posttrain.evaluation.policy import GoldAgainstStart, sampled_kl_scored
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
-from posttrain.generation.best_of_n import sample_responses
 from posttrain.losses.dpo import PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point, resolve_loss
 from posttrain.models.attention import packing_kept
 from posttrain.models.loading import load_causal_lm, load_tokenizer
@@ -88,8 +83,7 @@ from posttrain.training.reference import score_examples, weights_fingerprint  # 
 from posttrain.training.sampler import StepSampler
 from posttrain.training.sharding import gathered_root
 from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
-from posttrain.world.entities import make_world
-from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
+from posttrain.world.tasks import task_examples
 
 # Names tests take from this recipe; the pieces are the library's.
 collate, columns, inputs = collate_examples, column_logps, sequence_inputs
@@ -200,109 +194,79 @@ def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy, data
 
 # --- data ----------------------------------------------------------------------------------------
 
-def make_ranker(cfg: DPOConfig, prompts: list, pools: list[list[str]], examples: list | None,
-                scorer: Scorer | None) -> Ranker:
-    """The configured labeler's ranker (a scorer passed in Python wins): the world's annotators, or the
-    rewards of its gold reward or of a reward model."""
+def make_ranker(cfg: DPOConfig, prompts: list, examples: list | None, scorer: Scorer | None) -> Callable:
+    """pools -> the configured labeler's ranker (a scorer passed in Python wins): the world's annotators,
+    or the rewards of its gold reward or of a reward model."""
+    w = cfg.world
     if scorer is None and cfg.labeler == "annotator":
-        w = cfg.world
-        return annotator_ranker(Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed)),
-                                examples, w.aspect)
+        annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed))
+        return lambda pools: annotator_ranker(annotator, examples, w.aspect)
     if scorer is None and cfg.labeler == "reward_model" and not cfg.reward_model:
         raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
     if scorer is None:
         scorer = load_scorer(cfg.reward_model if cfg.labeler == "reward_model" else "world_gold")
-    return score_ranker(scorer, prompts, pools, examples)
+    return lambda pools: score_ranker(scorer, prompts, pools, examples)
 
 
 def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
-
     w = cfg.world
-    families = check_families(w.families or TRAIN_FAMILIES, "world.families", TrainingError)
-    world, n = make_world(w.seed), (w.examples if split == "train" else w.eval_examples)
-    first = (round_index - 1) * n if split == "train" else 0  # each round gets new prompts
-    return [e for f in families for e in make_tasks(world, w.seed, f, split, first + n)[first:]]
-
-
-def sampled_pairs(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, prompts: list, examples: list | None,
-                  scorer: Scorer | None, round_index: int, with_candidates: bool) -> list[Preference]:
-    """Responses sampled from ``lm`` (plus the world's candidates), labelled in pairs."""
-    w = cfg.world
-    sampled = w.responses != "candidates" or examples is None
-    samples = None
-    if sampled:
-        samples = sample_responses(lm, tokenizer, prompts, w.samples_per_prompt, w.sample_max_tokens,
-                                   temperature=cfg.sample_temperature, seed=cfg.train.seed * 1000 + round_index)
-    # Not the worked solutions: the policy answers directly, and gold scores brevity against the
-    # direct answer, so a chosen chain of thought would teach a style that costs reward.
-    pools = response_pools(examples if with_candidates else None, samples, len(prompts), skip_kinds=("cot",))
-    metas = [{"task_id": e.id, "family": e.family} if examples else {} for e in (examples or prompts)]
-    rank = make_ranker(cfg, prompts, pools, examples, scorer)
-    records, ties = label_pairs(prompts, pools, rank, cfg.pairing, w.pairs_per_prompt,
-                                cfg.train.seed * 1000 + round_index, metas)
-    sources = [f"{w.samples_per_prompt} policy samples"] * sampled + ["the world's candidates"] * with_candidates
-    ctx.print(f"round {round_index}: {len(records)} pairs from {len(prompts)} prompts ({' + '.join(sources)} each, "
-              f"labelled by {'a scorer' if scorer else cfg.labeler}); {ties} tied pairs skipped")
-    return records
+    n = w.examples if split == "train" else w.eval_examples
+    return task_examples(w.seed, w.families, split, n, (round_index - 1) * n if split == "train" else 0,
+                         error=TrainingError)  # each round takes new prompts
 
 
 def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer | None,
                   round_index: int) -> tuple[list, list]:
-    """(training records, held-out records) of this round, saved in run_dir so a resume reuses them."""
-
-    saved = ctx.run_dir / "pairs.jsonl"
+    """(training records, held-out records) of this round, saved in run_dir so a resume reuses them.
+    Round 1 on files trains on their pairs; later rounds, and the world, label pairs of sampled responses."""
+    saved, w = ctx.run_dir / "pairs.jsonl", cfg.world
     if saved.exists():
-        train = read_records(saved, "preference").expect("preference")
-    elif cfg.data.train and round_index == 1:
+        return read_records(saved, "preference").expect("preference"), held_out_records(cfg, tokenizer)
+    examples = None
+    if cfg.data.train:
         train = read_from_config(cfg.data, "train", tokenizer).records
-    elif cfg.data.train:
-        records = read_from_config(cfg.data, "train", tokenizer).records
-        prompts = list({json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]): None
-                        for r in records})
-        if scorer is None and cfg.labeler != "reward_model":
+        prompts = [json.loads(p) for p in dict.fromkeys(
+            json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]) for r in train)
+            ] if round_index > 1 else []
+        if round_index > 1 and scorer is None and cfg.labeler != "reward_model":
             raise TrainingError(f"round {round_index} labels sampled responses to data.train's prompts, which needs "
                                 "labeler=reward_model (with reward_model=...) or a scorer passed to dpo()")
-        train = sampled_pairs(cfg, ctx, lm, tokenizer, [json.loads(p) for p in prompts], None, scorer, round_index,
-                              False)
     else:
         examples = world_examples(cfg, "train", round_index)
-        with_candidates = cfg.world.responses in ("candidates", "both")
-        train = sampled_pairs(cfg, ctx, lm, tokenizer, [e.messages for e in examples], examples, scorer,
-                              round_index, with_candidates)
-    if ctx.is_main and not saved.exists():
+        prompts = [e.messages for e in examples]
+    if prompts:
+        candidates = examples is not None and w.responses in ("candidates", "both")
+        train, how = sample_and_label(
+            lm, tokenizer, prompts, examples, make_ranker(cfg, prompts, examples, scorer),
+            samples_per_prompt=w.samples_per_prompt, max_new_tokens=w.sample_max_tokens,
+            temperature=cfg.sample_temperature, seed=cfg.train.seed * 1000 + round_index,
+            sample=w.responses != "candidates" or examples is None, candidates=candidates, pairing=cfg.pairing,
+            pairs_per_prompt=w.pairs_per_prompt)
+        ctx.print(f"round {round_index}: {how} (labelled by {'a scorer' if scorer else cfg.labeler})")
+    if ctx.is_main:
         write_jsonl(train, saved)
     return train, held_out_records(cfg, tokenizer)
 
 
 def held_out_records(cfg: DPOConfig, tokenizer) -> list:
-    if cfg.data.eval:
-        return read_from_config(cfg.data, "eval", tokenizer).records
-    if cfg.data.train:
-        return []
-
+    if cfg.data.eval or cfg.data.train:
+        return read_from_config(cfg.data, "eval", tokenizer).records if cfg.data.eval else []
     w = cfg.world
     annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed + 1))
     return make_preferences(world_examples(cfg, "heldout"), annotator, w.pairs_per_prompt)
 
 
 def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: str) -> list:
-    kinds, loss = {r.kind for r in records}, configured_loss(cfg)[0]
-    if loss.unpaired:
-        unpaired = [r for r in records if r.kind == "unpaired"]
-        unpaired += preferences_to_unpaired([r for r in records if r.kind == "preference"])
-        examples, report = tokenize_unpaired(tokenizer, unpaired, cfg.data.max_length, cfg.data.overflow)
-    elif kinds - {"preference"}:
-        raise TrainingError(f"{what}: loss {loss.name} trains on preference records (prompt, chosen, rejected), "
-                            f"but the data holds {sorted(kinds - {'preference'})} records; use loss.name=kto for "
-                            "unpaired data")
-    else:
-        examples, report = tokenize_preferences(tokenizer, records, cfg.data.max_length, cfg.data.overflow)
+    loss = configured_loss(cfg)[0]
+    try:
+        examples, report = tokenize_for_loss(tokenizer, records, loss.unpaired, cfg.data.max_length,
+                                             cfg.data.overflow, loss.name)
+    except DataError as e:
+        raise TrainingError(f"{what}: {e}") from None
     if records:
         ctx.print(f"{what}: {report.summary()}")
     return examples
 
-
-# --- evaluation ------------------------------------------------------------------------------------
 
 def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
     """Held-out prompts (message dicts) for the KL measurement."""
@@ -314,29 +278,6 @@ def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
     picked = [json.loads(p) for p in prompts]
     random.Random(f"dpo-kl:{cfg.train.seed}").shuffle(picked)
     return picked[:cfg.kl_prompts]
-
-
-def world_answers(cfg: DPOConfig, lm, tokenizer, examples: list) -> dict[str, dict[str, list[str]]]:
-    """The policy's greedy and sampled answers to held-out world examples (the same settings for the
-    starting policy and the trained one)."""
-    return policy_answers(lm, tokenizer, examples, cfg.world.sample_max_tokens, seed=cfg.train.seed + 7)
-
-
-def world_gold(cfg: DPOConfig, lm, tokenizer, baseline: dict) -> dict:
-    """Held-out gold reward, greedy and sampled, and the gold win-rate against the starting policy's answers."""
-    examples = world_examples(cfg, "heldout")
-    return gold_win_rates(examples, world_answers(cfg, lm, tokenizer, examples), baseline)
-
-
-def starting_answers(cfg: DPOConfig, lm, tokenizer, top_dir: Path, is_main: bool) -> dict:
-    """The starting policy's held-out answers (world), made once and kept in run_dir/baseline.json."""
-    path = top_dir / "baseline.json"
-    if path.exists():
-        return json.loads(path.read_text(encoding="utf-8"))
-    answers = world_answers(cfg, lm, tokenizer, world_examples(cfg, "heldout"))
-    if is_main:
-        write_json_atomic(path, answers)
-    return answers
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -362,7 +303,9 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)
     cfg = prepare_attention(cfg, lm, ctx)
-    baseline = None if cfg.data.train else starting_answers(cfg, lm, tokenizer, top_dir, ctx.is_main)
+    gold = None if cfg.data.train else GoldAgainstStart(world_examples(cfg, "heldout"), lm, tokenizer,
+                                                         cfg.world.sample_max_tokens, cfg.train.seed + 7,
+                                                         top_dir / "baseline.json", ctx.is_main)
     train_records, eval_records = round_records(cfg, ctx, lm, tokenizer, scorer, round_index)
     train_set = tokenize(cfg, ctx, tokenizer, train_records, "train")
     eval_set = tokenize(cfg, ctx, tokenizer, eval_records, "eval")
@@ -403,13 +346,13 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
             with gathered_root(model):
                 scores.update(sampled_kl_scored(policy, ref, tokenizer, held_out_prompts, cfg.kl_max_tokens,
                                                 cfg.train.seed))
-        if baseline is not None and ctx.runs_model_work:
+        if gold is not None and ctx.runs_model_work:
             with gathered_root(model):
-                gold = world_gold(cfg, policy.lm, tokenizer, baseline)
+                against_start = gold(policy.lm, tokenizer)
             if ctx.is_main:
-                write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **gold})  # per family too
-            gold.pop("families")
-            scores.update(gold)
+                write_json_atomic(ctx.run_dir / "world_gold.json", {"step": step, **against_start})  # per family too
+            against_start.pop("families")
+            scores.update(against_start)
         if scores:  # nothing held out: nothing to log
             ctx.metrics.log(step, scores)
             ctx.print(f"step {step}: " + "  ".join(f"{k} {v:.4g}" for k, v in scores.items()))

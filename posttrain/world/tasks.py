@@ -70,7 +70,7 @@ from __future__ import annotations
 import json
 import random
 import string
-from collections.abc import Callable, Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -648,3 +648,13 @@ def read_tasks(path: str | Path) -> list[TaskExample]:
             except (json.JSONDecodeError, TypeError) as e:
                 raise ValueError(f"{path}:{lineno}: not a task example ({e}); write it with write_tasks") from None
     return out
+
+
+def task_examples(seed: int, families: Sequence[str], split: str, n: int, first: int = 0,
+                  setting: str = "world.families", error: type[Exception] = ValueError) -> list[TaskExample]:
+    """Examples ``first .. first + n`` of each family's ``split`` (``families`` empty: TRAIN_FAMILIES),
+    family after family: the world as a data source for the recipes (an iterative round takes the
+    next ``n`` with ``first``). Unknown families raise ``error`` naming ``setting``."""
+    families = check_families(families or TRAIN_FAMILIES, setting, error)
+    world = E.make_world(seed)
+    return [e for f in families for e in make_tasks(world, seed, f, split, first + n)[first:]]
