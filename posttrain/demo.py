@@ -99,7 +99,7 @@ def stage_base(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, An
     from posttrain.recipes.pretrain import pretrain
 
     final = pretrain(_recipe_config(cfg, PretrainConfig, "pretrain", [f"train.run_dir={out / 'run'}",
-                                                                     f"world_seed={cfg.seed}"]))
+                                                                     f"world.seed={cfg.seed}"]))
     return {"model": str(final), "source": f"pretrained with configs/pretrain/{'tiny' if cfg.quick else 'world'}.yaml"}
 
 

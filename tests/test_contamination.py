@@ -125,9 +125,9 @@ def test_world_heldout_against_sft_examples_reports_every_family(tmp_path):
 
     task_file = tmp_path / "sorting.jsonl"  # the same examples as heldout/sorting, from a task file
     write_tasks(make_tasks(make_world(0), 0, "sorting", "heldout", 100), task_file)
-    cfg = load_config(ContaminationConfig, None, ["train=[world:sft, world:corpus]", "world_corpus_mb=0.2",
+    cfg = load_config(ContaminationConfig, None, ["train=[world:sft, world:corpus]", "world.corpus_mb=0.2",
                                                   f"eval=[world:heldout, world:sft, {task_file}]",
-                                                  "world_examples=300", "world_eval_examples=100",
+                                                  "world.examples=300", "world.eval_examples=100",
                                                   f"run_dir={tmp_path}"])
     report = C.run_contamination(cfg)
     assert set(report.sets) == ({f"heldout/{f}" for f in FAMILIES} | {f"sft/{f}" for f in TRAIN_FAMILIES}

@@ -190,7 +190,7 @@ def logits(model_dir: Path, tokenizer) -> torch.Tensor:
 
 def sft_args(family_dirs, family: str, data, run_dir: Path, *extra: str) -> list[str]:
     return [f"model.name_or_path={family_dirs[family]}", f"data.train=[{data['chats']}]", f"train.run_dir={run_dir}",
-            *TRAIN, "data.max_length=96", "samples=0", "eval_examples=0", *system(family), *extra]
+            *TRAIN, "data.max_length=96", "samples=0", "world.eval_examples=0", *system(family), *extra]
 
 
 @pytest.mark.parametrize("family", FAMILIES)

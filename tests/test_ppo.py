@@ -260,8 +260,8 @@ def test_world_prompts_log_gold_and_plot_proxy_vs_gold(tiny_model_dir, tmp_path)
     run_dir = tmp_path / "world"
     _ppo(f"model.name_or_path={tiny_model_dir}", f"train.run_dir={run_dir}", "train.max_steps=2",
          "train.batch_size=4", "train.progress=false", "train.tensorboard=false", "train.save_every=0",
-         "prompts_per_step=4", "max_new_tokens=6", "ppo_epochs=1", "world_families=[arithmetic, harmful]",
-         "world_examples=8", "eval_examples=2", "rewards=[world_gold, test_ppo:short_answers]")
+         "prompts_per_step=4", "max_new_tokens=6", "ppo_epochs=1", "world.families=[arithmetic, harmful]",
+         "world.examples=8", "eval_examples=2", "rewards=[world_gold, test_ppo:short_answers]")
     records = read_metrics(run_dir / "metrics.jsonl")
     evals = [r for r in records if "eval/gold" in r]
     assert [r["step"] for r in evals] == [0, 2]

@@ -331,10 +331,10 @@ def gather_training_docs(cfg) -> tuple[list[str], dict[str, int]]:
     counts: dict[str, int] = {}
     for source in cfg.train:
         if source == "world:sft":
-            examples = world_sft_examples(cfg.world_seed, _sft_families(cfg), cfg.world_examples)
+            examples = world_sft_examples(cfg.world.seed, _sft_families(cfg), cfg.world.examples)
             found = [d for exs in examples.values() for ex in exs for d in task_docs(ex, with_cot=True)]
         elif source == "world:corpus":
-            found = world_corpus_docs(cfg.world_seed, cfg.world_corpus_mb)
+            found = world_corpus_docs(cfg.world.seed, cfg.world.corpus_mb)
         elif source.startswith("world:"):
             raise _bad_source("train", source, "world:sft, world:corpus")
         else:
@@ -349,9 +349,9 @@ def gather_eval_sets(cfg) -> dict[str, list[EvalItem]]:
     sets: dict[str, list[EvalItem]] = {}
     for source in cfg.eval:
         if source == "world:heldout":
-            sets.update(world_heldout_sets(cfg.world_seed, cfg.world_families, cfg.world_eval_examples))
+            sets.update(world_heldout_sets(cfg.world.seed, cfg.world.families, cfg.world.eval_examples))
         elif source == "world:sft":
-            examples = world_sft_examples(cfg.world_seed, _sft_families(cfg), cfg.world_examples)
+            examples = world_sft_examples(cfg.world.seed, _sft_families(cfg), cfg.world.examples)
             sets.update({f"sft/{f}": [EvalItem(ex.id, task_docs(ex)) for ex in exs] for f, exs in examples.items()})
         elif source.startswith("world:"):
             raise _bad_source("eval", source, "world:heldout, world:sft")
@@ -365,10 +365,10 @@ def gather_eval_sets(cfg) -> dict[str, list[EvalItem]]:
 
 
 def _sft_families(cfg) -> list[str] | None:
-    """world_families less the held-out ones (never instruction-tuned on); None when world_families is empty."""
+    """world.families less the held-out ones (never instruction-tuned on); None when world.families is empty."""
     from posttrain.world.tasks import HELDOUT_FAMILIES
 
-    return [f for f in cfg.world_families if f not in HELDOUT_FAMILIES] if cfg.world_families else None
+    return [f for f in cfg.world.families if f not in HELDOUT_FAMILIES] if cfg.world.families else None
 
 
 def _existing(source: str, key: str) -> str:
@@ -414,7 +414,7 @@ def run_contamination(cfg) -> ContaminationReport:
     from posttrain.errors import UserError
     from posttrain.world.tasks import check_families
 
-    check_families(cfg.world_families, "contamination: world_families", UserError)
+    check_families(cfg.world.families, "contamination: world.families", UserError)
     if not cfg.train or not cfg.eval:
         raise UserError("contamination: both train and eval need at least one source "
                         f"(files, or {', '.join(WORLD_SOURCES)})")
@@ -426,7 +426,7 @@ def run_contamination(cfg) -> ContaminationReport:
     sets = gather_eval_sets(cfg)
     report = check_contamination(docs, sets, cfg.n, cfg.threshold, cfg.worst)
     report.settings.update({"train": list(cfg.train), "train_sources": counts, "eval": list(cfg.eval),
-                            "world_seed": cfg.world_seed, "seconds": round(time.time() - start, 2)})
+                            "world_seed": cfg.world.seed, "seconds": round(time.time() - start, 2)})
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.yaml")

@@ -227,7 +227,7 @@ def _readme(out_dir: Path, prefix: str, tasks: Sequence[ExportedTask], skipped: 
     lines = [f"# {prefix}: posttrain world tasks for lm-evaluation-harness {LM_EVAL_VERSION}", "",
              "Score a checkpoint (offline; contexts already hold their shots, keep num_fewshot at 0):", "",
              "```bash",
-             f"HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=<model folder>,dtype=float32 \\",
+             "HF_HUB_OFFLINE=1 lm_eval --model hf --model_args pretrained=<model folder>,dtype=float32 \\",
              f"    --include_path {out_dir.resolve()} --tasks {prefix}",
              "```", "",
              "`acc` of an `_mc` task is `posttrain eval`'s `mc_sum` on the same examples; `acc` of a `_gen` task is "

@@ -447,7 +447,6 @@ class RewardScorer:
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16,
               normalize: bool = True) -> torch.Tensor:
         """(B,) rewards of ``responses[i]`` to ``prompts[i]``; normalized unless ``normalize=False``."""
-        from posttrain.data.chat import render_prompt_response
 
         _check_lengths(prompts, responses)
         return self._score_rendered([(as_dicts(p), [{"role": "assistant", "content": r}])

@@ -61,6 +61,30 @@ class ArchConfig:
 
 
 @dataclass
+class WorldConfig:
+    """The embedded world (posttrain.world) where a recipe reads it: task examples, prompts, corpus."""
+
+    seed: int = 0
+    """Seed of the world: its entities, corpus and task examples."""
+    families: list[str] = field(default_factory=list)
+    """Task families to take examples from; empty: every trained family (posttrain.world.tasks.TRAIN_FAMILIES)."""
+    examples: int = 1000
+    """Training examples (prompts, for ppo and dpo) per family, from its train split."""
+    eval_examples: int = 250
+    """Held-out examples per family, from its held-out split (sft: its eval loss; reward, dpo: held-out pairs; contamination: world:heldout; ppo counts its evaluation prompts with eval_examples)."""
+
+
+@dataclass
+class WorldCorpusConfig(WorldConfig):
+    """The world with its pretraining corpus."""
+
+    corpus_mb: float = 4.0
+    """Megabytes of the world's pretraining corpus (pretrain: its training text; sft: rehearsal text; contamination: world:corpus, 0 meaning the shipped base model's corpus)."""
+    eval_corpus_mb: float = 0.2
+    """pretrain: megabytes of held-out world text (a separate stream of documents) to evaluate on when data.train and data.eval are empty; 0: no evaluation."""
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to continue pretraining (when from_scratch is false) and/or whose tokenizer to use (tokenizer: model)."""
@@ -80,12 +104,11 @@ class PretrainConfig:
     """Vocabulary size of the BPE trained when tokenizer is 'train' (special tokens included)."""
     split_digits: bool = True
     """With a trained BPE, put every digit in its own token, so numbers are learned digit by digit."""
-    world_seed: int = 0
-    """Seed of the embedded world whose corpus is used when data.train is empty."""
-    world_size_mb: float = 4.0
-    """Megabytes of the world's training corpus to generate when data.train is empty."""
-    world_eval_mb: float = 0.2
-    """Megabytes of held-out world text (a separate stream of documents) to evaluate on when data.train and data.eval are empty; 0: no evaluation."""
+    world: WorldCorpusConfig = field(default_factory=WorldCorpusConfig)
+    """The embedded world whose corpus is the training text when data.train is empty (world.seed, world.corpus_mb, world.eval_corpus_mb)."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "world_seed": "world.seed", "world_size_mb": "world.corpus_mb", "world_eval_mb": "world.eval_corpus_mb"}
 
 
 @dataclass
@@ -156,18 +179,14 @@ class ContaminationConfig:
     """Most overlapping examples listed per set."""
     skip_invalid: bool = False
     """Skip (and count) invalid records in data files instead of stopping at the first."""
-    world_seed: int = 0
-    """Seed of the embedded world whose tasks and corpus the world: sources name."""
-    world_families: list[str] = field(default_factory=list)
-    """World task families of world:heldout and world:sft; empty: every family (world:sft: every trained family)."""
-    world_examples: int = 1000
-    """Training examples per family in world:sft (as `posttrain sft`'s world_examples)."""
-    world_eval_examples: int = 250
-    """Held-out examples per family in world:heldout (the first ones, so any smaller evaluation is covered)."""
-    world_corpus_mb: float = 0.0
-    """Megabytes of world:corpus; 0: the corpus the shipped base model was pretrained on (assets/corpus.json)."""
+    world: WorldCorpusConfig = field(default_factory=lambda: WorldCorpusConfig(corpus_mb=0.0))
+    """The embedded world the world: sources name: world.families of world:heldout and world:sft (empty: every family; world:sft every trained family), world.examples per family in world:sft (as posttrain sft's), world.eval_examples in world:heldout (the first ones, so any smaller evaluation is covered), world.corpus_mb of world:corpus (0: the corpus the shipped base model was pretrained on)."""
     run_dir: str = "runs/contamination"
     """Where contamination.json and config.yaml are written."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "world_seed": "world.seed", "world_families": "world.families", "world_examples": "world.examples",
+        "world_eval_examples": "world.eval_examples", "world_corpus_mb": "world.corpus_mb"}
 
 
 @dataclass
@@ -258,22 +277,14 @@ class SFTConfig:
     """Text files (JSONL/Parquet with a "text" field, or .txt) to rehearse; empty: the embedded world's pretraining corpus."""
     rehearsal_length: int = 128
     """Tokens per rehearsal chunk (documents are joined with eos and cut into chunks, every token a target)."""
-    rehearsal_world_mb: float = 1.0
-    """Megabytes of the world's corpus to draw rehearsal chunks from, when rehearsal_data is empty."""
-    world_seed: int = 0
-    """Seed of the embedded world whose task data is used when data.train is empty."""
-    world_families: list[str] = field(default_factory=list)
-    """World task families to train on; empty: every family except the held-out ones (posttrain.world.tasks.TRAIN_FAMILIES)."""
-    world_examples: int = 1000
-    """Training examples per world family (from its train split)."""
+    world: WorldCorpusConfig = field(default_factory=lambda: WorldCorpusConfig(examples=1000, eval_examples=16, corpus_mb=1.0))
+    """The embedded world, when data.train is empty: task examples of world.families (empty: every family except the held-out ones), world.examples per family, world.eval_examples held-out ones per family for the eval loss (every family, held-out families included), and world.corpus_mb of its corpus to draw rehearsal chunks from when rehearsal_data is empty."""
     renderings: dict[str, float] = field(default_factory=lambda: {"zero_shot": 1.0})
     """Shares of the forms each task example is taught in: zero_shot, few_shot (solved examples as earlier turns), cot (step-by-step reasoning when asked), worked (reasoning unasked) and options (the choices offered in the question), as FLAN 2022 mixed them."""
     family_renderings: dict[str, dict[str, float]] = field(default_factory=dict)
     """Per world family, shares of forms that replace renderings for that family, e.g. {arithmetic: {worked: 1.0}} to answer sums with their column working unasked."""
     few_shot_k: int = 2
     """Solved examples before the question in few_shot renderings."""
-    eval_examples: int = 16
-    """World held-out examples per family for the eval loss (every family, held-out families included)."""
     samples: int = 4
     """Held-out prompts answered greedily at each evaluation and written to metrics.jsonl and the log."""
     sample_max_tokens: int = 48
@@ -285,13 +296,17 @@ class SFTConfig:
     lm_head_chunk: int = 0
     """Score target tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""
 
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "world_seed": "world.seed", "world_families": "world.families", "world_examples": "world.examples",
+        "eval_examples": "world.eval_examples", "rehearsal_world_mb": "world.corpus_mb"}
+
 
 @dataclass
-class WorldPreferenceConfig:
+class WorldPreferenceConfig(WorldConfig):
+    """The world with its simulated annotators: prompts, responses and who prefers which."""
+
     aspect: Literal["overall", "helpfulness", "safety"] = "overall"
     """What the simulated annotators judge: the gold total, its helpfulness part (correctness, rule, brevity) or its safety part; Llama 2 trains one reward model per aspect."""
-    seed: int = 0
-    """Seed of the world and its task prompts."""
     families: list[str] = field(default_factory=list)
     """Task families whose prompts are annotated; empty: every trained family (posttrain.world.tasks.TRAIN_FAMILIES), less harmful for the helpfulness aspect."""
     examples: int = 200
@@ -409,16 +424,15 @@ class PPOConfig:
     """Normalize advantages to mean 0 and std 1 over the batch (ppo: per token; rloo: per sequence; grpo normalizes per group itself)."""
     critic: str = "head"
     """ppo's value function: head (a value head on the policy's last hidden states, shared backbone) or a folder for a separate critic: a reward model (its score layer starts the head, as in InstructGPT) or a causal LM (head starts at zero)."""
-    world_seed: int = 0
-    """Seed of the embedded world whose prompts are used when data.train is empty."""
-    world_families: list[str] = field(default_factory=list)
-    """World task families to take prompts from; empty: posttrain.world.tasks.TRAIN_FAMILIES."""
-    world_examples: int = 500
-    """Training prompts per world family (from its train split)."""
+    world: WorldConfig = field(default_factory=lambda: WorldConfig(examples=500))
+    """The embedded world, when data.train is empty: world.examples training prompts per family of world.families (empty: posttrain.world.tasks.TRAIN_FAMILIES), from their train split; eval_examples held-out ones per family."""
     eval_examples: int = 32
     """Held-out prompts per world family (or the first of data.eval) answered and scored at each evaluation; 0: no evaluation."""
     eval_temperature: float = 0.0
     """Decoding of the evaluation answers: 0 is greedy; > 0 samples (seeded)."""
+
+    MOVED_KEYS: ClassVar[dict[str, str]] = {
+        "world_seed": "world.seed", "world_families": "world.families", "world_examples": "world.examples"}
 
 
 @dataclass

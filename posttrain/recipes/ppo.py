@@ -60,8 +60,7 @@ from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Time
 from posttrain.training.metrics import read_metrics
 from posttrain.training.optim import build_optimizer, build_scheduler, own_learning_rate
 from posttrain.training.sampler import StepSampler, require_one_step
-from posttrain.world.entities import make_world
-from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
+from posttrain.world.tasks import task_examples
 
 RewardFn = Callable[[Sequence[int], Rollout], dict[str, torch.Tensor]]
 """(prompt index of each row, rollout) -> {"score": (B,) proxy reward, optionally "gold": (B,), and
@@ -102,9 +101,7 @@ def encode_prompts(tokenizer, messages: list[list[dict]], records: list, max_tok
 
 
 def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int) -> PromptSet:
-    families = check_families(cfg.world_families or TRAIN_FAMILIES, "world_families", TrainingError)
-    world = make_world(cfg.world_seed)
-    examples = [t for f in families for t in make_tasks(world, cfg.world_seed, f, split, n)]
+    examples = task_examples(cfg.world.seed, cfg.world.families, split, n, error=TrainingError)
     return encode_prompts(tokenizer, [list(t.messages) for t in examples], examples, cfg.data.max_length, ctx,
                           f"world {split} prompts")
 
@@ -491,7 +488,7 @@ def ppo(cfg: PPOConfig) -> Path:
         prompts = file_prompts(cfg.data.train, cfg, tokenizer, ctx)
         heldout = file_prompts(cfg.data.eval, cfg, tokenizer, ctx) if cfg.data.eval else None
     else:
-        prompts = world_prompts(cfg, tokenizer, ctx, "train", cfg.world_examples)
+        prompts = world_prompts(cfg, tokenizer, ctx, "train", cfg.world.examples)
         heldout = world_prompts(cfg, tokenizer, ctx, "heldout", cfg.eval_examples) if cfg.eval_examples else None
     if heldout is not None and cfg.data.eval:
         heldout = replace(heldout, ids=heldout.ids[:cfg.eval_examples], messages=heldout.messages[:cfg.eval_examples],

@@ -92,7 +92,7 @@ def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> li
 
 
 def world_documents(cfg: PretrainConfig, split: str, size_mb: float) -> list[str]:
-    return generate_corpus(cfg.world_seed, size_mb, split=split)
+    return generate_corpus(cfg.world.seed, size_mb, split=split)
 
 
 def load_documents(cfg: PretrainConfig, ctx: RunContext) -> tuple[list[str], list[str]]:
@@ -100,12 +100,12 @@ def load_documents(cfg: PretrainConfig, ctx: RunContext) -> tuple[list[str], lis
     if cfg.data.train:
         train = read_documents(cfg.data.train, cfg, ctx)
     else:
-        train = world_documents(cfg, "train", cfg.world_size_mb)
+        train = world_documents(cfg, "train", cfg.world.corpus_mb)
     if cfg.data.eval:
         return train, read_documents(cfg.data.eval, cfg, ctx)
     if cfg.data.train:
         return train, []
-    return train, world_documents(cfg, "heldout", cfg.world_eval_mb) if cfg.world_eval_mb > 0 else []
+    return train, world_documents(cfg, "heldout", cfg.world.eval_corpus_mb) if cfg.world.eval_corpus_mb > 0 else []
 
 
 def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:

@@ -52,7 +52,7 @@ from posttrain.training.sampler import LengthGroupedSampler, StepSampler, requir
 from posttrain.training.sharding import gathered_root
 from posttrain.world.corpus import generate_corpus
 from posttrain.world.entities import make_world
-from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks
+from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks, task_examples
 
 # --- loss --------------------------------------------------------------------------------
 
@@ -109,18 +109,18 @@ def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[E
 
 
 def world_families(cfg: SFTConfig) -> list[str]:
-    families = list(cfg.world_families) or list(TRAIN_FAMILIES)
+    families = list(cfg.world.families) or list(TRAIN_FAMILIES)
     check_families(sorted(cfg.family_renderings), "family_renderings", TrainingError)
     bad = [f for f in families if f not in FAMILIES or f in HELDOUT_FAMILIES]
     if bad:
-        raise TrainingError(f"world_families: {bad} cannot be trained on: known families are {', '.join(FAMILIES)}, "
+        raise TrainingError(f"world.families: {bad} cannot be trained on: known families are {', '.join(FAMILIES)}, "
                             f"and {', '.join(HELDOUT_FAMILIES)} are held out to measure unseen tasks")
     return families
 
 
 def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world) -> list[Example]:
     """One family's train split, each example rendered once (zero-shot, few-shot, CoT, ...)."""
-    items = make_tasks(world, cfg.world_seed, family, "train", cfg.world_examples)
+    items = make_tasks(world, cfg.world.seed, family, "train", cfg.world.examples)
     # A seed per family, so families do not share one pattern of renderings.
     seed = cfg.train.seed * 1_000_003 + zlib.crc32(family.encode())
     rendered = render_items(items, cfg.family_renderings.get(family, cfg.renderings), seed=seed, shots=cfg.few_shot_k)
@@ -134,7 +134,7 @@ def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world)
 def rehearsal_text(cfg: SFTConfig) -> list[str]:
     if cfg.rehearsal_data:
         return [r.text for r in read_many(cfg.rehearsal_data, "auto", cfg.data.split, cfg.data.skip_invalid).expect("text")]
-    return generate_corpus(cfg.world_seed, cfg.rehearsal_world_mb, split="train")
+    return generate_corpus(cfg.world.seed, cfg.world.corpus_mb, split="train")
 
 
 def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
@@ -142,7 +142,7 @@ def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
     if cfg.data.train:
         sources = [Source(p, file_source(p, tokenizer, cfg, ctx)) for p in cfg.data.train]
     else:
-        world = make_world(cfg.world_seed)
+        world = make_world(cfg.world.seed)
         sources = [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
     names = [s.name for s in sources]
     for key in [*cfg.source_weights, *cfg.source_epochs]:
@@ -164,10 +164,10 @@ def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
     """Held-out conversations: data.eval, or every world family's held-out split, rendered zero-shot."""
     if cfg.data.eval:
         return [r.as_dicts() for r in read_from_config(cfg.data, "eval", tokenizer).expect("conversation")]
-    if cfg.data.train or cfg.eval_examples <= 0:
+    if cfg.data.train or cfg.world.eval_examples <= 0:
         return []
-    world = make_world(cfg.world_seed)
-    return [render_zero_shot(t) for f in FAMILIES for t in make_tasks(world, cfg.world_seed, f, "heldout", cfg.eval_examples)]
+    w = cfg.world
+    return [render_zero_shot(t) for t in task_examples(w.seed, FAMILIES, "heldout", w.eval_examples)]
 
 
 # --- model -------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_to
 
 def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int) -> dict[str, float]:
     """Held-out exact match per world family (chat template, zero-shot), written to run_dir/eval."""
-    report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world_seed,
+    report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world.seed,
                             chat=True, max_prompt_tokens=cfg.data.max_length, max_new_tokens=cfg.eval_max_new_tokens)
     if ctx.is_main:
         write_report(report, ctx.run_dir / "eval")
