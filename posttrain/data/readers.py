@@ -354,24 +354,44 @@ def read_records(source: str | Path, format: str = "auto", split: str = "train",
     return result
 
 
+def read_world(source: str, world: Any, split: str) -> ReadResult:
+    """The records a ``world:<name>`` source names (:mod:`posttrain.world.source`), located by name."""
+    from posttrain.world.source import world_records  # the world imports the records module: resolved at call
+
+    result = ReadResult()
+    result.report.sources.append(source)
+    for i, record in enumerate(world_records(source, world, split)):
+        result.records.append(record)
+        result.locations.append(f"{source}[{i}]")
+        result.report.add_record(record)
+    return result
+
+
 def read_many(sources: Sequence[str | Path], format: str = "auto", split: str = "train",
-              skip_invalid: bool = False) -> ReadResult:
-    """Read several sources in order into one result, with one combined report."""
+              skip_invalid: bool = False, world: Any = None, world_split: str = "train") -> ReadResult:
+    """Read several sources in order into one result, with one combined report; ``world:<name>`` sources
+    come from the ``world`` section (its ``world_split``: train, or heldout for evaluation data)."""
     combined = ReadResult()
     for source in sources:
-        result = read_records(source, format, split, skip_invalid)
+        if isinstance(source, str) and source.startswith("world:"):
+            result = read_world(source, world, world_split)
+        else:
+            result = read_records(source, format, split, skip_invalid)
         combined.records += result.records
         combined.locations += result.locations
         combined.report.merge(result.report)
     return combined
 
 
-def read_from_config(cfg: Any, which: str | Sequence[str] = "train", tokenizer: Any = None) -> ReadResult:
+def read_from_config(cfg: Any, which: str | Sequence[str] = "train", tokenizer: Any = None, world: Any = None,
+                     world_split: str | None = None) -> ReadResult:
     """Read ``cfg.train`` or ``cfg.eval`` of a DataConfig (or the sources ``which`` lists) with its layout,
-    split and skip_invalid. Given the ``tokenizer``, its ``system`` setting is applied and every record is
+    split and skip_invalid; ``world:<name>`` entries come from the recipe's ``world`` section (held-out
+    examples for ``eval``). Given the ``tokenizer``, its ``system`` setting is applied and every record is
     checked against the chat template (:func:`posttrain.data.chat.fit_to_template`)."""
     sources = getattr(cfg, which) if isinstance(which, str) else which
-    result = read_many(sources, cfg.layout, cfg.split, cfg.skip_invalid)
+    world_split = world_split or ("heldout" if which == "eval" else "train")
+    result = read_many(sources, cfg.layout, cfg.split, cfg.skip_invalid, world, world_split)
     if tokenizer is None:
         return result
     from posttrain.data.chat import fit_to_template

@@ -89,7 +89,7 @@ class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to continue pretraining (when from_scratch is false) and/or whose tokenizer to use (tokenizer: model)."""
     data: DataConfig = field(default_factory=DataConfig)
-    """Text documents: JSONL/Parquet with a "text" field or .txt files (blank-line separated); the embedded world's corpus when train is empty."""
+    """Text documents: JSONL/Parquet with a "text" field or .txt files (blank-line separated), or world:corpus (the embedded world's corpus, world.corpus_mb of it; the default when train is empty, held out against its separate held-out stream)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/pretrain"))
     """Optimization, schedule, checkpoints and logging."""
     from_scratch: bool = True
@@ -258,7 +258,7 @@ class SFTConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to fine-tune ('world': the embedded world's base model); model.lora.enabled trains a LoRA adapter instead of every weight."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    """Conversations (messages, Alpaca, ShareGPT or prompt/completion records); each data.train entry is one source of the mixture. Empty train: the embedded world's task data."""
+    """Conversations (messages, Alpaca, ShareGPT or prompt/completion records) and/or world:sft (the embedded world's task examples, one source per family, rendered as renderings says; the default when train is empty); each data.train entry is one source of the mixture."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/sft", lr=1e-4))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size examples, packed or padded."""
     packing: bool = True
@@ -336,7 +336,7 @@ class RewardConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Starting point: an SFT causal LM folder (its LM head is replaced by a new scalar head) or a reward-model folder to train further; model.lora.enabled trains a LoRA adapter and the head."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    """Preference records (prompt, chosen, rejected, optional strength 1-4) and/or rankings (prompt, responses best first). Empty train: the embedded world's simulated annotators (see world)."""
+    """Preference records (prompt, chosen, rejected, optional strength 1-4) and/or rankings (prompt, responses best first), or world:preferences (the world's candidate responses labelled by its simulated annotators, see world; alone, or with train empty, also rankings and the model's samples as world says)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/reward", lr=5e-5, max_steps=-1, epochs=1))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs (or rankings), all their responses scored in one forward."""
     loss: Literal["bradley_terry", "margin", "all_pairs", "plackett_luce"] = "bradley_terry"
@@ -368,7 +368,7 @@ class PPOConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Policy to train, usually the SFT model; with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=256))
-    """Prompts: prompt records ({"prompt": [messages]}) or conversations (everything before the last assistant turn is the prompt); empty train: the embedded world's task prompts. data.max_length is the longest prompt in tokens: longer ones are dropped and counted."""
+    """Prompts: prompt records ({"prompt": [messages]}), conversations (everything before the last assistant turn is the prompt) and/or world:prompts (the embedded world's task prompts, which world_gold scores; the default when train is empty, held out against the world's held-out prompts). data.max_length is the longest prompt in tokens: longer ones are dropped and counted."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(
         run_dir="runs/ppo", lr=1e-5, max_steps=100, batch_size=16, warmup_steps=0, min_lr_ratio=1.0, save_every=25))
     """A step is one rollout batch (sample, score, then ppo_epochs passes over it); max_steps, log_every, eval_every and save_every count these. Each pass goes through the batch in optimizer updates of batch_size x grad_accum episodes per process; warmup_steps and the cosine schedule count optimizer updates."""
@@ -440,7 +440,7 @@ class DPOConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(dropout=0.0))
     """Policy to train, usually an SFT model folder (e.g. runs/sft-world/final); with model.lora.enabled only an adapter is trained and the same model with the adapter disabled is the reference (no second copy of the weights)."""
     data: DataConfig = field(default_factory=lambda: DataConfig(max_length=512))
-    """Preference records (prompt, chosen, rejected); for loss.name=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. Empty train: pairs made in the embedded world (see world)."""
+    """Preference records (prompt, chosen, rejected); for loss.name=kto unpaired records (prompt, completion, label) or preferences, split into a desirable chosen and an undesirable rejected. world:preferences gives the world's annotated candidate pairs; train empty or [world:prompts]: pairs made from the world's prompts each round (see world)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/dpo", lr=5e-6, max_steps=-1, epochs=1, warmup_steps=10, min_lr_ratio=0.1))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs, whose chosen and rejected sequences go through one forward pass together."""
     loss: str | dict[str, Any] = field(default_factory=lambda: {"name": "sigmoid", "beta": 0.1})

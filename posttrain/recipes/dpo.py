@@ -208,6 +208,11 @@ def make_ranker(cfg: DPOConfig, prompts: list, examples: list | None, scorer: Sc
     return lambda pools: score_ranker(scorer, prompts, pools, examples)
 
 
+def on_world_prompts(cfg: DPOConfig) -> bool:
+    """Whether the run makes its pairs from the world's prompts (data.train empty or [world:prompts])."""
+    return cfg.data.train in ([], ["world:prompts"])
+
+
 def world_examples(cfg: DPOConfig, split: str, round_index: int = 1) -> list:
     w = cfg.world
     n = w.examples if split == "train" else w.eval_examples
@@ -223,8 +228,8 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
     if saved.exists():
         return read_records(saved, "preference").expect("preference"), held_out_records(cfg, tokenizer)
     examples = None
-    if cfg.data.train:
-        train = read_from_config(cfg.data, "train", tokenizer).records
+    if not on_world_prompts(cfg):
+        train = read_from_config(cfg.data, "train", tokenizer, world=cfg.world).records
         prompts = [json.loads(p) for p in dict.fromkeys(
             json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]) for r in train)
             ] if round_index > 1 else []
@@ -249,8 +254,8 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
 
 
 def held_out_records(cfg: DPOConfig, tokenizer) -> list:
-    if cfg.data.eval or cfg.data.train:
-        return read_from_config(cfg.data, "eval", tokenizer).records if cfg.data.eval else []
+    if cfg.data.eval or not on_world_prompts(cfg):
+        return read_from_config(cfg.data, "eval", tokenizer, world=cfg.world).records if cfg.data.eval else []
     w = cfg.world
     annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed + 1))
     return make_preferences(world_examples(cfg, "heldout"), annotator, w.pairs_per_prompt)
@@ -273,7 +278,7 @@ def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
     if cfg.kl_prompts <= 0:
         return []
     prompts = {json.dumps([m.to_dict() for m in r.prompt]): None for r in held_out}
-    if not prompts and not cfg.data.train:
+    if not prompts and on_world_prompts(cfg):
         prompts = {json.dumps(e.messages): None for e in world_examples(cfg, "heldout")}
     picked = [json.loads(p) for p in prompts]
     random.Random(f"dpo-kl:{cfg.train.seed}").shuffle(picked)
@@ -303,7 +308,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
     lm = load_causal_lm(cfg.model, tokenizer=tokenizer)
     stop_at_end_of_turn(lm, tokenizer)
     cfg = prepare_attention(cfg, lm, ctx)
-    gold = None if cfg.data.train else GoldAgainstStart(world_examples(cfg, "heldout"), lm, tokenizer,
+    gold = None if not on_world_prompts(cfg) else GoldAgainstStart(world_examples(cfg, "heldout"), lm, tokenizer,
                                                          cfg.world.sample_max_tokens, cfg.train.seed + 7,
                                                          top_dir / "baseline.json", ctx.is_main)
     train_records, eval_records = round_records(cfg, ctx, lm, tokenizer, scorer, round_index)

@@ -60,7 +60,6 @@ from posttrain.training.loop import (Checkpointer, ProgressBar, RunContext, Time
 from posttrain.training.metrics import read_metrics
 from posttrain.training.optim import build_optimizer, build_scheduler, own_learning_rate
 from posttrain.training.sampler import StepSampler, require_one_step
-from posttrain.world.tasks import task_examples
 
 RewardFn = Callable[[Sequence[int], Rollout], dict[str, torch.Tensor]]
 """(prompt index of each row, rollout) -> {"score": (B,) proxy reward, optionally "gold": (B,), and
@@ -100,23 +99,20 @@ def encode_prompts(tokenizer, messages: list[list[dict]], records: list, max_tok
     return keep
 
 
-def world_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, split: str, n: int) -> PromptSet:
-    examples = task_examples(cfg.world.seed, cfg.world.families, split, n, error=TrainingError)
-    return encode_prompts(tokenizer, [list(t.messages) for t in examples], examples, cfg.data.max_length, ctx,
-                          f"world {split} prompts")
-
-
-def file_prompts(paths: list[str], cfg: PPOConfig, tokenizer, ctx: RunContext) -> PromptSet:
-    result = read_from_config(cfg.data, paths, tokenizer)
+def read_prompts(cfg: PPOConfig, tokenizer, ctx: RunContext, sources: list[str], split: str) -> PromptSet:
+    """The prompts of ``sources``: prompt records, conversations (what precedes the last answer) and the
+    world's tasks (``world:prompts``: world.examples per family, or eval_examples held-out ones)."""
+    world = cfg.world if split == "train" else replace(cfg.world, eval_examples=cfg.eval_examples)
+    result = read_from_config(cfg.data, sources, tokenizer, world=world, world_split=split)
     ctx.print(result.report.summary())
-    records = result.expect("prompt", "conversation")
+    records = result.expect("prompt", "conversation", "task")
     messages = []
     for r in records:
         turns = r.as_dicts()
         while turns and turns[-1]["role"] == "assistant":  # a conversation's prompt is what precedes its answer
             turns = turns[:-1]
         messages.append(turns)
-    return encode_prompts(tokenizer, messages, records, cfg.data.max_length, ctx, ", ".join(paths))
+    return encode_prompts(tokenizer, messages, records, cfg.data.max_length, ctx, ", ".join(sources))
 
 
 # --- rewards -------------------------------------------------------------------------------
@@ -134,7 +130,7 @@ def reward_sources(cfg: PPOConfig, device: str) -> list[tuple[str, float, Callab
 
 def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptSet) -> RewardFn:
     """The weighted sum of the sources on ``prompts``, plus the gold reward where they are the world's."""
-    has_gold = bool(prompts.records) and type(prompts.records[0]).__name__ == "TaskExample"
+    has_gold = bool(prompts.records) and all(r.kind == "task" for r in prompts.records)  # the world's own tasks
 
     def reward(rows: Sequence[int], rollout: Rollout) -> dict[str, torch.Tensor]:
         p, rec = [prompts.messages[i] for i in rows], [prompts.records[i] for i in rows]
@@ -484,12 +480,10 @@ def ppo(cfg: PPOConfig) -> Path:
     refuse_fsdp(ctx, "ppo", "each process samples its own rollouts, of its own lengths, so their forward passes "
                 "cannot run in step")
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)
-    if cfg.data.train:
-        prompts = file_prompts(cfg.data.train, cfg, tokenizer, ctx)
-        heldout = file_prompts(cfg.data.eval, cfg, tokenizer, ctx) if cfg.data.eval else None
-    else:
-        prompts = world_prompts(cfg, tokenizer, ctx, "train", cfg.world.examples)
-        heldout = world_prompts(cfg, tokenizer, ctx, "heldout", cfg.eval_examples) if cfg.eval_examples else None
+    train_sources = cfg.data.train or ["world:prompts"]
+    eval_sources = cfg.data.eval or (["world:prompts"] if any(s.startswith("world:") for s in train_sources) else [])
+    prompts = read_prompts(cfg, tokenizer, ctx, train_sources, "train")
+    heldout = read_prompts(cfg, tokenizer, ctx, eval_sources, "heldout") if eval_sources and cfg.eval_examples else None
     if heldout is not None and cfg.data.eval:
         heldout = replace(heldout, ids=heldout.ids[:cfg.eval_examples], messages=heldout.messages[:cfg.eval_examples],
                           records=heldout.records[:cfg.eval_examples])

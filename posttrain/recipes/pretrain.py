@@ -37,7 +37,7 @@ from posttrain.training.loop import (
     units_per_s,
 )
 from posttrain.training.sampler import StepSampler
-from posttrain.world.corpus import generate_corpus
+from posttrain.world.source import reads_world
 
 
 # --- loss --------------------------------------------------------------------------------
@@ -84,28 +84,21 @@ def pack_documents(token_lists: list[list[int]], seq_len: int, eos_id: int) -> t
     return chunks, report
 
 
-def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext) -> list[str]:
+def read_documents(paths: list[str], cfg: PretrainConfig, ctx: RunContext, world_split: str) -> list[str]:
     fmt = "text" if cfg.data.layout == "auto" else cfg.data.layout
-    result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid)
+    result = read_many(paths, fmt, cfg.data.split, cfg.data.skip_invalid, cfg.world, world_split)
     ctx.print(result.report.summary())  # says what was skipped (data.skip_invalid), and why
     return [record.text for record in result.expect("text")]
 
 
-def world_documents(cfg: PretrainConfig, split: str, size_mb: float) -> list[str]:
-    return generate_corpus(cfg.world.seed, size_mb, split=split)
-
-
 def load_documents(cfg: PretrainConfig, ctx: RunContext) -> tuple[list[str], list[str]]:
-    """(train, eval) documents: data.train / data.eval, or the world's "train" / "heldout" streams."""
-    if cfg.data.train:
-        train = read_documents(cfg.data.train, cfg, ctx)
-    else:
-        train = world_documents(cfg, "train", cfg.world.corpus_mb)
-    if cfg.data.eval:
-        return train, read_documents(cfg.data.eval, cfg, ctx)
-    if cfg.data.train:
-        return train, []
-    return train, world_documents(cfg, "heldout", cfg.world.eval_corpus_mb) if cfg.world.eval_corpus_mb > 0 else []
+    """(train, eval) documents: data.train / data.eval; data.train empty is the world's corpus ("train" stream),
+    held out against its "heldout" stream."""
+    train_sources = cfg.data.train or ["world:corpus"]
+    eval_sources = cfg.data.eval or (["world:corpus"] if reads_world(train_sources) and cfg.world.eval_corpus_mb > 0
+                                     else [])
+    train = read_documents(train_sources, cfg, ctx, "train")
+    return train, read_documents(eval_sources, cfg, ctx, "heldout") if eval_sources else []
 
 
 def tokenize(tokenizer, docs: list[str]) -> list[list[int]]:

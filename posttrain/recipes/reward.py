@@ -150,11 +150,11 @@ def split_by_prompt(records: list, fraction: float, seed: int) -> tuple[list, li
 
 def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, list]:
     """(training records, held-out preference pairs) from data.train / data.eval."""
-    result = read_from_config(cfg.data, "train", tokenizer)
+    result = read_from_config(cfg.data, "train", tokenizer, world=cfg.world)
     ctx.print(result.report.summary())
     records = result.expect("preference", "ranking")
     if cfg.data.eval:
-        held = read_from_config(cfg.data, "eval", tokenizer).expect("preference", "ranking")
+        held = read_from_config(cfg.data, "eval", tokenizer, world=cfg.world).expect("preference", "ranking")
     else:
         records, held = split_by_prompt(records, cfg.eval_fraction, cfg.train.seed)
         ctx.print(f"held out {len(held)} records ({cfg.eval_fraction:.0%} of the prompts) for evaluation")
@@ -280,7 +280,8 @@ def reward(cfg: RewardConfig) -> Path:
         raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     ensure_distinct_pad(tokenizer)  # so plain transformers scores the exported model's sequences as posttrain does
-    records, held_out = file_records(cfg, ctx, tokenizer) if cfg.data.train else world_records(cfg, tokenizer, ctx)
+    world_only = cfg.data.train in ([], ["world:preferences"])  # the annotators label candidates (and samples)
+    records, held_out = world_records(cfg, tokenizer, ctx) if world_only else file_records(cfg, ctx, tokenizer)
     train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")
     eval_data = tokenize_comparisons(tokenizer, held_out, dataclasses.replace(cfg, loss="bradley_terry"), ctx, "eval")
     require_one_step(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, "comparisons")

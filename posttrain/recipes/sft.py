@@ -52,6 +52,7 @@ from posttrain.training.sampler import LengthGroupedSampler, StepSampler, requir
 from posttrain.training.sharding import gathered_root
 from posttrain.world.corpus import generate_corpus
 from posttrain.world.entities import make_world
+from posttrain.world.source import is_world_source, reads_world
 from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks, task_examples
 
 # --- loss --------------------------------------------------------------------------------
@@ -137,13 +138,22 @@ def rehearsal_text(cfg: SFTConfig) -> list[str]:
     return generate_corpus(cfg.world.seed, cfg.world.corpus_mb, split="train")
 
 
+def train_sources(cfg: SFTConfig) -> list[str]:
+    """data.train, or the world's task examples when it is empty."""
+    return cfg.data.train or ["world:sft"]
+
+
 def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
     """The training examples: every source, weighted or repeated, plus rehearsal chunks."""
-    if cfg.data.train:
-        sources = [Source(p, file_source(p, tokenizer, cfg, ctx)) for p in cfg.data.train]
-    else:
-        world = make_world(cfg.world.seed)
-        sources = [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
+    sources = []
+    for name in train_sources(cfg):
+        if name == "world:sft":  # one source per family, each rendered in its own forms
+            world = make_world(cfg.world.seed)
+            sources += [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
+        elif is_world_source(name):
+            raise TrainingError(f"data.train: sft trains on world:sft (the world's task examples), not {name}")
+        else:
+            sources.append(Source(name, file_source(name, tokenizer, cfg, ctx)))
     names = [s.name for s in sources]
     for key in [*cfg.source_weights, *cfg.source_epochs]:
         if key not in names:
@@ -164,7 +174,7 @@ def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
     """Held-out conversations: data.eval, or every world family's held-out split, rendered zero-shot."""
     if cfg.data.eval:
         return [r.as_dicts() for r in read_from_config(cfg.data, "eval", tokenizer).expect("conversation")]
-    if cfg.data.train or cfg.world.eval_examples <= 0:
+    if not reads_world(train_sources(cfg)) or cfg.world.eval_examples <= 0:
         return []
     w = cfg.world
     return [render_zero_shot(t) for t in task_examples(w.seed, FAMILIES, "heldout", w.eval_examples)]
@@ -267,7 +277,7 @@ def sft(cfg: SFTConfig) -> Path:
                 nll_sum, count_targets, description="sft", throughput=tokens,
                 logged=lambda result: {"target_tokens": result.units}, evaluate_at=evaluate_at)
     lm = ctx.accelerator.unwrap_model(model).lm
-    if cfg.eval_exact_match > 0 and not cfg.data.train and ctx.runs_model_work:
+    if cfg.eval_exact_match > 0 and reads_world(train_sources(cfg)) and ctx.runs_model_work:
         with gathered_root(model):
             world_exact_match(ctx, lm, tokenizer, cfg, state.step)
     return finish_run(ctx, lm, tokenizer)

@@ -73,7 +73,7 @@ import string
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from posttrain.world import entities as E
 from posttrain.world.corpus import Story, make_story
@@ -133,6 +133,12 @@ class TaskExample:
     meta: dict[str, Any] = field(default_factory=dict)
     """split, template, answer_prefix/answer_suffix (around the target in the answer), rule,
     case_sensitive, harmful, wrong_answers, compliance, choice_answers."""
+    kind: ClassVar[str] = "task"
+    """Its record kind where the readers give the world as data (``world:sft``, ``world:prompts``)."""
+
+    def as_dicts(self) -> list[dict[str, str]]:
+        """The prompt's messages, as a prompt record gives them."""
+        return [dict(m) for m in self.messages]
 
     @property
     def question(self) -> str:
