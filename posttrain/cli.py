@@ -16,8 +16,10 @@ from typing import Any, Callable, Optional
 import typer
 from rich.console import Console
 
+from posttrain import __version__
 from posttrain.config import ConfigError, describe, load_config
 from posttrain.errors import UserError
+from posttrain.recipes import config as rc
 
 app = typer.Typer(
     name="posttrain",
@@ -111,8 +113,6 @@ def _root(
     """Post-training for causal language models: SFT, reward models, PPO, DPO, evaluation."""
     DEBUG["traceback"] = DEBUG["traceback"] or debug
     if version:
-        from posttrain import __version__
-
         typer.echo(__version__)
         raise typer.Exit()
     if ctx.invoked_subcommand is None:
@@ -150,8 +150,6 @@ function's module is imported only when its command runs."""
 
 def _register() -> None:
     """Register every command of :data:`COMMANDS` with typer (once)."""
-    from posttrain.recipes import config as rc
-
     for name, config, target, summary in COMMANDS:
         if name not in CONFIGS:
             recipe_command(name, getattr(rc, config), target, summary)

@@ -21,8 +21,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import posttrain
+from posttrain.config import save_config
+from posttrain.data.formats import FieldError
+from posttrain.data.readers import parse_rows, read_records
 from posttrain.errors import UserError
+from posttrain.evaluation.winrate import (
+    DEFAULT_JUDGE_TEMPLATE, GoldJudge, LLMJudge, RewardModelJudge, ScorerJudge, compare_answers,
+    format_conversation, word_count,
+)
 from posttrain.files import write_json_atomic, write_text_atomic
+from posttrain.generation.hf import generate_chat
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import load_causal_lm, load_tokenizer
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import FAMILIES, check_families, make_tasks
 
 if TYPE_CHECKING:
     from posttrain.evaluation.winrate import Judge
@@ -58,9 +75,6 @@ def spread(n: int, k: int) -> list[int]:
 
 def world_prompts(families: list[str], n: int, seed: int) -> PromptSet:
     """``n`` held-out task prompts of the world of ``seed``, spread evenly over ``families`` (empty: all)."""
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, check_families, make_tasks
-
     families = check_families(families or FAMILIES, "families", CompareError)
     if n < 1:
         raise CompareError(f"n: compare at least one world prompt (n={n})")
@@ -72,8 +86,6 @@ def world_prompts(families: list[str], n: int, seed: int) -> PromptSet:
 
 
 def _jsonl_rows(path: Path):
-    from posttrain.data.formats import FieldError
-
     with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
@@ -93,8 +105,6 @@ def _jsonl_rows(path: Path):
 def file_prompts(path: str, n: int) -> PromptSet:
     """The first ``n`` (0: all) prompts of a file: {"prompt": ...} or {"messages": [...]} records (JSONL,
     or any format posttrain's readers take); a conversation's trailing assistant turns are dropped."""
-    from posttrain.data.readers import parse_rows, read_records
-
     source = Path(path)
     if not source.exists():
         raise CompareError(f"prompts: no file {path}; give a JSONL file of {{\"prompt\": ...}} or "
@@ -151,8 +161,6 @@ def model_names(models: list[str], names: list[str]) -> list[str]:
 
 def make_judge(cfg: "CompareConfig", prompts: PromptSet) -> "Judge | None":
     """The judge the config asks for (None: answers only)."""
-    from posttrain.evaluation.winrate import DEFAULT_JUDGE_TEMPLATE, GoldJudge, LLMJudge, RewardModelJudge
-
     kind = cfg.judge
     if kind == "auto":
         kind = "gold" if prompts.examples else "none"
@@ -186,10 +194,6 @@ class Answers:
 
 def answer_all(cfg: "CompareConfig", path: str, name: str, prompts: PromptSet) -> Answers:
     """Load one checkpoint, answer every prompt, free it."""
-    from posttrain.generation.hf import generate_chat
-    from posttrain.models.config import ModelConfig
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
-
     start = time.time()
     model_cfg = ModelConfig(name_or_path=path, device=cfg.device, dtype=cfg.dtype)
     tokenizer = load_tokenizer(model_cfg)
@@ -207,9 +211,6 @@ def answer_all(cfg: "CompareConfig", path: str, name: str, prompts: PromptSet) -
 def build_result(cfg: "CompareConfig", prompts: PromptSet, answers: list[Answers], judge: "Judge | None",
                  seconds: float) -> dict[str, Any]:
     """compare.json's content: settings, per-model summary, per-prompt rows (verdicts vs the first model)."""
-    import posttrain
-    from posttrain.evaluation.winrate import ScorerJudge, compare_answers, word_count
-
     base = answers[0]
     comparisons = {a.name: compare_answers(judge, prompts.messages, a.texts, base.texts)
                    for a in answers[1:]} if judge is not None else {}
@@ -269,11 +270,6 @@ def _lc_text(c: dict[str, Any]) -> str:
 
 def answers_table(result: dict[str, Any], show_chars: int):
     """Rich table: one row per prompt, one column per model, each later answer with its verdict."""
-    from rich.markup import escape
-    from rich.table import Table
-
-    from posttrain.evaluation.winrate import format_conversation
-
     names = result["settings"]["names"]
     colours = {"win": "green", "loss": "red", "tie": "yellow"}
     table = Table(title=f"Answers (verdicts vs {names[0]}, judge: {result['settings']['judge']})", show_lines=True)
@@ -298,8 +294,6 @@ def answers_table(result: dict[str, Any], show_chars: int):
 
 def summary_table(result: dict[str, Any]):
     """Rich table: one row per model, win-rates against the first."""
-    from rich.table import Table
-
     settings = result["settings"]
     table = Table(title=f"Against {settings['baseline']} on {settings['n']} prompts (judge: {settings['judge']}; "
                         f"win-rate ± 95% CI, ties half; LC: length-controlled [95% CI])")
@@ -367,8 +361,6 @@ def _html_summary(result: dict[str, Any]) -> str:
 
 
 def _html_rows(result: dict[str, Any]) -> str:
-    from posttrain.evaluation.winrate import format_conversation
-
     names = result["settings"]["names"]
     head = "<th>#</th><th>prompt</th>" + "".join(f"<th>{_e(n)}</th>" for n in names)
     lines = [f"<table id=\"answers\"><thead><tr>{head}</tr></thead><tbody>"]
@@ -414,10 +406,6 @@ def render_html(result: dict[str, Any]) -> str:
 
 def run_compare(cfg: "CompareConfig") -> dict[str, Any]:
     """The `posttrain compare` command: answer, judge, print, write compare.json / compare.html."""
-    from rich.console import Console
-
-    from posttrain.config import save_config
-
     console = Console()
     if not console.is_terminal:  # logs and pipes: room for the answer columns
         console = Console(width=max(console.width, 160))

@@ -25,15 +25,31 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from statistics import fmean
 from pathlib import Path
+from statistics import fmean
 from typing import Any, Callable
 
 from rich.console import Console
 
+from posttrain.config import load_config
+from posttrain.evaluation.policy import gold_by_family, sampled_kl
+from posttrain.evaluation.run import evaluate_suite, results_table, write_report
+from posttrain.evaluation.winrate import GoldJudge, compare_answers, generate_answers
 from posttrain.files import write_json_atomic
-
-from posttrain.recipes.config import DemoConfig
+from posttrain.models.card import world_data_sources, write_model_card
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import load_causal_lm, load_tokenizer
+from posttrain.recipes.config import DPOConfig, DemoConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
+from posttrain.recipes.dpo import dpo
+from posttrain.recipes.ppo import ppo
+from posttrain.recipes.pretrain import pretrain
+from posttrain.recipes.reward import reward
+from posttrain.recipes.sft import sft
+from posttrain.report import build_report
+from posttrain.world import base_model_path, generate_corpus, make_world
+from posttrain.world.annotators import AnnotatorConfig, write_preference_files
+from posttrain.world.answers import solved
+from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, make_tasks, write_tasks
 
 console = Console(stderr=True, soft_wrap=True)
 
@@ -55,18 +71,12 @@ def _configs(kind: str) -> Path:
 def _recipe_config(cfg: DemoConfig, config_cls: type, kind: str, overrides: list[str], name: str = ""):
     """configs/<kind>/<name>.yaml (default: tiny.yaml with quick, else world.yaml) with the demo's
     seed and the given overrides."""
-    from posttrain.config import load_config
-
     path = _configs(kind) / f"{name or ('tiny' if cfg.quick else 'world')}.yaml"
     return load_config(config_cls, path if path.exists() else None,
                        [f"train.seed={cfg.seed}", "train.tensorboard=false", *overrides])
 
 
 def stage_world(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
-    from posttrain.world import generate_corpus, make_world
-    from posttrain.world.annotators import AnnotatorConfig, write_preference_files
-    from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, make_tasks, write_tasks
-
     world = make_world(cfg.seed)
     corpus = generate_corpus(cfg.seed, 0.2 if cfg.quick else 1.0)
     n = 20 if cfg.quick else 200
@@ -90,24 +100,15 @@ def stage_world(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, A
 
 def stage_base(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     if not cfg.pretrain:
-        from posttrain.world import base_model_path
-
         path = base_model_path()
         console.print(f"  using the shipped base model {path} (pretrain=true trains one here)")
         return {"model": str(path), "source": "shipped"}
-    from posttrain.recipes.config import PretrainConfig
-    from posttrain.recipes.pretrain import pretrain
-
     final = pretrain(_recipe_config(cfg, PretrainConfig, "pretrain", [f"train.run_dir={out / 'run'}",
                                                                      f"world.seed={cfg.seed}"]))
     return {"model": str(final), "source": f"pretrained with configs/pretrain/{'tiny' if cfg.quick else 'world'}.yaml"}
 
 
 def _evaluate(cfg: DemoConfig, model_path: str, out: Path, chat: bool) -> dict[str, Any]:
-    from posttrain.evaluation.run import evaluate_suite, results_table, write_report
-    from posttrain.models.config import ModelConfig
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
-
     mcfg = ModelConfig(name_or_path=model_path)
     tokenizer = load_tokenizer(mcfg)
     model = load_causal_lm(mcfg, for_training=False)
@@ -125,9 +126,6 @@ def stage_prompting(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[st
 
 
 def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
-    from posttrain.recipes.config import SFTConfig
-    from posttrain.recipes.sft import sft
-
     final = sft(_recipe_config(cfg, SFTConfig, "sft", [f"train.run_dir={out / 'run'}",
                                                          f"model.name_or_path={done['base']['model']}"]))
     return {"model": str(final), "accuracy": _evaluate(cfg, str(final), out / "eval", chat=True)}
@@ -136,9 +134,6 @@ def stage_sft(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
 def stage_reward(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     """The reward model PPO optimizes (the annotators' overall preference) and, by demo.reward_models,
     Llama 2's separate helpfulness and safety models, each evaluated on held-out annotated pairs."""
-    from posttrain.recipes.config import RewardConfig
-    from posttrain.recipes.reward import reward
-
     models = {}
     for name in cfg.reward_models:
         overrides = [f"train.run_dir={out / name / 'run'}", f"model.name_or_path={done['sft']['model']}"]
@@ -153,9 +148,6 @@ def stage_reward(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, 
 
 
 def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
-    from posttrain.recipes.config import DPOConfig
-    from posttrain.recipes.dpo import dpo
-
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}"]
     overrides += [f"world.examples={20 if cfg.quick else cfg.dpo_prompts}", f"world.families=[{','.join(cfg.dpo_families)}]"]
     final = dpo(_recipe_config(cfg, DPOConfig, "dpo", overrides))
@@ -164,9 +156,6 @@ def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
 
 
 def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
-    from posttrain.recipes.config import PPOConfig
-    from posttrain.recipes.ppo import ppo
-
     rm = done["reward"]["models"]["overall"]["model"]
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
                  f"critic={rm}"]
@@ -178,14 +167,6 @@ def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
 def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     """Every model of the journey on the same held-out world prompts: gold reward (per family),
     exact match, response length, gold win-rate against the SFT model, KL to the SFT model."""
-    from posttrain.evaluation.policy import gold_by_family, sampled_kl
-    from posttrain.world.answers import solved
-    from posttrain.evaluation.winrate import GoldJudge, compare_answers, generate_answers
-    from posttrain.models.config import ModelConfig
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
-    from posttrain.world import make_world
-    from posttrain.world.tasks import FAMILIES, make_tasks
-
     world = make_world(cfg.seed)
     examples = [e for f in FAMILIES for e in make_tasks(world, cfg.seed, f, "heldout", cfg.final_n)]
     prompts = [e.messages for e in examples]
@@ -253,8 +234,6 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     write_json_atomic(root / "summary.json", done)
     (root / "summary.md").write_text(summary_markdown(done), encoding="utf-8")
     write_model_cards(root, done, cfg.seed)
-    from posttrain.report import build_report
-
     report = build_report(root)
     console.rule(f"demo finished in {time.time() - started:.0f}s: {report}")
     return done
@@ -266,8 +245,6 @@ CARD_DATA = {"sft": ("tasks", "corpus"), "reward": ("preferences",), "dpo": ("ta
 
 def write_model_cards(root: Path, done: dict[str, Any], seed: int) -> None:
     """A model card (README.md) beside every model the demo exported, with its scores."""
-    from posttrain.models.card import world_data_sources, write_model_card
-
     final = done.get("final", {})
     exported = [(s, s, root / s / "run", done[s]["model"]) for s in ("sft", "dpo", "ppo") if s in done]
     exported += [("reward", f"{name} reward model", root / "reward" / name / "run", info["model"])

@@ -34,6 +34,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
 from posttrain.files import write_text_atomic
 from posttrain.rl.diagnostics import series, smooth
 from posttrain.training.metrics import read_metrics
@@ -300,8 +304,6 @@ class Plot:
 
 def _figure(width: float, height: float, **subplots: Any):
     """A matplotlib Figure on the Agg canvas (no pyplot: no global state, no display needed)."""
-    from matplotlib.figure import Figure
-
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.subplots(**subplots) if subplots else fig.subplots()
 
@@ -407,9 +409,6 @@ def plot_accuracy(rows: Sequence[Mapping[str, Any]], families: Sequence[str]) ->
         return None
     grid = [[r["accuracy"].get(f, math.nan) for f in families] for r in rows]
     fig, ax = _figure(0.85 * len(families) + 3.5, 0.45 * len(rows) + 1.8)
-    import matplotlib
-    import numpy as np
-
     cmap = matplotlib.colormaps["Greens"].with_extremes(bad="#eeeeee")  # a copy: the registry's stays as it is
     image = ax.imshow(np.ma.masked_invalid(np.array(grid, dtype=float)), cmap=cmap, vmin=0, vmax=100, aspect="auto")
     for i, values in enumerate(grid):

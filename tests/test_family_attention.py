@@ -43,7 +43,8 @@ def plain_logps(model, ids: list[int]) -> torch.Tensor:
 def test_packed_loss_equals_plain_transformers(family):
     from types import SimpleNamespace
 
-    from posttrain.data.packing import pack_examples, prepare_packing
+    from posttrain.data.packing import pack_examples
+    from posttrain.models.attention import prepare_packing
     from posttrain.recipes.sft import TargetNLL
 
     model = tiny_model(family)
@@ -65,7 +66,8 @@ def test_packed_loss_equals_plain_transformers(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_shared_prefix_and_padded_batches_equal_plain_transformers(family):
-    from posttrain.data.packing import pack_shared_prefix, prepare_packing
+    from posttrain.data.packing import pack_shared_prefix
+    from posttrain.models.attention import prepare_packing
 
     model = tiny_model(family, seed=1)
     vocab = model.get_input_embeddings().num_embeddings

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from posttrain.data.chat import Example
 from posttrain.data.collate import IGNORE_INDEX, pad_collate
 from posttrain.data.packing import (
-    LengthGroupedSampler, length_grouped_order, pack_examples, pack_rows, pack_shared_prefix, padding_fraction,
-    previous_token_columns, segment_bounds, use_packed_attention, use_shared_prefix_attention,
+    pack_examples, pack_rows, pack_shared_prefix, padding_fraction, previous_token_columns, segment_bounds,
 )
-from posttrain.training.sampler import StepSampler
+from posttrain.models.attention import use_packed_attention, use_shared_prefix_attention
+from posttrain.training.sampler import LengthGroupedSampler, StepSampler, length_grouped_order
 
 PAD = 1
 

@@ -11,7 +11,8 @@ import torch
 
 from posttrain.data.chat import Example, render_prompt_response
 from posttrain.data.collate import pad_collate
-from posttrain.data.packing import pack_examples, use_packed_attention
+from posttrain.data.packing import pack_examples
+from posttrain.models.attention import use_packed_attention
 from posttrain.evaluation.reward import (accuracy_by_strength, calibration, gold_agreement, oracle_accuracy,
                                          pairwise_accuracy)
 from posttrain.models.config import ModelConfig

@@ -32,10 +32,14 @@ What carries the loss (``loss_on="assistant"``), per assistant turn:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal
 
+from jinja2.exceptions import TemplateError
+
+from posttrain.data.errors import DataError, location_of, set_location
 from posttrain.data.templates import CHAT_TEMPLATES, RAW_TEMPLATE, RAW_TEMPLATE_BOS, RAW_TEMPLATES, resolve_chat_template
 from posttrain.errors import UserError
 
@@ -177,8 +181,6 @@ def _add_special_tokens(tokenizer, tokens: list[str]) -> list[str]:
 def render_text(tokenizer, messages: list[Message], add_generation_prompt: bool = False) -> str:
     """The conversation as the tokenizer's chat template writes it; :class:`TemplateRefusedError` when the
     template refuses it (its ``raise_exception``)."""
-    from jinja2.exceptions import TemplateError
-
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except TemplateError as e:
@@ -397,8 +399,6 @@ def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], da
 
     Returns the examples and a report of what was truncated and dropped (also logged).
     """
-    from posttrain.data.readers import location_of
-
     report = TokenizeReport(max_length=data_cfg.max_length)
     examples = []
     for index, conversation in enumerate(conversations):
@@ -451,8 +451,6 @@ def _content(message) -> str:
 def _with_content(message, content: str):
     if isinstance(message, dict):
         return {**message, "content": content}
-    import dataclasses
-
     return dataclasses.replace(message, content=content)
 
 
@@ -481,10 +479,6 @@ def fit_to_template(result, tokenizer, system: SystemTurns = "keep", skip_invali
     its file:line with what to do, or with ``skip_invalid`` is skipped and counted (reason
     ``template_refused``). Text records and prompt/completion strings have no template and pass as is.
     """
-    import dataclasses
-
-    from posttrain.data.readers import DataError, set_location
-
     # Only a template that can raise needs a trial rendering (tokenization renders every record anyway).
     can_refuse = "raise_exception" in (tokenizer.chat_template or "")
     kept, where_kept = [], []

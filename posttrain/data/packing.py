@@ -59,21 +59,6 @@ import numpy as np
 import torch
 
 from posttrain.data.collate import IGNORE_INDEX, TokenizedExample
-# The length-grouped sampler moved to posttrain.training.sampler; re-exported for tests/test_packing.py.
-from posttrain.training.sampler import LengthGroupedSampler, length_grouped_order  # noqa: F401
-
-# Attention names that moved to posttrain.models.attention, re-exported for the tests that import them
-# from here (test_packing.py, test_reward_model.py, test_family_attention.py). Lazily, on first access:
-# posttrain.models.attention imports this module (prefix_segments), so importing it here would be a cycle.
-_MOVED_TO_MODELS_ATTENTION = ("prepare_packing", "use_packed_attention", "use_shared_prefix_attention")
-
-
-def __getattr__(name: str):
-    if name in _MOVED_TO_MODELS_ATTENTION:
-        from posttrain.models import attention
-
-        return getattr(attention, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def packed_model_inputs(input_ids: torch.Tensor, position_ids: torch.Tensor) -> dict[str, torch.Tensor | bool]:

@@ -38,7 +38,7 @@ import torch
 
 from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response
 from posttrain.data.packing import pack_shared_prefix, packed_model_inputs
-from posttrain.data.readers import DataError, location_of
+from posttrain.data.errors import DataError, location_of
 from posttrain.data.records import Preference, Unpaired, messages_to_dicts
 
 Overflow = Literal["truncate", "drop", "error"]

@@ -38,61 +38,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+
+from posttrain.data.chat import fit_to_template
+from posttrain.data.errors import DataError, set_location, where_of
 from posttrain.data.formats import FORMATS, FieldError, parse_record
 from posttrain.data.records import Record
-from posttrain.errors import UserError
 
 logger = logging.getLogger("posttrain.data")
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 LOCAL_SUFFIXES = JSONL_SUFFIXES + (".parquet", ".txt", ".csv", ".gz", ".arrow")
-SKIP_HINT = " (set skip_invalid: true to skip such records)"
+
 EXAMPLES_PER_REASON = 3
-
-
-def _where(path: str, number: int | None, unit: str) -> str:
-    """``path:17`` for a line, ``path: row 17`` for a row or item, ``path`` alone for no number."""
-    if number is None:
-        return path
-    return f"{path}:{number}" if unit == "line" else f"{path}: {unit} {number}"
-
-
-_LOCATION = "_posttrain_location"
-
-
-def set_location(record: Record, where: str) -> Record:
-    """Remember where ``record`` was read (``path:line``), for errors found after reading; returns it."""
-    object.__setattr__(record, _LOCATION, where)  # records are frozen; the location is not a field
-    return record
-
-
-def location_of(record: Any, index: int) -> str:
-    """Where ``record`` was read, or its 0-based position when it was not read from a file."""
-    return getattr(record, _LOCATION, None) or f"record {index} (0-based)"
-
-
-class DataError(UserError, ValueError):
-    """Bad input data: says which source, which line (or row), which field, and what is wrong.
-
-    ``line`` is a 1-based line for JSONL and text files, a 0-based index for Parquet rows,
-    ``datasets`` rows and JSON array items (``unit`` says which); both are None for problems with
-    the source as a whole. ``reason`` is a code from ``formats.REASONS`` for record-level problems.
-    """
-
-    def __init__(self, path: str, problem: str, *, line: int | None = None, unit: str = "line",
-                 field: str | None = None, reason: str | None = None):
-        self.path, self.problem, self.line, self.unit = path, problem, line, unit
-        self.field, self.reason = field, reason
-        super().__init__(self.describe() + (SKIP_HINT if reason else ""))
-
-    @property
-    def location(self) -> str:
-        return _where(self.path, self.line, self.unit)
-
-    def describe(self) -> str:
-        """The message without the skip_invalid hint."""
-        where = f"{self.location}: field '{self.field}'" if self.field else self.location
-        return f"{where}: {self.problem}"
 
 
 @dataclass
@@ -236,9 +193,9 @@ def _text_rows(path: Path) -> Iterator[tuple[int, Any]]:
 
 
 def _parquet_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    import pyarrow.parquet as pq
-
     try:
+        import pyarrow.parquet as pq  # deferred, as datasets in _load_from_disk
+
         batches = pq.ParquetFile(path).iter_batches(batch_size=1024)
         index = 0
         for batch in batches:
@@ -262,7 +219,7 @@ def _is_saved_dataset(path: Path) -> bool:
 
 
 def _load_from_disk(path: Path, split: str) -> Any:
-    import datasets
+    import datasets  # deferred (about a second): config modules import this package (posttrain --help)
 
     loaded = datasets.load_from_disk(str(path))
     if isinstance(loaded, datasets.DatasetDict):
@@ -274,7 +231,7 @@ def _load_from_disk(path: Path, split: str) -> Any:
 
 
 def _load_from_hub(name: str, split: str) -> Any:
-    import datasets
+    import datasets  # deferred, as in _load_from_disk
 
     try:
         return datasets.load_dataset(name, split=split)
@@ -334,7 +291,7 @@ def parse_rows(rows: Iterable[tuple[int, Any]], source: str = "<memory>", format
             result.report.add_skip(error)
             continue
         result.records.append(record)
-        result.locations.append(_where(source, number, unit))
+        result.locations.append(where_of(source, number, unit))
         set_location(record, result.locations[-1])
         result.report.add_record(record)
     return result
@@ -394,6 +351,4 @@ def read_from_config(cfg: Any, which: str | Sequence[str] = "train", tokenizer: 
     result = read_many(sources, cfg.layout, cfg.split, cfg.skip_invalid, world, world_split)
     if tokenizer is None:
         return result
-    from posttrain.data.chat import fit_to_template
-
     return fit_to_template(result, tokenizer, cfg.system, cfg.skip_invalid)

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from posttrain.models.tiny import CHATML_TEMPLATE
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+"""ChatML, the default chat template for tokenizers that ship none."""
+
 
 # Meta's Llama-2-chat format: the system prompt is folded into the first user turn inside
 # <<SYS>> markers, each user turn opens with bos, each assistant turn closes with eos.

@@ -33,12 +33,22 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from rich.console import Console
+from rich.table import Table
+
+from posttrain.config import save_config
+from posttrain.data.readers import read_records
+from posttrain.errors import UserError
 from posttrain.files import write_json_atomic
+from posttrain.world import ASSETS_DIR, generate_corpus
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks, read_tasks
 
 if TYPE_CHECKING:
     from posttrain.data.records import Record
@@ -262,9 +272,6 @@ def _is_task_file(path: Path) -> bool:
 
 def file_items(path: str | Path, skip_invalid: bool = False) -> list[EvalItem]:
     """Evaluation examples of a file: task examples (write_tasks) or records of any posttrain format."""
-    from posttrain.data.readers import read_records
-    from posttrain.world.tasks import read_tasks
-
     path = Path(path)
     if path.is_file() and _is_task_file(path):
         return [EvalItem(ex.id, task_docs(ex)) for ex in read_tasks(path)]
@@ -275,9 +282,6 @@ def file_items(path: str | Path, skip_invalid: bool = False) -> list[EvalItem]:
 
 def file_docs(path: str | Path, skip_invalid: bool = False) -> list[str]:
     """Training documents of a file: task examples (with their reasoning) or records of any posttrain format."""
-    from posttrain.data.readers import read_records
-    from posttrain.world.tasks import read_tasks
-
     path = Path(path)
     if path.is_file() and _is_task_file(path):
         return [doc for ex in read_tasks(path) for doc in task_docs(ex, with_cot=True)]
@@ -292,9 +296,6 @@ def world_sft_examples(seed: int = 0, families: Sequence[str] | None = None, n: 
                        world=None) -> dict[str, list[TaskExample]]:
     """The world's instruction-tuning examples (train splits, as `posttrain sft` draws them), by family;
     ``families`` None: every trained family (posttrain.world.tasks.TRAIN_FAMILIES)."""
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import TRAIN_FAMILIES, make_tasks
-
     world = world or make_world(seed)
     return {f: make_tasks(world, seed, f, "train", n) for f in (TRAIN_FAMILIES if families is None else families)}
 
@@ -302,9 +303,6 @@ def world_sft_examples(seed: int = 0, families: Sequence[str] | None = None, n: 
 def world_heldout_sets(seed: int = 0, families: Sequence[str] = (), n: int = 250,
                        world=None) -> dict[str, list[EvalItem]]:
     """Each family's held-out split as an evaluation set named "heldout/<family>"."""
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import FAMILIES, make_tasks
-
     world = world or make_world(seed)
     return {f"heldout/{f}": [EvalItem(ex.id, task_docs(ex)) for ex in make_tasks(world, seed, f, "heldout", n)]
             for f in (families or FAMILIES)}
@@ -312,8 +310,6 @@ def world_heldout_sets(seed: int = 0, families: Sequence[str] = (), n: int = 250
 
 def world_corpus_docs(seed: int | None = None, size_mb: float = 0.0) -> list[str]:
     """The world's pretraining corpus; size 0 (and no seed) means the one the shipped base model was trained on."""
-    from posttrain.world import ASSETS_DIR, generate_corpus
-
     if size_mb <= 0 or seed is None:
         record = json.loads((ASSETS_DIR / "corpus.json").read_text(encoding="utf-8"))
         seed = record["seed"] if seed is None else seed
@@ -366,14 +362,10 @@ def gather_eval_sets(cfg) -> dict[str, list[EvalItem]]:
 
 def _sft_families(cfg) -> list[str] | None:
     """world.families less the held-out ones (never instruction-tuned on); None when world.families is empty."""
-    from posttrain.world.tasks import HELDOUT_FAMILIES
-
     return [f for f in cfg.world.families if f not in HELDOUT_FAMILIES] if cfg.world.families else None
 
 
 def _existing(source: str, key: str) -> str:
-    from posttrain.errors import UserError
-
     if not Path(source).exists():
         raise UserError(f"contamination: {key}: {source} does not exist; name a data file or folder, "
                         f"or one of {', '.join(WORLD_SOURCES)}")
@@ -381,15 +373,11 @@ def _existing(source: str, key: str) -> str:
 
 
 def _bad_source(key: str, source: str, known: str):
-    from posttrain.errors import UserError
-
     return UserError(f"contamination: {key}: unknown world source {source!r}; use {known} or a file")
 
 
 def contamination_table(report: ContaminationReport):
     """A rich Table: one row per evaluation set."""
-    from rich.table import Table
-
     s = report.settings
     table = Table(title=f"Contamination: {s['n']}-gram overlap with {s['train_documents']} training documents")
     for name, justify in (("eval set", "left"), ("n", "right"), ("contaminated", "right"), ("%", "right"),
@@ -406,14 +394,6 @@ def contamination_table(report: ContaminationReport):
 
 def run_contamination(cfg) -> ContaminationReport:
     """The `posttrain contamination` command: index the training data, check every evaluation set, report."""
-    import time
-
-    from rich.console import Console
-
-    from posttrain.config import save_config
-    from posttrain.errors import UserError
-    from posttrain.world.tasks import check_families
-
     check_families(cfg.world.families, "contamination: world.families", UserError)
     if not cfg.train or not cfg.eval:
         raise UserError("contamination: both train and eval need at least one source "

@@ -38,8 +38,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from posttrain.errors import UserError
 from posttrain.evaluation.prompting import build_prompt, select_shots
 from posttrain.files import write_jsonl_atomic, write_text_atomic
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import load_tokenizer
+from posttrain.world.entities import make_world
 from posttrain.world.tasks import FAMILIES, TASKS_VERSION, TaskExample, check_families, make_tasks
 
 KINDS = ("mc", "gen")
@@ -113,8 +121,6 @@ def generation_budget(tokenizer, examples: Sequence[TaskExample], cap: int = 128
 
 
 def _write_yaml(path: Path, config: dict[str, Any], extra_lines: Sequence[str] = ()) -> None:
-    import yaml
-
     class Dumper(yaml.SafeDumper):
         pass
 
@@ -186,8 +192,6 @@ def export_world_tasks(out_dir: str | Path, families: Sequence[str] = FAMILIES, 
     The examples are ``posttrain eval``'s: the first ``n`` of ``split``, shots from the train split.
     A group config ``<prefix>.yaml`` lists every task (lm-eval reports their mean too).
     """
-    from posttrain.world.entities import make_world
-
     bad = [k for k in kinds if k not in KINDS]
     if bad:
         raise ValueError(f"unknown task kinds {bad}; use {', '.join(KINDS)}")
@@ -241,13 +245,6 @@ def _readme(out_dir: Path, prefix: str, tasks: Sequence[ExportedTask], skipped: 
 
 def run_export(cfg) -> list[ExportedTask]:
     """The `posttrain export-lm-eval` command."""
-    from rich.console import Console
-    from rich.table import Table
-
-    from posttrain.errors import UserError
-    from posttrain.models.config import ModelConfig
-    from posttrain.models.loading import load_tokenizer
-
     families = check_families(cfg.families or FAMILIES, "export-lm-eval: families", UserError)
     bad = [k for k in cfg.kinds if k not in KINDS]
     if bad:

@@ -16,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import torch
+
 
 @dataclass(frozen=True)
 class ContinuationScore:
@@ -46,8 +48,6 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
     Contexts longer than ``max_length`` (default: the model's max_position_embeddings) lose tokens
     from the left; the number of pairs truncated so is returned, never hidden.
     """
-    import torch
-
     if len(contexts) != len(continuations):
         raise ValueError(f"{len(contexts)} contexts but {len(continuations)} continuations; pass one of each per pair")
     limit = max_length or getattr(getattr(model, "config", None), "max_position_embeddings", None) or 10**9
@@ -79,8 +79,6 @@ def continuation_logprobs(model, tokenizer, contexts: Sequence[str], continuatio
 
 
 def _score_batch(model, pairs: list[tuple[list[int], list[int]]], pad_id: int, device) -> list[ContinuationScore]:
-    import torch
-
     width = max(len(c) + len(k) for c, k in pairs)
     input_ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(pairs), width), dtype=torch.bool)

@@ -20,11 +20,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from posttrain.models.reward import FunctionScorer, Scorer, as_dicts
+from posttrain.world.gold import gold_reward
 
 
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
@@ -145,8 +147,6 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
 
 
 def write_report(report: dict[str, Any], path) -> None:
-    from pathlib import Path
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
@@ -159,8 +159,6 @@ def world_gold_scorer(examples: Sequence[Any], aspect: str = "total") -> Functio
     """The embedded world's gold reward as a :class:`~posttrain.models.reward.Scorer`, for prompts
     of ``examples`` (TaskExample): ``aspect`` is total, helpfulness, or a component (correctness,
     rule, safety, brevity). A prompt that is none of theirs is an error."""
-    from posttrain.world.gold import gold_reward
-
     by_prompt = {json.dumps(e.messages, sort_keys=True): e for e in examples}
 
     def fn(prompts, responses):

@@ -37,19 +37,48 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+import transformers
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoConfig
+
+import posttrain
+from posttrain.compare import file_prompts, make_judge, world_prompts
+from posttrain.config import save_config
+from posttrain.data.chat import apply_system
+from posttrain.data.readers import read_records
 from posttrain.errors import UserError
-from posttrain.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from posttrain.evaluation.copying import FILLER, LEAD, copying_gain
+from posttrain.evaluation.multiple_choice import continuation_logprobs, pick
+from posttrain.evaluation.policy import sampled_kl
 from posttrain.evaluation.prompting import STRATEGIES, build_prompt, completion_answer, select_shots, uses_shots
+from posttrain.evaluation.reward import reward_report
 from posttrain.evaluation.scoring import proportion_ci
+from posttrain.evaluation.winrate import ScorerJudge, compare_answers
+from posttrain.files import write_json_atomic, write_jsonl_atomic, write_text_atomic
+from posttrain.generation import generate
+from posttrain.generation.hf import generate_chat
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
+from posttrain.models.reward import RewardScorer
+from posttrain.models.wrappers import transformers_model, unwrap_model
+from posttrain.recipes.config import CompareConfig, WorldPreferenceConfig
+from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
 from posttrain.world.answers import exact_match, extract_answer, follows_rule, solved
-from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TaskExample, check_families, make_tasks
+from posttrain.world.entities import make_world
+from posttrain.world.tasks import (
+    FAMILIES, HELDOUT_FAMILIES, TASKS_VERSION, TRAIN_FAMILIES, TaskExample, check_families, make_tasks,
+)
 
 MC_COLUMNS = ("mc_sum", "mc_norm")
 """The two columns the "mc" strategy fills: option chosen by summed and by per-token log-prob."""
@@ -122,8 +151,6 @@ def stop_at_answer_end(model, tokenizer, newline: bool = True) -> Iterator[None]
     """Make generation stop where an answer ends: while inside, <|im_end|> (and with ``newline`` every
     newline-bearing token: plain Q/A answers are one line) is an extra eos id of the model's
     generation_config, which ``posttrain.generation.generate`` honours."""
-    from posttrain.models.loading import transformers_model, unwrap_model
-
     config = transformers_model(unwrap_model(model)).generation_config  # peft keeps it on the base
     saved = config.eos_token_id
     current = [saved] if isinstance(saved, int) else list(saved or [])
@@ -153,8 +180,6 @@ def evaluate_generation(model, tokenizer, examples: Sequence[TaskExample], pool:
                         max_new_tokens: int = 128, max_prompt_tokens: int = 10**9) -> Cell:
     """Accuracy of greedy completions under one prompting strategy: the answer matches (and a system
     rule is kept, see :func:`posttrain.world.answers.solved`)."""
-    from posttrain.generation import generate
-
     budget = _budget(tokenizer, examples, max_new_tokens)
     room = max(1, min(max_prompt_tokens, _context_limit(model) - budget))
     prompts, truncated, shots_dropped = [], 0, 0
@@ -182,8 +207,6 @@ def evaluate_multiple_choice(model, tokenizer, examples: Sequence[TaskExample], 
                              *, shots: int = 0, seed: int = 0, chat: bool = False,
                              batch_size: int = 32) -> tuple[Cell, Cell]:
     """(summed, length-normalized) log-prob multiple-choice accuracy; examples need ``choices``."""
-    from posttrain.evaluation.multiple_choice import continuation_logprobs, pick
-
     strategy = "few_shot" if shots > 0 else "zero_shot"
     contexts, continuations, spans = [], [], []
     for ex in examples:
@@ -243,8 +266,6 @@ def evaluate_suite(model, tokenizer, *, families: Sequence[str] = FAMILIES, stra
     "mc" fills the mc_sum and mc_norm columns for families whose examples have choices.
     ``progress(family, column, cell)`` is called after each cell, if given.
     """
-    from posttrain.world.entities import make_world
-
     unknown = [s for s in strategies if s not in (*STRATEGIES, "mc")]
     if unknown:
         raise ValueError(f"unknown strategies {unknown}; use {', '.join(STRATEGIES)} or mc")
@@ -279,16 +300,11 @@ def evaluate_suite(model, tokenizer, *, families: Sequence[str] = FAMILIES, stra
 
 
 def _sha256(text: str | None) -> str | None:
-    import hashlib
-
     return hashlib.sha256(text.encode("utf-8")).hexdigest() if isinstance(text, str) else None
 
 
 def _versions() -> dict[str, str]:
     """The libraries that compute the scores (each can move them)."""
-    import torch
-    import transformers
-
     return {"torch_version": torch.__version__, "transformers_version": transformers.__version__}
 
 
@@ -311,8 +327,6 @@ def columns_of(report: EvalReport) -> list[str]:
 
 def results_table(report: EvalReport, title: str = "Accuracy % (± 95% CI half-width)"):
     """A rich Table: rows are families (unseen-task families marked *), columns are strategies."""
-    from rich.table import Table
-
     columns = columns_of(report)
     table = Table(title=title)
     table.add_column("family")
@@ -356,10 +370,6 @@ class EvalError(UserError):
 
 def is_reward_model(name_or_path: str) -> bool:
     """Whether the model's config.json names a sequence-classification (reward) architecture."""
-    from transformers import AutoConfig
-
-    from posttrain.models.loading import resolve_model_path
-
     try:
         config = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
     except (OSError, ValueError):  # e.g. a peft adapter folder: loaded (or refused) as a causal LM
@@ -401,11 +411,6 @@ def world_preference_pairs(families: Sequence[str], n: int, seed: int) -> tuple[
     """(pairs, how they were made): ``n`` held-out prompts per family (empty: the trained families), each
     with 2 pairs of its candidate responses labelled by the world's simulated annotators, with the
     defaults of ``posttrain reward``'s world data; for seed 0 these are the pairs it holds out."""
-    from posttrain.recipes.config import WorldPreferenceConfig
-    from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
-    from posttrain.world.entities import make_world
-    from posttrain.world.tasks import TRAIN_FAMILIES
-
     w = WorldPreferenceConfig()
     families = list(families) or list(TRAIN_FAMILIES)
     world = make_world(seed)
@@ -422,10 +427,6 @@ def preference_pairs(source: str, cfg) -> tuple[list, dict[str, Any]]:
     """(preference pairs, what they are) of one preference_data entry; a ranking gives every pair it implies."""
     if source == "world":
         return world_preference_pairs(cfg.families, cfg.preference_examples, cfg.seed)
-    from posttrain.data.readers import read_records
-
-    from posttrain.data.chat import apply_system
-
     result = read_records(source)
     records = [dataclasses.replace(r, prompt=apply_system(r.prompt, cfg.system))
                for r in result.expect("preference", "ranking")]
@@ -438,10 +439,6 @@ def preference_pairs(source: str, cfg) -> tuple[list, dict[str, Any]]:
 
 def evaluate_reward_model(cfg, console) -> dict[str, Any]:
     """The reward_model section: :func:`~posttrain.evaluation.reward.reward_report` on each preference set."""
-    from posttrain.evaluation.reward import reward_report
-    from posttrain.models.loading import resolve_model_path
-    from posttrain.models.reward import RewardScorer
-
     scorer = RewardScorer.from_pretrained(cfg.model.name_or_path, device=cfg.model.device, dtype=cfg.model.dtype)
     scorer.max_length = getattr(scorer.model.config, "max_position_embeddings", None)
     sets = {}
@@ -459,8 +456,6 @@ def evaluate_reward_model(cfg, console) -> dict[str, Any]:
 
 def eval_prompts(cfg, n: int):
     """The first ``n`` prompts of ``cfg.prompts`` (a :class:`posttrain.compare.PromptSet`)."""
-    from posttrain.compare import file_prompts, world_prompts
-
     if cfg.prompts == "world":
         return world_prompts(list(cfg.families), n, cfg.seed)
     return file_prompts(cfg.prompts, n)
@@ -468,9 +463,6 @@ def eval_prompts(cfg, n: int):
 
 def load_other(path: str, cfg, loaded: dict[str, tuple[Any, Any]]) -> tuple[Any, Any]:
     """(model, tokenizer) of the reference or win-rate model, on the model's device and dtype; each folder once."""
-    from posttrain.models.config import ModelConfig
-    from posttrain.models.loading import load_causal_lm, load_tokenizer
-
     if path not in loaded:
         model_cfg = ModelConfig(name_or_path=path, device=cfg.model.device, dtype=cfg.model.dtype)
         tokenizer = load_tokenizer(model_cfg)
@@ -480,9 +472,6 @@ def load_other(path: str, cfg, loaded: dict[str, tuple[Any, Any]]) -> tuple[Any,
 
 def evaluate_kl(cfg, model, tokenizer, loaded: dict, console) -> dict[str, Any]:
     """The kl section: KL(model || reference) per response on the model's samples to kl_prompts prompts."""
-    from posttrain.evaluation.policy import sampled_kl
-    from posttrain.models.loading import resolve_model_path
-
     prompts = eval_prompts(cfg, cfg.kl_prompts)
     reference, reference_tokenizer = load_other(cfg.reference, cfg, loaded)
     if reference_tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -502,8 +491,6 @@ def evaluate_kl(cfg, model, tokenizer, loaded: dict, console) -> dict[str, Any]:
 
 def greedy_answers(model, tokenizer, prompts: Sequence[Sequence[dict]], cfg) -> tuple[list[str], int]:
     """(each prompt's greedy answer through the chat template, answers cut at win_rate_max_tokens)."""
-    from posttrain.generation.hf import generate_chat
-
     outputs = generate_chat(model, tokenizer, prompts, max_new_tokens=cfg.win_rate_max_tokens, temperature=0.0,
                             batch_size=cfg.batch_size)
     return [o.text for o in outputs], sum(not o.finished for o in outputs)
@@ -522,11 +509,6 @@ def judge_settings(judge) -> dict[str, Any]:
 def evaluate_win_rate(cfg, model, tokenizer, loaded: dict, console, run_dir: Path) -> dict[str, Any]:
     """The win_rate section: the model's greedy answers judged against win_rate_against's on the same
     prompts (:func:`~posttrain.evaluation.winrate.compare_answers`); per-prompt rows to win_rate.jsonl."""
-    from posttrain.compare import make_judge
-    from posttrain.evaluation.winrate import ScorerJudge, compare_answers
-    from posttrain.models.loading import resolve_model_path
-    from posttrain.recipes.config import CompareConfig
-
     prompts = eval_prompts(cfg, cfg.win_rate_prompts)
     judge = make_judge(CompareConfig(judge=cfg.judge, judge_model=cfg.judge_model, device=cfg.model.device,
                                      dtype=cfg.model.dtype, batch_size=cfg.batch_size), prompts)
@@ -565,8 +547,6 @@ def _pct(x: float | None) -> str:
 
 def reward_table(sets: dict[str, dict[str, Any]]):
     """Rich table: one row per preference set."""
-    from rich.table import Table
-
     levels = sorted({level for r in sets.values() for level in r.get("accuracy_by_strength", {})})
     table = Table(title="Reward model: accuracy % on preference pairs (ties half)")
     for name in ("set", "pairs", "accuracy", *(f"strength {level}" for level in levels), "ECE", "gold agreement",
@@ -585,8 +565,6 @@ def reward_table(sets: dict[str, dict[str, Any]]):
 
 
 def kl_table(section: dict[str, Any]):
-    from rich.table import Table
-
     s = section["settings"]
     table = Table(title="KL(model || reference), nats per response sampled from the model at temperature 1")
     table.add_column("reference")
@@ -598,8 +576,6 @@ def kl_table(section: dict[str, Any]):
 
 
 def win_rate_table(section: dict[str, Any]):
-    from rich.table import Table
-
     s = section["settings"]
     table = Table(title=f"Win-rate % of the model's answers against the reference's (judge: {s['judge']}; ties half)")
     table.add_column("reference")
@@ -624,8 +600,6 @@ def win_rate_table(section: dict[str, Any]):
 
 def evaluate_prompting(cfg, model, tokenizer, families: list[str], console) -> EvalReport:
     """The prompting suite of the config, a progress line per cell, then its table."""
-    import time
-
     start = time.time()
 
     def progress(family: str, column: str, cell: Cell) -> None:
@@ -644,8 +618,6 @@ def evaluate_prompting(cfg, model, tokenizer, families: list[str], console) -> E
 
 def evaluate_copying(model, tokenizer, batch_size: int, console) -> dict[str, Any]:
     """The copying probe (:mod:`posttrain.evaluation.copying`): whether shots in a prompt can help at all."""
-    from posttrain.evaluation.copying import FILLER, LEAD, copying_gain
-
     settings = {"n": 40, "length": 10, "seed": 0}
     score = copying_gain(model, tokenizer, **settings, batch_size=batch_size)
     console.print(f"copying from the context: {score.gain:+.2f} nats/token on a random span's second appearance "
@@ -658,15 +630,6 @@ def evaluate_copying(model, tokenizer, batch_size: int, console) -> dict[str, An
 def run_eval(cfg) -> EvalReport:
     """The `posttrain eval` command: load the model, run the evaluations the config asks for (each
     prints its table), write the run dir."""
-    import time
-
-    import torch
-    from rich.console import Console
-
-    import posttrain
-    from posttrain.config import save_config
-    from posttrain.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-
     console = Console()
     if not console.is_terminal:  # logs and pipes: keep the table on one row per family
         console = Console(width=max(console.width, 132))

@@ -38,7 +38,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+import numpy as np
+import torch
+
+from posttrain.evaluation.reward import world_gold_scorer
 from posttrain.evaluation.scoring import proportion_ci
+from posttrain.generation.hf import generate_chat
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import load_causal_lm, load_tokenizer
+from posttrain.models.reward import RewardScorer, as_dicts, positions_from_mask
 
 if TYPE_CHECKING:
     import numpy as np
@@ -113,8 +121,6 @@ class GoldJudge(ScorerJudge):
     """
 
     def __init__(self, examples: Sequence["TaskExample"], aspect: str = "total", tie_margin: float = 0.0):
-        from posttrain.evaluation.reward import world_gold_scorer
-
         super().__init__(world_gold_scorer(examples, aspect), "gold" if aspect == "total" else f"gold:{aspect}",
                          tie_margin)
 
@@ -127,8 +133,6 @@ class RewardModelJudge(ScorerJudge):
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto", tie_margin: float = 0.0,
                         batch_size: int = 16) -> "RewardModelJudge":
         """A judge from an exported reward-model folder (``posttrain reward``'s ``final/``)."""
-        from posttrain.models.reward import RewardScorer
-
         return cls(RewardScorer.from_pretrained(path, device=device, dtype=dtype), f"reward_model:{path}",
                    tie_margin, batch_size)
 
@@ -225,9 +229,6 @@ class LLMJudge:
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto", **kwargs) -> "LLMJudge":
         """A judge from a causal-LM folder (or hub name available offline); ``kwargs`` as in the constructor."""
-        from posttrain.models.config import ModelConfig
-        from posttrain.models.loading import load_causal_lm, load_tokenizer
-
         cfg = ModelConfig(name_or_path=str(path), device=device, dtype=dtype)
         tokenizer = load_tokenizer(cfg)
         model = load_causal_lm(cfg, for_training=False, tokenizer=tokenizer)
@@ -276,8 +277,6 @@ class LLMJudge:
 
     def first_better(self, prompts: Sequence[Messages], firsts: Sequence[str], seconds: Sequence[str]) -> list[float]:
         """P(the answer shown first is better) for each (prompt, first, second), one forward per judge prompt."""
-        import torch
-
         _check_lengths(prompts, firsts, seconds)
         cut = self.truncated
         sequences = [self._encode(self.render(p, self._cut(f), self._cut(s)))
@@ -312,10 +311,6 @@ class LLMJudge:
 
     def _next_token_logps(self, batch: list[list[int]], device) -> "torch.Tensor":
         """(B, V) log-probs of the token after each sequence; left-padded, positions counted from each start."""
-        import torch
-
-        from posttrain.models.reward import positions_from_mask
-
         width = max(len(s) for s in batch)
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -425,8 +420,6 @@ def fit_logistic(x: "np.ndarray", y: "np.ndarray", l2: float = 0.1, max_iter: in
     (K, K)), the inverse Hessian at the optimum: the Bernoulli variance, so for soft verdicts (less
     variable than 0/1 ones) the intervals it gives are conservative.
     """
-    import numpy as np
-
     k = x.shape[1]
     beta = np.zeros(k)
     ridge = l2 * np.eye(k)
@@ -452,8 +445,6 @@ def length_controlled_win_rate(verdicts: Sequence[float], len_a: Sequence[float]
     cannot be separated: with no difference at all the LC win-rate is the raw one, otherwise NaN
     (``note`` says why).
     """
-    import numpy as np
-
     y = np.asarray(_check_verdicts(verdicts), dtype=np.float64)
     if not len(y) == len(len_a) == len(len_b):
         raise ValueError(f"{len(y)} verdicts but {len(len_a)} lengths A and {len(len_b)} lengths B")
@@ -534,9 +525,6 @@ def compare_answers(judge: Judge, prompts: Sequence[Messages], answers_a: Sequen
 def generate_answers(model, tokenizer, prompts: Sequence[Messages], max_new_tokens: int = 128,
                      temperature: float = 0.0, batch_size: int = 16, seed: int | None = 0) -> list[str]:
     """Each prompt's answer from ``model`` (greedy unless ``temperature`` > 0), with the chat template."""
-    from posttrain.generation.hf import generate_chat
-    from posttrain.models.reward import as_dicts
-
     outputs = generate_chat(model, tokenizer, [as_dicts(p) for p in prompts], max_new_tokens=max_new_tokens,
                             temperature=temperature, batch_size=batch_size, seed=seed if temperature > 0 else None)
     return [o.text for o in outputs]

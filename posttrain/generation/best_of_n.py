@@ -19,6 +19,11 @@ from typing import Any, Sequence
 
 import torch
 
+from posttrain.data.records import Conversation, Message
+from posttrain.data.writers import write_jsonl
+from posttrain.generation.hf import generate_chat
+from posttrain.models.reward import as_dicts
+
 
 @dataclass
 class BestOfN:
@@ -45,9 +50,6 @@ def sample_responses(policy, tokenizer, prompts: Sequence[Sequence[Any]], n: int
                      temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                      batch_size: int = 64) -> list[list[str]]:
     """``n`` sampled replies to each chat prompt (``[prompt][sample]``), reproducible for a ``seed``."""
-    from posttrain.generation.hf import generate_chat
-    from posttrain.models.reward import as_dicts
-
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if temperature <= 0:
@@ -79,8 +81,6 @@ def score_samples(scorer, prompts: Sequence[Sequence[Any]], samples: list[list[s
 def best_of_n(policy, tokenizer, prompts: Sequence[Sequence[Any]], scorer, n: int, max_new_tokens: int = 64,
               temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[BestOfN]:
     """Sample ``n`` replies per prompt from ``policy``, score them with ``scorer``, keep the best."""
-    from posttrain.models.reward import as_dicts
-
     samples = sample_responses(policy, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size)
     scores = score_samples(scorer, prompts, samples, batch_size)
     best = select_best(scores, n)
@@ -93,9 +93,6 @@ def rejection_sampling_data(results: Sequence[BestOfN], path: str | Path, min_sc
     ``min_score`` drops prompts whose best response still scores below it (counted, not silent).
     Each record's meta holds the kept score, n and the sample's index. Returns {"written", "dropped"}.
     """
-    from posttrain.data.records import Conversation, Message
-    from posttrain.data.writers import write_jsonl
-
     kept = [r for r in results if min_score is None or r.score >= min_score]
     records = [Conversation([Message(m["role"], m["content"]) for m in r.prompt] + [Message("assistant", r.response)],
                             {"reward": r.score, "n": len(r.samples), "sample": r.best}) for r in kept]

@@ -19,8 +19,11 @@ import contextlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterator, Sequence
 
+import torch
+from transformers import GenerationConfig, LogitsProcessorList
+
 from posttrain.data.chat import end_of_turn_id
-from posttrain.models.loading import transformers_model, unwrap_model
+from posttrain.models.wrappers import transformers_model, unwrap_model
 
 if TYPE_CHECKING:
     import torch
@@ -77,8 +80,6 @@ def stop_at_end_of_turn(lm, tokenizer) -> None:
 def neutral_generation_config(model, tokenizer, **decoding):
     """A ``GenerationConfig`` with only the special token ids set (plus ``decoding`` arguments):
     no repetition penalty, no top-k, nothing inherited from the model's authors."""
-    from transformers import GenerationConfig
-
     eos = eos_token_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (eos[0] if eos else None)
     return GenerationConfig(
@@ -180,13 +181,9 @@ def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **k
 def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: set[int],
                     return_logps: bool, logps_temperature: float = 1.0,
                     sampler: "_RowSampler | None" = None) -> list[GenerationOutput]:
-    import torch
-
     input_ids, attention_mask = _left_pad(batch, config.pad_token_id or 0, _device(model))
     extra = {}
     if sampler is not None:
-        from transformers import LogitsProcessorList
-
         sampler.start = input_ids.shape[1]
         extra["logits_processor"] = LogitsProcessorList([sampler])
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
@@ -225,8 +222,6 @@ class _RowSampler:
     """
 
     def __init__(self, seeds: Sequence[int], max_new_tokens: int, temperature: float, top_p: float):
-        import torch
-
         self.uniforms = torch.stack([torch.rand(max_new_tokens, dtype=torch.float64,
                                                 generator=torch.Generator().manual_seed(int(s))) for s in seeds])
         self.temperature, self.top_p = temperature, top_p
@@ -234,8 +229,6 @@ class _RowSampler:
         """Width of the padded prompts: step t is at column start + t."""
 
     def __call__(self, input_ids, scores):
-        import torch
-
         probs = torch.softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
         if self.top_p < 1.0:  # keep the most likely tokens until their mass reaches top_p
             sorted_probs, order = probs.sort(dim=-1, descending=True)
@@ -250,8 +243,6 @@ class _RowSampler:
 
 def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple["torch.Tensor", "torch.Tensor"]:
     """(B, T) ids and attention mask, prompts aligned to the right so generation continues each one."""
-    import torch
-
     width = max(len(ids) for ids in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
@@ -324,8 +315,6 @@ def _seeded(seed: int | None, device) -> Iterator[None]:
     if seed is None:
         yield
         return
-    import torch
-
     cuda = device.type == "cuda"
     kwargs = {"devices": [device.index or 0], "device_type": "cuda"} if cuda else {"devices": []}
     with torch.random.fork_rng(**kwargs):

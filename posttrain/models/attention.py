@@ -10,10 +10,15 @@ model can take it or says why not, and :func:`segment_attention_unsupported` say
 
 from __future__ import annotations
 
+import sys
+
 import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
 
 from posttrain.data.packing import prefix_segments
-from posttrain.models.loading import transformers_model
+from posttrain.models.wrappers import transformers_model
 
 
 # --------------------------------------------------------------------------- attention over segments
@@ -94,10 +99,6 @@ def attend(module, query, key, value, visible: torch.Tensor | None, dropout: flo
 def _model_attention(module, query, key, value, attention_mask, softcap, **kwargs):
     """A masked or cached call (padding, generation): the model's own eager attention when it soft-caps
     (sdpa cannot), transformers' sdpa otherwise; the mask is the matching one (:func:`_segment_mask`)."""
-    import sys
-
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     if softcap is not None:
         return sys.modules[type(module).__module__].eager_attention_forward(
             module, query, key, value, attention_mask, softcap=softcap, **kwargs)
@@ -150,8 +151,6 @@ def _segment_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, atte
     """The mask for :func:`segment_attention`: none for a training forward (it reads the segments from
     position_ids); for padded or cached calls the mask the model's own attention takes (eager's additive
     mask for soft-capping models, sdpa's boolean one otherwise)."""
-    from transformers.masking_utils import eager_mask, sdpa_mask
-
     if attention_mask is None and q_offset == 0 and q_length == kv_length:
         return None
     build = eager_mask if getattr(config, "attn_logit_softcapping", None) is not None else sdpa_mask
@@ -165,9 +164,6 @@ def use_segment_attention(model) -> str:
     Only the running model changes: ``config.json`` does not record the attention implementation, so an
     exported model loads with transformers' default. Raises ValueError when the model cannot use it
     (:func:`segment_attention_unsupported`)."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
     reason = segment_attention_unsupported(model)
     if reason:
         raise ValueError(f"packed attention: {reason}; set packing=false")

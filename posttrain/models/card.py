@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from posttrain import __version__
 from posttrain.files import write_text_atomic
 
 WORLD_DATA_LICENSE = "Apache-2.0"
@@ -147,8 +148,6 @@ def render_model_card(*, name: str, base_model: str, data: Sequence[DataSource],
                       scores: Mapping[str, Any], stage: str, license: str, base_model_license: str | None = None,
                       description: str = "") -> str:
     """The card's text (front matter + Markdown). ``license``: the Hub license field."""
-    from posttrain import __version__
-
     what, tags, pipeline = STAGES.get(stage, (f"Trained by posttrain's `{stage}` stage.", [], "text-generation"))
     front = {"license": license, "base_model": base_model, "library_name": "transformers",
              "pipeline_tag": pipeline, "tags": list(dict.fromkeys(["posttrain", stage, *tags])),

@@ -18,8 +18,11 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from posttrain.models.loading import BORROWED_PAD, unwrap_model
+from posttrain.data.chat import is_raw
+from posttrain.generation.hf import neutral_generation_config
+from posttrain.models.loading import BORROWED_PAD
 from posttrain.models.lora import is_peft_model
+from posttrain.models.wrappers import unwrap_model
 
 _TMP_TAG = ".tmp-"
 _OLD_TAG = ".old-"
@@ -64,9 +67,6 @@ def export_model(model, tokenizer, out_dir: str | os.PathLike, *, extra_files: d
 
 
 def _write_folder(model, tokenizer, folder: Path, extra_files: dict[str, str], state_dict: dict | None = None) -> None:
-    from posttrain.data.chat import is_raw
-    from posttrain.generation.hf import neutral_generation_config
-
     model = unwrap_model(model)
     # Merging a peft model in place would change the model still being trained; merge a copy.
     plain = copy.deepcopy(model).merge_and_unload() if is_peft_model(model) else model

@@ -19,7 +19,13 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+from huggingface_hub import constants, try_to_load_from_cache
+from peft import PeftModel
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
 from posttrain.config import ConfigError
+from posttrain.models.lora import apply_lora
 
 if TYPE_CHECKING:
     import torch
@@ -60,8 +66,6 @@ def resolve_device(name: str = "auto") -> "torch.device":
     Under ``accelerate`` each process has already set its current CUDA device, so "auto" gives
     every process its own GPU.
     """
-    import torch
-
     if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
@@ -86,8 +90,6 @@ def resolve_dtype(name: str, device: "torch.device | str") -> "torch.dtype":
     dtype=float32 with ``train.mixed_precision=fp16`` there.
     Explicit names: float32/fp32, bfloat16/bf16, float16/fp16.
     """
-    import torch
-
     device = torch.device(device)
     if name == "auto":
         if device.type == "cuda":
@@ -138,8 +140,6 @@ def resolve_model_path(name_or_path: str) -> str:
 
 
 def _in_hub_cache(repo_id: str) -> bool:
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         return isinstance(try_to_load_from_cache(repo_id, "config.json"), str) or isinstance(
             try_to_load_from_cache(repo_id, "tokenizer_config.json"), str)
@@ -157,8 +157,6 @@ def _could_be_hub_name(name: str) -> bool:
 
 
 def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}
 
 
@@ -213,8 +211,6 @@ def load_tokenizer(cfg: "ModelConfig", data_format: str = "auto"):
       raw text (``data_format``, the recipe's ``data.format``: raw, or auto for a tokenizer that ships
       no template), or ChatML (chat for a tokenizer that ships none).
     """
-    from transformers import AutoTokenizer
-
     name = cfg.tokenizer or cfg.name_or_path
     where = "model.tokenizer" if cfg.tokenizer else "model.name_or_path"
     path = resolve_model_path(name)
@@ -274,8 +270,6 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True, tokenizer=None
     base model; training continues that adapter when ``cfg.lora.enabled`` (its own r/alpha/targets
     are kept), otherwise it is merged into the base.
     """
-    import torch
-
     path = resolve_model_path(cfg.name_or_path)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
@@ -285,8 +279,6 @@ def load_causal_lm(cfg: "ModelConfig", for_training: bool = True, tokenizer=None
         model = _load_base(cfg, path, dtype)
         new_token_ids = fit_embeddings(model, tokenizer) if tokenizer is not None else []
         if for_training and cfg.lora.enabled:
-            from posttrain.models.lora import apply_lora
-
             model = apply_lora(model, cfg.lora, trainable_token_ids=new_token_ids)
     model.to(device)
     if for_training:
@@ -311,8 +303,6 @@ def set_dropout(model, p: float | None) -> None:
     ``attention_dropout``, OPT's ``dropout``), and the config's matching fields, so a model saved from
     here records what it trained with. LoRA's own dropout (``model.lora.dropout``) is left alone.
     """
-    import torch
-
     if p is None:
         return
     if not 0.0 <= p < 1.0:
@@ -354,8 +344,6 @@ def fit_embeddings(model, tokenizer) -> list[int]:
 
 
 def _load_base(cfg: "ModelConfig", path: str, dtype: "torch.dtype"):
-    from transformers import AutoModelForCausalLM
-
     kwargs: dict[str, Any] = dict(dtype=dtype, use_safetensors=True, trust_remote_code=cfg.trust_remote_code)
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
@@ -383,26 +371,8 @@ def _adapter_base(path: Path) -> str:
 
 
 def _load_adapter_folder(cfg: "ModelConfig", path: Path, dtype: "torch.dtype", for_training: bool):
-    from peft import PeftModel
-
     check_safetensors_folder(path)
     base = _load_base(cfg, resolve_model_path(_adapter_base(path)), dtype)
     keep_adapter = for_training and cfg.lora.enabled
     model = PeftModel.from_pretrained(base, str(path), is_trainable=keep_adapter)
     return model if keep_adapter else model.merge_and_unload()
-
-
-def unwrap_model(model):
-    """The model inside DDP / DataParallel / DeepSpeed / torch.compile wrappers (peft is kept)."""
-    from accelerate.utils import extract_model_from_parallel
-
-    return extract_model_from_parallel(model, keep_torch_compile=False)
-
-
-def transformers_model(model):
-    """The transformers model itself: inside a peft wrapper (whose LoRA layers it holds) if there is one.
-
-    DDP / compile wrappers are not looked through (this runs in every forward of the scorers, where
-    the model is never wrapped); for a model that may be wrapped, use
-    ``transformers_model(unwrap_model(model))``."""
-    return model.get_base_model() if callable(getattr(model, "get_base_model", None)) else model

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from posttrain.data.collate import IGNORE_INDEX
 from posttrain.data.packing import response_tokens
 from posttrain.losses.sft import linear_token_logps, map_row_chunks, shift_labels, token_logps
-from posttrain.models.loading import transformers_model
+from posttrain.models.wrappers import transformers_model
 
 # Config fields of architectures whose logits are not a plain `lm_head(hidden)` (soft-capping, scaling).
 LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier")

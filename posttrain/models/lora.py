@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Iterator
 
-from posttrain.models.loading import unwrap_model
+from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
+
+from posttrain.models.wrappers import unwrap_model
 
 if TYPE_CHECKING:
     from posttrain.models.config import LoraConfig
@@ -20,8 +22,6 @@ ALL_LINEAR = "all-linear"
 
 def is_peft_model(model) -> bool:
     """True when ``model`` (or the model inside a DDP/compile wrapper) carries a peft adapter."""
-    from peft import PeftModel
-
     return isinstance(unwrap_model(model), PeftModel)
 
 
@@ -34,9 +34,6 @@ def apply_lora(model, lora_cfg: "LoraConfig", trainable_token_ids: list[int] | N
     for tokens just added to the vocabulary, and the same rows of an untied LM head (GPT-NeoX): the
     model must learn to read and to write them; they are merged on export like the adapter.
     """
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
     targets = list(lora_cfg.target_modules)
     if not targets:
         raise ValueError("model.lora.target_modules is empty; list module names or use [all-linear]")

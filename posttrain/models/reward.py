@@ -44,15 +44,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
 
 import torch
+from peft import LoraConfig as PeftLoraConfig, get_peft_model
+from transformers import AutoModelForSequenceClassification
 
+from posttrain.data.chat import end_of_turn_id, render_prompt_response
 from posttrain.data.collate import IGNORE_INDEX
 from posttrain.data.packing import (  # noqa: F401 - the shared-prefix names are re-exported for older importers
     PackedBatch, SharedPrefixBatch, pack_shared_prefix, prefix_segments, response_tokens, shared_prefix_length,
 )
 from posttrain.losses.sft import linear_token_logps
 from posttrain.models.attention import use_shared_prefix_attention  # noqa: F401 - re-exported, as above
-from posttrain.models.loading import transformers_model, unwrap_model
+from posttrain.models.config import ModelConfig
+from posttrain.models.loading import (
+    BORROWED_PAD, ModelLoadError, check_safetensors_folder, fit_embeddings, load_tokenizer, resolve_device,
+    resolve_dtype, resolve_model_path, set_dropout,
+)
+from posttrain.models.wrappers import transformers_model, unwrap_model
 from posttrain.rl.math import last_token_index
+from posttrain.rl.rewards import llama2_combined_reward
 
 if TYPE_CHECKING:
     from posttrain.data.collate import Batch
@@ -237,11 +246,6 @@ def load_reward_model(cfg: "ModelConfig", tokenizer=None, for_training: bool = T
     (:func:`ensure_distinct_pad`), or transformers' forward scores the wrong token. ``cfg.lora.enabled`` (training only) adds a LoRA adapter on the
     backbone and trains the head in full (peft ``SEQ_CLS``). for_training=False: eval mode, frozen.
     """
-    from transformers import AutoModelForSequenceClassification
-
-    from posttrain.models.loading import (ModelLoadError, check_safetensors_folder, fit_embeddings, resolve_device,
-                                          resolve_dtype, resolve_model_path, set_dropout)
-
     path = resolve_model_path(cfg.name_or_path)
     device = resolve_device(cfg.device)
     kwargs: dict[str, Any] = dict(num_labels=1, dtype=resolve_dtype(cfg.dtype, device), use_safetensors=True,
@@ -293,9 +297,6 @@ def ensure_distinct_pad(tokenizer) -> None:
     is one, else its unk token, else a new ``<|pad|>`` special token (one embedding row more, never
     attended to).
     """
-    from posttrain.data.chat import end_of_turn_id
-    from posttrain.models.loading import BORROWED_PAD
-
     ends = {tokenizer.eos_token_id, end_of_turn_id(tokenizer) if tokenizer.chat_template else None}
     if tokenizer.pad_token_id is not None and tokenizer.pad_token_id not in ends:
         return
@@ -310,9 +311,6 @@ def ensure_distinct_pad(tokenizer) -> None:
 
 
 def _apply_seq_cls_lora(model, lora_cfg):
-    from peft import LoraConfig as PeftLoraConfig
-    from peft import get_peft_model
-
     targets = list(lora_cfg.target_modules)
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules="all-linear" if targets == ["all-linear"] else targets,
@@ -433,9 +431,6 @@ class RewardScorer:
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto",
                         max_length: int | None = None, normalize: bool = True) -> "RewardScorer":
         """Load an exported reward-model folder; ``normalize=False`` ignores its saved normalization."""
-        from posttrain.models.config import ModelConfig
-        from posttrain.models.loading import load_tokenizer, resolve_model_path
-
         cfg = ModelConfig(name_or_path=str(path), device=device, dtype=dtype)
         tokenizer = load_tokenizer(cfg)
         model = load_reward_model(cfg, tokenizer, for_training=False)
@@ -459,8 +454,6 @@ class RewardScorer:
         return self._score_rendered([(c[:-1], c[-1:]) for c in turns], batch_size, normalize)
 
     def _score_rendered(self, parts: list[tuple[list, list]], batch_size: int, normalize: bool) -> torch.Tensor:
-        from posttrain.data.chat import render_prompt_response
-
         rendered = [render_prompt_response(self.tokenizer, prompt, response) for prompt, response in parts]
         return self.score_ids([r.input_ids for r in rendered], batch_size, normalize,
                               response_masks=[r.loss_mask for r in rendered])
@@ -526,8 +519,6 @@ class CombinedScorer:
         self.threshold = threshold
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-        from posttrain.rl.rewards import llama2_combined_reward
-
         _check_lengths(prompts, responses)
         helpful = self.helpfulness.score(prompts, responses, batch_size=batch_size)
         safe = self.safety.score(prompts, responses, batch_size=batch_size)

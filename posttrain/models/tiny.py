@@ -8,13 +8,11 @@ from __future__ import annotations
 
 from typing import Iterable
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
-"""ChatML, the default chat template for tokenizers that ship none."""
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from posttrain.data.templates import CHATML_TEMPLATE
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
 
@@ -32,9 +30,6 @@ def train_bpe_tokenizer(
     markers are added so the default template renders as single tokens. ``split_digits`` puts
     every digit in its own token (numbers are then learned digit by digit).
     """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     special_tokens = list(special_tokens or SPECIAL_TOKENS)
     tok = Tokenizer(models.BPE())
     pre = [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
@@ -65,9 +60,6 @@ def tiny_llama(vocab_size: int, hidden_size: int = 64, num_layers: int = 2, num_
                intermediate_size: int | None = None, max_positions: int = 1024, seed: int = 0,
                tie_word_embeddings: bool = True, **overrides):
     """A randomly initialised ``LlamaForCausalLM`` (RMSNorm, RoPE, SwiGLU) in fp32."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,

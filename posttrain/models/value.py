@@ -23,10 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from torch import nn
+from transformers import AutoModel
 
-from posttrain.models.loading import transformers_model
+from posttrain.models.loading import check_safetensors_folder, resolve_model_path
+from posttrain.models.wrappers import transformers_model
 from posttrain.models.logps import plain_lm_head
+from posttrain.models.reward import RewardNormalization
 
 
 class ValueHead(nn.Module):
@@ -63,12 +67,6 @@ def load_critic(path: str, dtype: torch.dtype, device: torch.device) -> Critic:
     with one label: its backbone, and its score layer as the head, rescaled by the reward model's saved
     normalization so that values start on the scale of the normalized rewards) or a causal LM (its
     backbone; the head starts at zero). Weights from safetensors only."""
-    from safetensors import safe_open
-    from transformers import AutoModel
-
-    from posttrain.models.loading import check_safetensors_folder, resolve_model_path
-    from posttrain.models.reward import RewardNormalization
-
     folder = Path(resolve_model_path(path))
     check_safetensors_folder(folder)
     backbone = AutoModel.from_pretrained(str(folder), dtype=dtype, use_safetensors=True)

@@ -494,7 +494,7 @@ class DPOConfig:
         self.loss = {"name": loss.name, **hyper}
 
     def problems(self) -> list[tuple[str, str]]:
-        from posttrain.losses.dpo import resolve_loss
+        from posttrain.losses.dpo import resolve_loss  # torch, as in __post_init__
 
         try:
             resolve_loss(self.loss)
@@ -504,6 +504,6 @@ class DPOConfig:
 
     @staticmethod
     def help_lines() -> list[str]:
-        from posttrain.losses.dpo import loss_help
+        from posttrain.losses.dpo import loss_help  # torch: the dpo command's help only
 
         return loss_help()

@@ -49,7 +49,8 @@ from posttrain.data.chat import render_prompt_response
 from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_comparisons, comparison_records,
                                         responses_of)
 from posttrain.data.labelling import response_pools
-from posttrain.data.readers import location_of, read_from_config
+from posttrain.data.errors import location_of
+from posttrain.data.readers import read_from_config
 from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
 from posttrain.generation.best_of_n import sample_responses
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,

@@ -17,6 +17,9 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import matplotlib
+import matplotlib.pyplot as plt
+
 PROXY, GOLD, EVAL_PROXY, EVAL_GOLD, KL = "reward/score", "reward/gold", "eval/score", "eval/gold", "kl"
 
 
@@ -64,11 +67,7 @@ def plot_proxy_vs_gold(records: Sequence[dict[str, Any]], out_path: str | Path, 
     or None when the records hold no gold reward."""
     if not series(records, GOLD)[0] and not series(records, EVAL_GOLD)[0]:
         return None
-    import matplotlib
-
     matplotlib.use("Agg")  # no display needed; safe in tests and on servers
-    import matplotlib.pyplot as plt
-
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=[2, 1])
     gold_axis = top.twinx()  # the proxy (a normalized score) and gold (in [0, 1]) have their own scales
     for axis, train_key, eval_key, color, label in ((top, PROXY, EVAL_PROXY, "tab:blue", "proxy reward"),

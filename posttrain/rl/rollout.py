@@ -28,6 +28,8 @@ from typing import Sequence
 
 import torch
 
+from posttrain.generation.hf import generate
+
 
 @dataclass
 class Rollout:
@@ -156,8 +158,6 @@ def sample_rollouts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, sa
     that split a step's prompts sample what one process would. ``temperature=0`` decodes greedily
     (for evaluation; the log-probs are then at temperature 1). The rollout is on the CPU.
     """
-    from posttrain.generation.hf import generate
-
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
     if temperature < 0:

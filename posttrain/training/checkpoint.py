@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_PREFIX = ".tmp-"
@@ -154,8 +155,6 @@ def save_checkpoint(
     ``optimizer`` then its gathered state dict); ``rng_states`` has one entry per process (rank
     order); ``meta`` is stored in state.json to check a resume against (e.g. the global batch size).
     """
-    from safetensors.torch import save_file, save_model
-
     ckpt_dir = Path(ckpt_dir)
     final = ckpt_dir / step_dir_name(state.step)
     tmp = ckpt_dir / f"{TMP_PREFIX}{final.name}"
@@ -211,8 +210,6 @@ def load_checkpoint(
     its own RNG state, since which one is a matter of ranks. ``model`` None leaves the weights
     (and the optimizer state) to the caller (a sharded model: :func:`read_whole`).
     """
-    from safetensors.torch import load_model
-
     path = Path(path)
     payload = read_state(path)
     device = next(model.parameters()).device if model is not None else "cpu"
@@ -237,7 +234,5 @@ def load_checkpoint(
 def read_whole(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The whole weights and optimizer state of checkpoint ``path`` (on the CPU), for a sharded
     model whose processes each take their shards of them."""
-    from safetensors.torch import load_file
-
     path = Path(path)
     return load_file(path / "model.safetensors"), torch.load(path / "optimizer.pt", weights_only=True)

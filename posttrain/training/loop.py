@@ -36,14 +36,23 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, NamedTuple
 
 import torch
+import yaml
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, set_seed
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from posttrain.config import save_config
+from posttrain.config import save_config, to_dict
 from posttrain.errors import TrainingError
+from posttrain.models.export import export_model
 from posttrain.training import checkpoint as ck
 from posttrain.training.checkpoint import TrainState
 from posttrain.training.config import TrainConfig
 from posttrain.training.metrics import MetricsLogger
+from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sharding import (
+    full_optimizer_state, full_state_dict, load_full_state, shard_model, without_tied_copies,
+)
 
 LossFn = Callable[[torch.nn.Module, Any], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 """(model, micro_batch) -> (loss summed over the micro-batch's units, {metric: sum over units})."""
@@ -133,9 +142,6 @@ def setup_run(cfg: Any) -> RunContext:
     ``train.resume``, removes half-written checkpoints, writes ``run_dir/config.yaml`` and opens
     the metrics (cut back to the checkpoint being resumed).
     """
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
     train: TrainConfig = cfg.train
     accelerator = Accelerator(cpu=_use_cpu(cfg), mixed_precision=train.mixed_precision)
     set_seed(train.seed)
@@ -206,10 +212,6 @@ def _plain(data: Any) -> Any:
 def check_same_config(cfg: Any, saved_path: Path, checkpoint: Path) -> None:
     """Refuse to resume ``checkpoint`` under a config that differs from the run's saved one in
     anything but :data:`RESUMABLE_CHANGES` (a stale run_dir would otherwise be continued silently)."""
-    import yaml
-
-    from posttrain.config import to_dict
-
     if not saved_path.exists():
         return
     saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
@@ -228,12 +230,7 @@ def prepare_training(ctx: RunContext, model: torch.nn.Module, total: int) -> tup
     """(model, optimizer, scheduler) ready to train for ``total`` steps: the model wrapped for DDP
     by accelerate, or with ``train.fsdp`` and several processes sharded (FSDP2) before its
     optimizer is built over the shards."""
-    from posttrain.training.optim import build_optimizer, build_scheduler
-    from posttrain.training.sharding import shard_model
-
     if ctx.cfg.fsdp and ctx.world_size > 1:
-        from accelerate.utils import DistributedType
-
         if ctx.accelerator.distributed_type == DistributedType.FSDP:
             raise TrainingError("train.fsdp shards the model itself; remove the FSDP settings from the accelerate "
                                 "config (or keep them and set train.fsdp=false)")
@@ -413,8 +410,6 @@ class Checkpointer:
         if ctx.resume_from is None:
             return TrainState()
         if ctx.sharded:  # every process reads the whole state and keeps its shards
-            from posttrain.training.sharding import load_full_state
-
             state, payload, rng_states = ck.load_checkpoint(ctx.resume_from, None, None, self.scheduler, self._scaler)
             load_full_state(self.model, self.optimizer, *ck.read_whole(ctx.resume_from))
         else:
@@ -444,8 +439,6 @@ class Checkpointer:
         rng_states = gather_objects(ctx, ck.rng_state())
         model, optimizer = ctx.accelerator.unwrap_model(self.model), self.optimizer
         if ctx.sharded:  # every process hands in its shards; the main process writes the whole
-            from posttrain.training.sharding import full_optimizer_state, full_state_dict
-
             model, optimizer = full_state_dict(self.model), full_optimizer_state(self.model, self.optimizer)
         path = None
         if ctx.is_main:
@@ -478,8 +471,6 @@ class ProgressBar:
 
     def __enter__(self) -> "ProgressBar":
         if self.live:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
             self._progress = Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.ctx.console)
@@ -510,14 +501,10 @@ def _fmt(value: float) -> str:
 def finish_run(ctx: RunContext, model: torch.nn.Module, tokenizer: Any) -> Path:
     """Export ``run_dir/final`` (safetensors, tokenizer, chat template) and close the metrics.
     Under FSDP every process hands in its shards of ``model`` first."""
-    from posttrain.models.export import export_model
-
     out = ctx.run_dir / "final"
     ctx.accelerator.wait_for_everyone()
     weights = None
     if ctx.sharded:
-        from posttrain.training.sharding import full_state_dict, without_tied_copies
-
         weights = without_tied_copies(model, full_state_dict(model))
     if ctx.is_main:
         export_model(ctx.accelerator.unwrap_model(model), tokenizer, out, state_dict=weights)

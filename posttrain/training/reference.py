@@ -25,12 +25,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from posttrain.data.chat import PromptResponse
 from posttrain.data.preference import PreferenceBatch, PreferenceExample, UnpairedExample, collate_examples
-from posttrain.models.loading import transformers_model
 from posttrain.models.logps import SequenceLogps, sequence_inputs
 from posttrain.models.lora import disabled_adapter, is_peft_model
+from posttrain.models.wrappers import transformers_model
 from posttrain.training.loop import TrainingError
 
 if TYPE_CHECKING:
@@ -105,8 +106,6 @@ def cached_reference(ctx: "RunContext", scorer, datasets: dict[str, list], pad_i
 
     ``key_parts``: what the log-probs depend on besides the data (the reference's weights, dtype,
     length limits...); the data's fingerprint and size are added to each dataset's key."""
-    from safetensors.torch import load_file, save_file
-
     out = {}
     for name, examples in datasets.items():
         if not examples:

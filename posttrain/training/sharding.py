@@ -24,8 +24,16 @@ from contextlib import contextmanager
 from typing import Any, Iterator
 
 import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions, get_model_state_dict, get_optimizer_state_dict, set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
 from posttrain.errors import UserError
+from posttrain.models.lora import is_peft_model
 
 
 class ShardingError(UserError, ValueError):
@@ -33,8 +41,6 @@ class ShardingError(UserError, ValueError):
 
 
 def is_sharded(model: torch.nn.Module) -> bool:
-    from torch.distributed.fsdp import FSDPModule
-
     return isinstance(model, FSDPModule)
 
 
@@ -46,12 +52,6 @@ def layer_classes(model: torch.nn.Module) -> set[str]:
 def shard_model(model: torch.nn.Module, device: torch.device, mixed_precision: str = "no") -> torch.nn.Module:
     """Shard ``model`` in place across the processes of the default group (call on every process,
     before building the optimizer: the parameters become new, sharded ``DTensor`` ones)."""
-    import torch.distributed as dist
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-
-    from posttrain.models.lora import is_peft_model
-
     if any(is_peft_model(m) for m in model.modules()):
         raise ShardingError("train.fsdp shards full fine-tuning; with model.lora.enabled only the small adapter "
                             "trains, so set train.fsdp=false (each process keeps the frozen weights, DDP syncs the adapter)")
@@ -75,8 +75,6 @@ def shard_model(model: torch.nn.Module, device: torch.device, mixed_precision: s
 def full_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """The whole weights of a sharded ``model`` (or any module inside it), on the CPU of the main
     process; empty elsewhere. Every process must call it."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
@@ -93,8 +91,6 @@ def without_tied_copies(model: torch.nn.Module, weights: dict[str, torch.Tensor]
 
 def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """The whole optimizer state (parameters named, not numbered) on the main process; empty elsewhere."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
-
     return get_optimizer_state_dict(model, optimizer,
                                     options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
@@ -102,9 +98,6 @@ def full_optimizer_state(model: torch.nn.Module, optimizer: torch.optim.Optimize
 def load_full_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None,
                     weights: dict[str, torch.Tensor], optimizer_state: dict[str, Any] | None) -> None:
     """Give every process its shards of whole weights (and optimizer state) that each one has read."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                         set_optimizer_state_dict)
-
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, weights, options=options)
     if optimizer is not None and optimizer_state is not None:

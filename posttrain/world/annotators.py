@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Literal
 
 from posttrain.data.records import Message, Preference, Ranking, Unpaired
+from posttrain.data.writers import write_jsonl
 from posttrain.world.gold import GoldScore, gold_reward
 from posttrain.world.tasks import REFUSAL, RULES, TaskExample
 
@@ -282,8 +283,6 @@ def write_preference_files(out_dir: str | Path, examples: Sequence[TaskExample],
 
     Each file has its own annotator stream (same config), so one file's size does not shift another's draws.
     """
-    from posttrain.data.writers import write_jsonl
-
     cfg = cfg or AnnotatorConfig()
     out_dir = Path(out_dir)
     paths = {name: out_dir / f"{name}.jsonl" for name in ("preferences", "rankings", "unpaired")}

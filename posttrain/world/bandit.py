@@ -49,6 +49,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from posttrain.data.chat import PromptResponse
+from posttrain.data.preference import PreferenceExample
+from posttrain.models.tiny import tiny_llama
 
 if TYPE_CHECKING:
     from posttrain.data.preference import PreferenceExample
@@ -116,8 +122,6 @@ class BanditProblem:
 
     def reference_model(self):
         """A fresh copy of pi_ref: the same seeded random ``LlamaForCausalLM`` (fp32) at every call."""
-        from posttrain.models.tiny import tiny_llama
-
         model = tiny_llama(self.vocab_size, seed=self.model_seed, **self.model_kwargs)
         # No special tokens exist: nothing ends a completion early, every completion has L tokens.
         for config in (model.config, model.generation_config):
@@ -126,9 +130,6 @@ class BanditProblem:
 
     def tokenizer(self):
         """A word-level tokenizer over the vocabulary ("a", "b", ...; text "a b c"), without special tokens."""
-        from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-        from transformers import PreTrainedTokenizerFast
-
         if self.vocab_size > len(LETTERS):
             raise ValueError(f"tokenizer() names tokens by letter, so it covers at most {len(LETTERS)} tokens; "
                              f"this problem has {self.vocab_size}")
@@ -211,9 +212,6 @@ class BanditProblem:
 
     def preference_examples(self, pairs: BanditPairs) -> list["PreferenceExample"]:
         """The pairs as tokenized preference examples (``posttrain.data.preference``), for DPO's batches."""
-        from posttrain.data.chat import PromptResponse
-        from posttrain.data.preference import PreferenceExample
-
         def example(p: int, c: int) -> PromptResponse:
             prompt, completion = self.prompts[p].tolist(), self.completions[c].tolist()
             return PromptResponse(prompt + completion, [False] * len(prompt) + [True] * len(completion), len(prompt))

@@ -34,7 +34,7 @@ Chains of thought (``cot``) are one line, like :func:`formats.sum_steps`: "Ones:
 l. So the answer is p m a l.", "l is L, a is A, m is M, p is P. So the answer is L A M P.", "The
 smallest is 2, then 7, then 9. So the answer is 2, 7, 9.".
 
-Stories and their TL;DR come from the corpus' own generator (``corpus.make_story``), flattened
+Stories and their TL;DR come from the corpus' own generator (``posttrain.world.stories.make_story``), flattened
 to one line: the TL;DR is the story's key sentence, the only one that names the actor in full,
 as the base model saw after "TL;DR:".
 
@@ -75,8 +75,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+from posttrain.data.writers import write_jsonl
 from posttrain.world import entities as E
-from posttrain.world.corpus import Story, make_story
+from posttrain.world.stories import Story, make_story
 from posttrain.world.formats import comma_list, final_answer, spell, sum_steps
 
 TASKS_VERSION = "1"
@@ -636,8 +637,6 @@ def task_suite(seed: int = 0, n_train: int = N_TRAIN, n_heldout: int = N_HELDOUT
 
 def write_tasks(examples: Iterable[TaskExample], path: str | Path) -> int:
     """Write examples as JSONL (sorted keys, UTF-8): the same seed gives the same bytes."""
-    from posttrain.data.writers import write_jsonl
-
     return write_jsonl((json.loads(json.dumps(e.to_dict(), sort_keys=True)) for e in examples), path,
                        validate=False)
 

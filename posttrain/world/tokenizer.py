@@ -22,15 +22,15 @@ tokenization of the corpus), so a larger vocabulary would only add embedding par
 
 def build_world_tokenizer(corpus: Iterable[str], vocab_size: int = WORLD_VOCAB_SIZE):
     """Train the world tokenizer on ``corpus`` documents: byte-level BPE, single-digit tokens, ChatML."""
-    from posttrain.models.tiny import train_bpe_tokenizer
+    from posttrain.models.tiny import train_bpe_tokenizer  # deferred: torch; importing posttrain.world stays light
 
     return train_bpe_tokenizer(corpus, vocab_size=vocab_size, split_digits=True)
 
 
 def world_tokenizer():
     """The shipped world tokenizer (a ``PreTrainedTokenizerFast``), loaded from the base model folder."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # deferred, as above
 
-    from posttrain.world import base_model_path
+    from posttrain.world import base_model_path  # the package imports this module first
 
     return AutoTokenizer.from_pretrained(base_model_path())
