@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from posttrain.data.preference import collate_preferences
-from posttrain.losses.dpo import dpo_loss
+from posttrain.losses.dpo import PairLogps, dpo_loss
 from posttrain.recipes.dpo import SequenceLogps, inputs
 from posttrain.world.bandit import BanditPairs, kl_divergence, kl_to_optimum, make_bandit
 
@@ -46,7 +46,8 @@ def train_dpo(problem, pairs: BanditPairs, beta: float, steps: int = STEPS, lr: 
     optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
     for _ in range(steps):
         chosen, rejected = batch.split(model(**inputs(batch)))  # one forward for both halves
-        loss, _ = dpo_loss(chosen[inverse], rejected[inverse], ref_chosen[inverse], ref_rejected[inverse], beta=beta)
+        loss, _ = dpo_loss(PairLogps(chosen[inverse], rejected[inverse], ref_chosen[inverse], ref_rejected[inverse]),
+                           beta=beta)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
