@@ -38,6 +38,7 @@ What is compared
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -105,12 +106,14 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
     from posttrain.config import load_config
     from posttrain.data.chat import PromptResponse
     from posttrain.data.preference import PreferenceExample, collate_examples
+    from posttrain.losses.dpo import resolve_loss
+    from posttrain.models.attention import packing_kept
     from posttrain.models.loading import load_causal_lm
     from posttrain.models.logps import SequenceLogps
     from posttrain.recipes.config import DPOConfig
-    from posttrain.recipes.dpo import Micro, ReferencePolicy, count_units, make_loss_fn, prepare_attention
     from posttrain.training.loop import setup_run, train_step
-    from posttrain.training.reference import column_logps, score_examples
+    from posttrain.training.steps import Micro, count_units, preference_loss_fn
+    from posttrain.training.reference import ReferencePolicy, column_logps, score_examples
     from posttrain.training.optim import build_optimizer, build_scheduler
     from posttrain.training.sampler import StepSampler
 
@@ -127,12 +130,20 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
             f"reference={'live' if setting in ('live', 'lora') else 'precompute'}",
             f"model.lora.enabled={str(setting == 'lora').lower()}", "model.lora.r=16", "model.lora.alpha=32"])
         lm = load_causal_lm(cfg.model)
-        prepare_attention(cfg, lm)
+
+        def prepared(model):  # as the recipe does: packed pairs attend within their segments
+            if cfg.packing:
+                packing_kept(model, shared_prefix=True)
+            return model
+
+        prepared(lm)
         base = reset_peak()
         ctx = setup_run(cfg)
         tc = cfg.train
         model = SequenceLogps(lm)
-        ref = ReferencePolicy(cfg, model, None)  # live, no LoRA: loads the second copy here
+        plain = dataclasses.replace(cfg.model, lora=dataclasses.replace(cfg.model.lora, enabled=False))
+        ref = ReferencePolicy(model, lambda: prepared(load_causal_lm(plain, for_training=False)),
+                              live=cfg.reference == "live")  # live, no LoRA: loads the second copy here
         start = time.perf_counter()
         table = None
         if cfg.reference == "precompute":
@@ -140,8 +151,8 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
             table = score_examples(ctx, model, examples, PAD, 2 * tc.batch_size, cfg.packing)
             model.train()
         ref_seconds = time.perf_counter() - start
-        loss_fn = make_loss_fn(cfg, lambda micro: micro.reference if micro.reference is not None
-                               else column_logps(micro.batch, ref))
+        loss_fn = preference_loss_fn(*resolve_loss(cfg.loss), lambda micro: micro.reference
+                                     if micro.reference is not None else column_logps(micro.batch, ref))
         sampler = StepSampler(len(examples), tc.batch_size, 1, 1, 0, tc.seed)
         optimizer = build_optimizer(model, tc)
         scheduler = build_scheduler(optimizer, tc, opts.steps)

@@ -90,10 +90,10 @@ def run_posttrain(pairs, opts) -> dict:
     from posttrain.models.attention import use_shared_prefix_attention
     from posttrain.models.reward import RewardModel
     from posttrain.recipes.config import RewardConfig
-    from posttrain.recipes.reward import count_comparisons, make_loss_fn
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
     from posttrain.training.sampler import StepSampler
+    from posttrain.training.steps import comparison_loss_fn, count_comparisons
 
     comparisons = [Comparison([c, r]) for c, r in pairs]
     hf = make_model()
@@ -111,7 +111,7 @@ def run_posttrain(pairs, opts) -> dict:
         optimizer = build_optimizer(model, tc)
         scheduler = build_scheduler(optimizer, tc, opts.steps)
         model, optimizer = ctx.accelerator.prepare(model, optimizer)
-        loss_fn = make_loss_fn(cfg)
+        loss_fn = comparison_loss_fn(cfg.loss, cfg.margin_table, cfg.center_coef)
         ends, cpu_ends, losses = [], [], []
         start, cpu_start = time.perf_counter(), time.process_time()
         for step, (_, _, micro) in zip(range(opts.steps), sampler.iterate()):

@@ -161,10 +161,11 @@ def run_posttrain(setting: str, data, opts) -> dict:
     from posttrain.data.packing import pack_examples
     from posttrain.models.logps import TargetNLL
     from posttrain.recipes.config import SFTConfig
-    from posttrain.recipes.sft import count_targets, nll_sum, prepare_attention, real_tokens, row_length
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
+    from posttrain.models.attention import packing_kept
     from posttrain.training.sampler import LengthGroupedSampler, StepSampler
+    from posttrain.training.steps import count_targets, nll_sum, packed_row_length, real_tokens
 
     examples = [Example(ids, mask) for ids, mask in data]
     lm = make_model()
@@ -174,7 +175,8 @@ def run_posttrain(setting: str, data, opts) -> dict:
             f"train.max_steps={opts.steps}", "train.lr=3e-4", "train.warmup_steps=2", "train.weight_decay=0.0",
             "train.tensorboard=false", "train.progress=false", "model.device=cpu",
             f"packing={str(setting == 'packed').lower()}", f"group_by_length={str(setting == 'grouped').lower()}"])
-        prepare_attention(cfg, lm)  # as the recipe does: per-example attention when packing
+        if cfg.packing and not cfg.pack_length:  # as the recipe does: per-example attention when packing
+            packing_kept(lm, shared_prefix=False)
         base = reset_peak()
         ctx = setup_run(cfg)
         tc = cfg.train
@@ -188,7 +190,7 @@ def run_posttrain(setting: str, data, opts) -> dict:
 
         def collate(batch):
             if setting == "packed":
-                return pack_examples(batch, PAD, row_length(cfg, batch))  # as the recipe does
+                return pack_examples(batch, PAD, packed_row_length(cfg.pack_length, batch))  # as the recipe does
             return pad_collate(batch, PAD)
 
         ends, tokens, losses = [], [], []

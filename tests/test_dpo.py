@@ -102,7 +102,10 @@ def lora_at_work(lm) -> None:
 def test_concatenated_forward_equals_each_sequence_scored_alone(tiny_model_dir, lora, packed):
     """Response-only LM head on the (2B, T) padded batch, or on the (1, N) row with each pair's prompt
     once (chosen and rejected continuing from it) == full logits of each prompt + response alone (fp32)."""
-    from posttrain.recipes.dpo import SequenceLogps, collate, inputs, prepare_attention
+    from posttrain.data.preference import collate_examples as collate
+    from posttrain.models.logps import SequenceLogps
+    from posttrain.models.logps import sequence_inputs as inputs
+    from posttrain.recipes.dpo import prepare_attention
 
     lm, tokenizer = load(tiny_model_dir, lora)
     if lora:
@@ -139,7 +142,9 @@ def test_concatenated_forward_equals_each_sequence_scored_alone(tiny_model_dir, 
 
 def test_reference_table_does_not_depend_on_the_layout(tiny_model_dir):
     """The cached reference log-probs are keyed by data, not layout: packed and padded scoring agree."""
-    from posttrain.recipes.dpo import SequenceLogps, prepare_attention, score_examples
+    from posttrain.models.logps import SequenceLogps
+    from posttrain.recipes.dpo import prepare_attention
+    from posttrain.training.reference import score_examples
 
     lm, tokenizer = load(tiny_model_dir)
     prepare_attention(load_config(DPOConfig, None, ["packing=true"]), lm)
@@ -162,7 +167,10 @@ STARTING_LOSS = {  # at step 0 the policy is its own reference: log-ratios are 0
 @pytest.mark.parametrize("loss", ["sigmoid", "cdpo", "ipo", "simpo", "orpo", "kto"])
 def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
     from posttrain.data.preference import collate_unpaired, preferences_to_unpaired, tokenize_unpaired
-    from posttrain.recipes.dpo import Micro, SequenceLogps, columns, make_loss_fn
+    from posttrain.models.logps import SequenceLogps
+    from posttrain.recipes.dpo import make_loss_fn
+    from posttrain.training.steps import Micro
+    from posttrain.training.reference import column_logps as columns
 
     lm, tokenizer = load(tiny_model_dir)
     cfg = load_config(DPOConfig, None, [f"loss.name={loss}", *([] if loss == "orpo" else ["loss.beta=0.5"])])
@@ -195,7 +203,10 @@ def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
 
 
 def test_lora_disabled_reference_equals_a_separately_loaded_reference(tiny_model_dir):
-    from posttrain.recipes.dpo import ReferencePolicy, SequenceLogps, inputs, weights_fingerprint
+    from posttrain.models.logps import SequenceLogps
+    from posttrain.models.logps import sequence_inputs as inputs
+    from posttrain.recipes.dpo import ReferencePolicy
+    from posttrain.training.reference import weights_fingerprint
 
     policy, tokenizer = load(tiny_model_dir, lora=True)
     lora_at_work(policy)  # so that policy != reference
@@ -240,7 +251,7 @@ def test_run_logs_preference_metrics_kl_and_exports(base_run):
 
 def test_resume_reuses_the_reference_cache_and_reproduces_the_run(base_run, tiny_model_dir, pairs_dir, tmp_path,
                                                                    monkeypatch, capsys):
-    import posttrain.recipes.dpo as recipe
+    import posttrain.training.reference as reference
 
     run_dir = tmp_path / "resumed"
     shutil.copytree(base_run, run_dir)
@@ -248,7 +259,7 @@ def test_resume_reuses_the_reference_cache_and_reproduces_the_run(base_run, tiny
     shutil.rmtree(run_dir / "checkpoints" / "step-000006")
     shutil.rmtree(run_dir / "final")
     calls = []
-    monkeypatch.setattr(recipe, "score_examples", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(reference, "score_examples", lambda *a, **k: calls.append(1))  # what scores a table
     run(*args(tiny_model_dir, pairs_dir, run_dir))
     err = capsys.readouterr().err.replace("\n", "")
     assert calls == [] and err.count("reused") == 2  # train and eval tables from the cache
@@ -316,7 +327,10 @@ def test_iterative_rounds_label_fresh_samples_with_a_scorer(tiny_model_dir, pair
 
 def test_chosen_nll_by_hand_and_added_to_the_pair_loss(tiny_model_dir):
     from posttrain.losses.dpo import chosen_nll
-    from posttrain.recipes.dpo import Micro, SequenceLogps, columns, make_loss_fn
+    from posttrain.models.logps import SequenceLogps
+    from posttrain.recipes.dpo import make_loss_fn
+    from posttrain.training.steps import Micro
+    from posttrain.training.reference import column_logps as columns
 
     nll = chosen_nll(torch.tensor([-6.0, -3.0]), torch.tensor([3, 1]))
     assert nll.item() == pytest.approx((6 / 3 + 3 / 1) / 2)

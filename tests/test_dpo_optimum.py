@@ -3,7 +3,7 @@
 Preferences are Bradley-Terry draws from a known reward r; DPO's trained policy must approach
 pi*(y|x) ∝ pi_ref(y|x) exp(r(x, y) / beta), and move the right way as beta changes. Training uses
 the recipe's pieces: preference examples, the concatenated (chosen + rejected) forward of
-:class:`posttrain.recipes.dpo.SequenceLogps`, reference log-probs computed once, and the DPO loss.
+:class:`posttrain.models.logps.SequenceLogps`, reference log-probs computed once, and the DPO loss.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import torch
 
 from posttrain.data.preference import collate_preferences
 from posttrain.losses.dpo import PairLogps, dpo_loss
-from posttrain.recipes.dpo import SequenceLogps, inputs
+from posttrain.models.logps import SequenceLogps
+from posttrain.models.logps import sequence_inputs as inputs
 from posttrain.world.bandit import BanditPairs, kl_divergence, kl_to_optimum, make_bandit
 
 PAIRS = 4000

@@ -204,3 +204,15 @@ def test_a_config_names_a_loss_and_its_hyperparameters_checked_against_the_signa
         assert "      margin = 1.0: the h beyond which a pair costs nothing." in DPOConfig.help_lines()
     finally:
         PREFERENCE_LOSSES.pop("toy_hinge")
+
+
+def test_dpo_settings_that_cannot_go_together_fail_when_the_config_loads():
+    from posttrain.config import ConfigError, load_config
+    from posttrain.recipes.config import DPOConfig
+
+    with pytest.raises(ConfigError, match="config.rounds: 0: at least one round is needed"):
+        load_config(DPOConfig, None, ["rounds=0"])
+    with pytest.raises(ConfigError, match="nll_weight: adds the chosen responses' NLL to a pairwise loss; kto has"):
+        load_config(DPOConfig, None, ["loss.name=kto", "nll_weight=0.5"])
+    with pytest.raises(ConfigError, match="round_reference: initial with LoRA"):
+        load_config(DPOConfig, None, ["model.lora.enabled=true", "round_reference=initial", "rounds=2"])

@@ -497,10 +497,19 @@ class DPOConfig:
         from posttrain.losses.dpo import resolve_loss  # torch, as in __post_init__
 
         try:
-            resolve_loss(self.loss)
+            loss = resolve_loss(self.loss)[0]
         except ValueError as e:
             return [("loss", str(e))]
-        return []
+        problems = []
+        if self.rounds < 1:
+            problems.append(("rounds", f"{self.rounds}: at least one round is needed"))
+        if self.model.lora.enabled and self.round_reference == "initial" and self.rounds > 1:
+            problems.append(("round_reference", "initial with LoRA: each round merges its adapter, so the disabled "
+                             "adapter is the previous round's model; use round_reference=previous or full fine-tuning"))
+        if self.nll_weight and loss.unpaired:
+            problems.append(("nll_weight", f"adds the chosen responses' NLL to a pairwise loss; {loss.name} has no "
+                             "chosen responses (set nll_weight=0)"))
+        return problems
 
     @staticmethod
     def help_lines() -> list[str]:

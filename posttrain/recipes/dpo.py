@@ -51,8 +51,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import shutil
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -61,16 +59,16 @@ import torch
 
 from posttrain.config import save_config
 from posttrain.data.labelling import annotator_ranker, sample_and_label, score_ranker
-from posttrain.data.preference import PreferenceBatch, UnpairedBatch, collate_examples, tokenize_for_loss
+from posttrain.data.preference import collate_examples, tokenize_for_loss
 from posttrain.data.readers import DataError, read_from_config, read_records
 from posttrain.data.writers import write_jsonl
 from posttrain.evaluation.policy import GoldAgainstStart, sampled_kl_scored
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
-from posttrain.losses.dpo import PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point, resolve_loss
+from posttrain.losses.dpo import PreferenceLoss, resolve_loss
 from posttrain.models.attention import packing_kept
 from posttrain.models.loading import load_causal_lm, load_tokenizer
-from posttrain.models.logps import SequenceLogps, sequence_inputs
+from posttrain.models.logps import SequenceLogps
 from posttrain.recipes.config import DPOConfig
 from posttrain.scorers import Scorer, as_scorer, load_scorer
 from posttrain.training import reference as reference_lib
@@ -79,25 +77,14 @@ from posttrain.training.loop import (
     units_per_s,
 )
 from posttrain.training.reference import column_logps, precompute_reference
-from posttrain.training.reference import score_examples, weights_fingerprint  # noqa: F401 - imported from here by tests
 from posttrain.training.sampler import StepSampler
+from posttrain.training.rounds import run_rounds
 from posttrain.training.sharding import gathered_root
+from posttrain.training.steps import Micro, Reference, count_units, preference_loss_fn
 from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
 from posttrain.world.tasks import task_examples
 
-# Names tests take from this recipe; the pieces are the library's.
-collate, columns, inputs = collate_examples, column_logps, sequence_inputs
-
 # --- losses ------------------------------------------------------------------------------------------
-
-@dataclass
-class Micro:
-    """A micro-batch and the reference log-probs of its rows, when they were precomputed."""
-
-    batch: PreferenceBatch | UnpairedBatch
-    reference: torch.Tensor | None = None
-    """(B, 2): chosen and rejected (pairs) or completion and KL row (unpaired) reference log-probs."""
-
 
 def configured_loss(cfg: DPOConfig) -> tuple[PreferenceLoss, dict[str, Any]]:
     """The loss function the config names and its hyperparameters."""
@@ -111,44 +98,9 @@ def uses_reference(cfg: DPOConfig) -> bool:
     return configured_loss(cfg)[0].reference
 
 
-Reference = Callable[[Micro], torch.Tensor]
-"""micro-batch -> its (B, 2) reference log-probs (precomputed, or scored now)."""
-
-
 def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
-    """``(model, micro) -> (loss summed over pairs or examples, metrics summed likewise)`` for train_step."""
-    loss_of, hyper = configured_loss(cfg)
-
-    def pair_loss(model, micro: Micro):
-        batch = micro.batch
-        chosen, rejected = batch.split(model(**sequence_inputs(batch)))  # one forward for both halves
-        lengths = batch.split(batch.response_lengths())
-        ref = reference(micro).unbind(1) if loss_of.reference else (None, None)
-        loss, metrics = loss_of(PairLogps(chosen, rejected, *ref, *lengths), **hyper)
-        if cfg.nll_weight:
-            nll = chosen_nll(chosen, lengths[0])
-            loss = loss + cfg.nll_weight * nll
-            metrics["nll"] = nll.detach()
-        n = batch.num_pairs
-        return loss * n, {k: v * n for k, v in metrics.items()}
-
-    def unpaired_loss(model, micro: Micro):
-        batch, n = micro.batch, micro.batch.num_examples
-        policy = model(**sequence_inputs(batch))
-        ref = reference(micro)
-        z0 = 0.0
-        if batch.kl is not None:
-            with torch.no_grad():  # z0 carries no gradient (KTO §4.1), so its rows need no graph
-                z0 = kto_reference_point(model(**sequence_inputs(batch.kl)), ref[:, 1])
-        loss, metrics = loss_of(UnpairedLogps(policy, ref[:, 0], batch.desirable, z0), **hyper)
-        return loss * n, {k: torch.as_tensor(v) * n for k, v in metrics.items()}
-
-    return unpaired_loss if loss_of.unpaired else pair_loss
-
-
-def count_units(micro: Micro) -> int:
-    batch = micro.batch
-    return batch.num_pairs if isinstance(batch, PreferenceBatch) else batch.num_examples
+    """``(model, micro) -> (summed loss, summed metrics)``: the configured loss (:mod:`posttrain.training.steps`)."""
+    return preference_loss_fn(*configured_loss(cfg), reference, cfg.nll_weight)
 
 
 # --- reference log-probs ------------------------------------------------------------------------
@@ -287,18 +239,6 @@ def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
 
 # --- the run ---------------------------------------------------------------------------------------
 
-def check_config(cfg: DPOConfig) -> None:
-    if cfg.rounds < 1:
-        raise TrainingError(f"rounds={cfg.rounds}: at least one round is needed")
-    if cfg.model.lora.enabled and cfg.round_reference == "initial" and cfg.rounds > 1:
-        raise TrainingError("round_reference=initial with LoRA: each round merges its adapter, so the disabled "
-                            "adapter is the previous round's model; use round_reference=previous or full fine-tuning")
-    loss = configured_loss(cfg)[0]
-    if cfg.nll_weight and loss.unpaired:
-        raise TrainingError(f"nll_weight adds the chosen responses' NLL to a pairwise loss; {loss.name} has no chosen "
-                            "responses (set nll_weight=0)")
-
-
 def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int = 1, top_dir: Path | None = None) -> dict:
     """One DPO run on this round's pairs; returns its final evaluation (and writes run_dir/final)."""
 
@@ -378,35 +318,21 @@ def dpo(cfg: DPOConfig, scorer: Any = None) -> Path:
     ``scorer``: labels sampled pairs instead of ``labeler``, a callable ``(prompts, responses) ->
     rewards`` or any object with that ``.score`` method (e.g. ``posttrain.models.reward.RewardScorer``).
     """
-    check_config(cfg)
+    for key, problem in cfg.problems():  # as a config file's are (a config built in Python too)
+        raise TrainingError(f"{key}: {problem}")
     scorer = None if scorer is None else as_scorer(scorer)
+    top = Path(cfg.train.run_dir)
     if cfg.rounds == 1:
         summary = train_round(cfg, scorer)
-        write_summary(Path(cfg.train.run_dir), [summary])
-        return Path(cfg.train.run_dir) / "final"
-
-    top = Path(cfg.train.run_dir)
+        write_json_atomic(top / "rounds.json", [summary])
+        return top / "final"
     top.mkdir(parents=True, exist_ok=True)
     save_config(cfg, top / "config.yaml")
-    final, summaries, start = top / "final", [], cfg.model.name_or_path
-    for k in range(1, cfg.rounds + 1):
-        round_dir = top / f"round-{k}"
-        done = final if k == cfg.rounds else round_dir / "final"
-        round_cfg = dataclasses.replace(
-            cfg, train=dataclasses.replace(cfg.train, run_dir=str(round_dir)),
-            model=dataclasses.replace(cfg.model, name_or_path=start),
-            reference_model=cfg.model.name_or_path if cfg.round_reference == "initial" else cfg.reference_model)
-        if done.exists():
-            summaries.append(json.loads((round_dir / "summary.json").read_text(encoding="utf-8")))
-        else:
-            summaries.append(train_round(round_cfg, scorer, k, top))
-            write_json_atomic(round_dir / "summary.json", summaries[-1])
-            if k == cfg.rounds:
-                shutil.move(str(round_dir / "final"), str(final))
-        start = str(done)
-    write_summary(top, summaries)
-    return final
 
+    def one_round(k: int, start: str, round_dir: Path) -> dict:
+        reference = cfg.model.name_or_path if cfg.round_reference == "initial" else cfg.reference_model
+        return train_round(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, run_dir=str(round_dir)),
+                                               model=dataclasses.replace(cfg.model, name_or_path=start),
+                                               reference_model=reference), scorer, k, top)
 
-def write_summary(top: Path, summaries: list[dict]) -> None:
-    write_json_atomic(top / "rounds.json", summaries)
+    return run_rounds(top, cfg.rounds, cfg.model.name_or_path, one_round)

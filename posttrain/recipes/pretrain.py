@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import AutoTokenizer
 
 from posttrain.data.readers import read_many
@@ -37,21 +36,8 @@ from posttrain.training.loop import (
     units_per_s,
 )
 from posttrain.training.sampler import StepSampler
+from posttrain.training.steps import count_chunk_targets, lm_loss_sum
 from posttrain.world.source import reads_world
-
-
-# --- loss --------------------------------------------------------------------------------
-
-def lm_loss_sum(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """Next-token cross-entropy summed over every target token of ``input_ids`` (B, T)."""
-    logits = model(input_ids=input_ids).logits  # (B, T, V)
-    # Position t predicts token t+1: the last position has no target, the first token is no target.
-    loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), input_ids[:, 1:].flatten(), reduction="sum")
-    return loss, {}
-
-
-def count_targets(input_ids: torch.Tensor) -> int:
-    return input_ids.shape[0] * (input_ids.shape[1] - 1)
 
 
 # --- data --------------------------------------------------------------------------------
@@ -172,11 +158,11 @@ def pretrain(cfg: PretrainConfig) -> Path:
             return {}
         rows = shard(list(range(len(eval_chunks))), ctx)
         batches = (eval_chunks[rows[i:i + tc.batch_size]].to(ctx.device) for i in range(0, len(rows), tc.batch_size))
-        scores = evaluate(ctx, model, batches, lm_loss_sum, count_targets)
+        scores = evaluate(ctx, model, batches, lm_loss_sum, count_chunk_targets)
         ctx.metrics.log(step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
         return scores
 
     fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: chunks[ids].to(ctx.device), lm_loss_sum,
-        count_targets, description="pretrain", throughput=units_per_s("tokens_per_s"),
+        count_chunk_targets, description="pretrain", throughput=units_per_s("tokens_per_s"),
         logged=lambda result: {"tokens": result.units}, evaluate_at=evaluate_at)
     return finish_run(ctx, model, tokenizer)

@@ -43,65 +43,38 @@ import json
 import random
 from pathlib import Path
 
-import torch
-
 from posttrain.data.chat import render_prompt_response
-from posttrain.data.comparisons import (Comparison, ComparisonBatch, collate_comparisons, comparison_records,
-                                        responses_of)
-from posttrain.data.labelling import response_pools
+from posttrain.data.comparisons import Comparison, collate_comparisons, comparison_records, responses_of
 from posttrain.data.errors import location_of
+from posttrain.data.labelling import response_pools
 from posttrain.data.readers import read_from_config
 from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
 from posttrain.generation.best_of_n import sample_responses
-from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
-                                     margin_loss)
+from posttrain.losses.reward import RANKING_LOSSES
 from posttrain.models.attention import packing_kept
 from posttrain.models.export import export_model
 from posttrain.models.loading import load_causal_lm, load_tokenizer, resolve_model_path
-from posttrain.models.reward import (NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts,
-                                     ensure_distinct_pad, fit_normalization, load_reward_model)
+from posttrain.models.reward import (
+    NORMALIZATION_FILE, RewardModel, RewardNormalization, RewardScorer, as_dicts, ensure_distinct_pad,
+    fit_normalization, load_reward_model,
+)
 from posttrain.recipes.config import RewardConfig
-from posttrain.training.loop import (RunContext, TrainingError, evaluate, fit, prepare_training, refuse_fsdp,
-                                     setup_run, shard, total_steps, units_per_s)
+from posttrain.training.loop import (
+    RunContext, TrainingError, evaluate, fit, prepare_training, refuse_fsdp, setup_run, shard, total_steps,
+    units_per_s,
+)
+from posttrain.training.steps import comparison_loss_fn, count_comparisons
 from posttrain.training.sampler import StepSampler, require_one_step
 from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
 from posttrain.world.entities import make_world
 from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
 
-MARGIN_TABLES = {"small": LLAMA2_MARGIN_SMALL, "large": LLAMA2_MARGIN_LARGE}
-
 collate = collate_comparisons  # the name tests take from this recipe
 
 
-# --- losses --------------------------------------------------------------------------------
-
-def reward_grid(model: torch.nn.Module, batch: ComparisonBatch) -> torch.Tensor:
-    """(B, K) raw rewards of every response (0 at padded slots), from one forward."""
-    rewards = model(batch.sequences)  # (N,)
-    return torch.zeros(batch.mask.shape, dtype=rewards.dtype, device=rewards.device).masked_scatter(batch.mask, rewards)
-
-
 def make_loss_fn(cfg: RewardConfig, loss: str | None = None):
-    """(model, batch) -> (loss summed over the batch's comparisons, metrics summed likewise)."""
-    loss = loss or cfg.loss
-
-    def loss_fn(model, batch: ComparisonBatch):
-        grid = reward_grid(model, batch)
-        n = grid.shape[0]
-        if loss == "margin":
-            value, metrics = margin_loss(grid[:, 0], grid[:, 1], batch.strength, MARGIN_TABLES[cfg.margin_table],
-                                         cfg.center_coef)
-        elif loss == "bradley_terry":
-            value, metrics = bradley_terry_loss(grid[:, 0], grid[:, 1], cfg.center_coef)
-        else:
-            value, metrics = RANKING_LOSSES[loss](grid, batch.mask)
-        return value * n, {k: v * n for k, v in metrics.items()}
-
-    return loss_fn
-
-
-def count_comparisons(batch: ComparisonBatch) -> int:
-    return batch.mask.shape[0]
+    """The configured comparison loss (:func:`posttrain.training.steps.comparison_loss_fn`)."""
+    return comparison_loss_fn(loss or cfg.loss, cfg.margin_table, cfg.center_coef)
 
 
 # --- data -----------------------------------------------------------------------------------

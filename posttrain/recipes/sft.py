@@ -32,8 +32,6 @@ import dataclasses
 import zlib
 from pathlib import Path
 
-import torch
-
 from posttrain.data.chat import Example, TokenizeReport, fit_to_length, tokenize_conversations
 from posttrain.data.collate import Batch, pad_collate
 from posttrain.data.mixing import Source, mix_sources, rehearsal_source, render_items, render_zero_shot, text_chunks
@@ -46,30 +44,16 @@ from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
-    RunContext, Throughput, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
+    RunContext, Throughput, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard,
+    total_steps,
 )
+from posttrain.training.steps import count_targets, nll_sum, packed_row_length, real_tokens
 from posttrain.training.sampler import LengthGroupedSampler, StepSampler, require_one_step
 from posttrain.training.sharding import gathered_root
 from posttrain.world.corpus import generate_corpus
 from posttrain.world.entities import make_world
 from posttrain.world.source import is_world_source, reads_world
 from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks, task_examples
-
-# --- loss --------------------------------------------------------------------------------
-
-def nll_sum(model: torch.nn.Module, batch: Batch | PackedBatch) -> tuple[torch.Tensor, dict]:
-    """Summed target-token NLL of a padded or packed micro-batch (model: a :class:`TargetNLL`)."""
-    return model(labels=batch.labels, **batch.model_inputs()), {}
-
-
-def count_targets(batch: Batch | PackedBatch) -> int:
-    return batch.num_target_tokens
-
-
-def real_tokens(batch: Batch | PackedBatch) -> int:
-    """Non-padding tokens, the throughput unit."""
-    return batch.num_tokens if isinstance(batch, PackedBatch) else int(batch.attention_mask.sum())
-
 
 # --- data --------------------------------------------------------------------------------
 
@@ -182,12 +166,6 @@ def eval_conversations(cfg: SFTConfig, tokenizer) -> list:
 
 # --- model -------------------------------------------------------------------------------
 
-def row_length(cfg: SFTConfig, examples: list[Example]) -> int | None:
-    """Packed row width: None (the whole micro-batch in one row, attention per example) unless
-    pack_length asks for rows, which are then at least as wide as the longest example."""
-    return max(cfg.pack_length, max(len(e) for e in examples)) if cfg.pack_length else None
-
-
 def prepare_attention(cfg: SFTConfig, lm, ctx: RunContext | None = None) -> SFTConfig:
     """One packed row per micro-batch needs attention that sees the examples in it: flash
     attention's variable-length kernels do; sdpa and eager would build a (T, T) mask and attend
@@ -244,7 +222,7 @@ def sft(cfg: SFTConfig) -> Path:
 
     def collate(examples: list[Example]) -> Batch | PackedBatch:
         if cfg.packing:
-            return pack_examples(examples, tokenizer.pad_token_id, row_length(cfg, examples)).to(ctx.device)
+            return pack_examples(examples, tokenizer.pad_token_id, packed_row_length(cfg.pack_length, examples)).to(ctx.device)
         return pad_collate(examples, tokenizer.pad_token_id).to(ctx.device)
 
     lengths = tuple(len(e) for e in train_examples)
