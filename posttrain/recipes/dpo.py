@@ -73,11 +73,10 @@ from posttrain.recipes.config import DPOConfig
 from posttrain.scorers import Scorer, as_scorer, load_scorer
 from posttrain.training import reference as reference_lib
 from posttrain.training.loop import (
-    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
+    RunContext, TrainingError, epoch_sampler, evaluate, finish_run, fit, prepare_training, setup_run, shard,
     units_per_s,
 )
 from posttrain.training.reference import column_logps, precompute_reference
-from posttrain.training.sampler import StepSampler
 from posttrain.training.rounds import run_rounds
 from posttrain.training.sharding import gathered_root
 from posttrain.training.steps import Micro, Reference, count_units, preference_loss_fn
@@ -269,11 +268,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
         batch = collate_examples([examples[i] for i in ids], pad, ids, cfg.packing).to(ctx.device)
         return Micro(batch, None if table is None else table[ids].to(ctx.device))
 
-    sampler = StepSampler(len(train_set), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
-    total = total_steps(tc, sampler.steps_per_epoch)
-    if sampler.dropped_per_epoch:
-        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_set)} examples do not fill the last global batch of "
-                  f"{sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    sampler, total = epoch_sampler(ctx, len(train_set))
     model, optimizer, scheduler = prepare_training(ctx, model, total)
     held_out_prompts = kl_prompts(cfg, eval_records)
     scores: dict = {}

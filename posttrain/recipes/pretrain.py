@@ -32,10 +32,9 @@ from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.tiny import tiny_llama, train_bpe_tokenizer
 from posttrain.recipes.config import PretrainConfig
 from posttrain.training.loop import (
-    RunContext, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard, total_steps,
+    RunContext, TrainingError, epoch_sampler, evaluate, finish_run, fit, prepare_training, setup_run, shard,
     units_per_s,
 )
-from posttrain.training.sampler import StepSampler
 from posttrain.training.steps import count_chunk_targets, lm_loss_sum
 from posttrain.world.source import reads_world
 
@@ -142,11 +141,7 @@ def pretrain(cfg: PretrainConfig) -> Path:
         ctx.print(f"eval data: {len(eval_docs)} documents -> {len(eval_chunks)} sequences")
 
     tc = cfg.train
-    sampler = StepSampler(len(chunks), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
-    total = total_steps(tc, sampler.steps_per_epoch)
-    if sampler.dropped_per_epoch:
-        ctx.print(f"{sampler.dropped_per_epoch} of {len(chunks)} sequences do not fill the last global "
-                  f"batch of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    sampler, total = epoch_sampler(ctx, len(chunks), "sequences")
 
     model = build_model(cfg, tokenizer)
     if tc.gradient_checkpointing:

@@ -60,11 +60,11 @@ from posttrain.models.reward import (
 )
 from posttrain.recipes.config import RewardConfig
 from posttrain.training.loop import (
-    RunContext, TrainingError, evaluate, fit, prepare_training, refuse_fsdp, setup_run, shard, total_steps,
+    RunContext, TrainingError, epoch_sampler, evaluate, fit, prepare_training, refuse_fsdp, setup_run, shard,
     units_per_s,
 )
 from posttrain.training.steps import comparison_loss_fn, count_comparisons
-from posttrain.training.sampler import StepSampler, require_one_step
+from posttrain.training.sampler import require_one_step
 from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
 from posttrain.world.entities import make_world
 from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
@@ -261,11 +261,7 @@ def reward(cfg: RewardConfig) -> Path:
     require_one_step(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, "comparisons")
     model, cfg = build_model(cfg, tokenizer, ctx)
 
-    sampler = StepSampler(len(train_data), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
-    total = total_steps(tc, sampler.steps_per_epoch)
-    if sampler.dropped_per_epoch:
-        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_data)} comparisons do not fill the last global batch "
-                  f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    sampler, total = epoch_sampler(ctx, len(train_data), "comparisons")
     model, optimizer, scheduler = prepare_training(ctx, model, total)
     loss_fn, eval_loss_fn = make_loss_fn(cfg), make_loss_fn(cfg, "bradley_terry")
     batch = lambda items: collate_comparisons(items, tokenizer.pad_token_id, cfg.packing,  # noqa: E731

@@ -44,11 +44,11 @@ from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
 from posttrain.training.loop import (
-    RunContext, Throughput, TrainingError, evaluate, finish_run, fit, prepare_training, setup_run, shard,
-    total_steps,
+    RunContext, Throughput, TrainingError, epoch_sampler, evaluate, finish_run, fit, prepare_training, setup_run,
+    shard,
 )
 from posttrain.training.steps import count_targets, nll_sum, packed_row_length, real_tokens
-from posttrain.training.sampler import LengthGroupedSampler, StepSampler, require_one_step
+from posttrain.training.sampler import require_one_step
 from posttrain.training.sharding import gathered_root
 from posttrain.world.corpus import generate_corpus
 from posttrain.world.entities import make_world
@@ -225,14 +225,8 @@ def sft(cfg: SFTConfig) -> Path:
             return pack_examples(examples, tokenizer.pad_token_id, packed_row_length(cfg.pack_length, examples)).to(ctx.device)
         return pad_collate(examples, tokenizer.pad_token_id).to(ctx.device)
 
-    lengths = tuple(len(e) for e in train_examples)
-    sampler_args = (len(train_examples), tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
-    sampler = (LengthGroupedSampler(*sampler_args, lengths=lengths) if cfg.group_by_length and not cfg.packing
-               else StepSampler(*sampler_args))
-    total = total_steps(tc, sampler.steps_per_epoch)
-    if sampler.dropped_per_epoch:
-        ctx.print(f"{sampler.dropped_per_epoch} of {len(train_examples)} examples do not fill the last global batch "
-                  f"of {sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    grouped = cfg.group_by_length and not cfg.packing
+    sampler, total = epoch_sampler(ctx, len(train_examples), lengths=tuple(map(len, train_examples)) if grouped else None)
 
     model = TargetNLL(lm, cfg.lm_head_chunk)
     model, optimizer, scheduler = prepare_training(ctx, model, total)

@@ -50,6 +50,7 @@ from posttrain.training.checkpoint import TrainState
 from posttrain.training.config import TrainConfig
 from posttrain.training.metrics import MetricsLogger
 from posttrain.training.optim import build_optimizer, build_scheduler
+from posttrain.training.sampler import LengthGroupedSampler, StepSampler
 from posttrain.training.sharding import (
     full_optimizer_state, full_state_dict, load_full_state, shard_model, without_tied_copies,
 )
@@ -253,6 +254,20 @@ def refuse_fsdp(ctx: RunContext, recipe: str, why: str) -> None:
 def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
     """Optimizer steps of the run: ``max_steps``, or ``epochs`` passes when max_steps is -1."""
     return cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
+
+
+def epoch_sampler(ctx: RunContext, n: int, unit: str = "examples",
+                  lengths: tuple[int, ...] | None = None) -> tuple[StepSampler, int]:
+    """(sampler of this process's micro-batches, the run's optimizer steps) for ``n`` training items:
+    length-grouped when ``lengths`` are given. Items that do not fill the last global batch of an
+    epoch are said once (a different tail is left out each epoch)."""
+    tc = ctx.cfg
+    args = (n, tc.batch_size, tc.grad_accum, ctx.world_size, ctx.rank, tc.seed)
+    sampler = StepSampler(*args) if lengths is None else LengthGroupedSampler(*args, lengths=lengths)
+    if sampler.dropped_per_epoch:
+        ctx.print(f"{sampler.dropped_per_epoch} of {n} {unit} do not fill the last global batch of "
+                  f"{sampler.global_batch} and are left out of each epoch (a different tail every epoch)")
+    return sampler, total_steps(tc, sampler.steps_per_epoch)
 
 
 # --- one optimizer step ----------------------------------------------------------------------
