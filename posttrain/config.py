@@ -267,7 +267,7 @@ def dump_yaml(cfg: Any, indent: int = 0) -> str:
         else:
             if isinstance(value, tuple):
                 value = list(value)
-            dumped = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+            dumped = yaml.safe_dump(value, default_flow_style=True, width=10**6, sort_keys=False).strip()
             dumped = dumped.removesuffix("...").strip()
             lines.append(f"{pad}{f.name}: {dumped}")
     return "\n".join(lines) + "\n"
