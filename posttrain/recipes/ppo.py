@@ -130,7 +130,7 @@ def reward_sources(cfg: PPOConfig, device: str) -> list[tuple[str, float, Callab
 
 def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptSet) -> RewardFn:
     """The weighted sum of the sources on ``prompts``, plus the gold reward where they are the world's."""
-    has_gold = bool(prompts.records) and all(r.kind == "task" for r in prompts.records)  # the world's own tasks
+    has_gold = bool(prompts.records) and all(getattr(r, "kind", None) == "task" for r in prompts.records)  # world tasks
 
     def reward(rows: Sequence[int], rollout: Rollout) -> dict[str, torch.Tensor]:
         p, rec = [prompts.messages[i] for i in rows], [prompts.records[i] for i in rows]
