@@ -313,7 +313,7 @@ def read_records(source: str | Path, format: str = "auto", split: str = "train",
 
 def read_world(source: str, world: Any, split: str) -> ReadResult:
     """The records a ``world:<name>`` source names (:mod:`posttrain.world.source`), located by name."""
-    from posttrain.world.source import world_records  # the world imports the records module: resolved at call
+    from posttrain.world.source import world_records  # deferred: the world imports posttrain.data, whose package imports this module
 
     result = ReadResult()
     result.report.sources.append(source)

@@ -287,8 +287,6 @@ def _eval_mode(model) -> Iterator[None]:
     was_training = model.training
     model.eval()
     try:
-        import torch
-
         with torch.no_grad():
             yield
     finally:

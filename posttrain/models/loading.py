@@ -25,6 +25,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.config import ConfigError
+from posttrain.data.chat import ensure_chat_template
 from posttrain.models.lora import apply_lora
 
 if TYPE_CHECKING:
@@ -112,7 +113,7 @@ def resolve_model_path(name_or_path: str) -> str:
     as is and checked when it is loaded.
     """
     if name_or_path == WORLD:
-        try:
+        try:  # looked up at call time (tests point it at a tiny model)
             from posttrain.world import base_model_path
         except ImportError:
             raise ModelLoadError(
@@ -235,16 +236,6 @@ def load_tokenizer(cfg: "ModelConfig", data_format: str = "auto"):
 
 
 def _apply_chat_template(tokenizer, override: str | None, data_format: str = "auto") -> None:
-    try:
-        from posttrain.data.chat import ensure_chat_template
-    except ModuleNotFoundError as e:
-        if e.name != "posttrain.data.chat":
-            raise
-        if override is not None:
-            raise ModelLoadError(
-                "model.chat_template is set, but posttrain.data.chat (which applies it) is not installed"
-            ) from None
-        return
     try:
         added = ensure_chat_template(tokenizer, override, data_format)
     except ValueError as e:
