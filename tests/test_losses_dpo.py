@@ -196,6 +196,8 @@ def test_a_config_names_a_loss_and_its_hyperparameters_checked_against_the_signa
         chosen, rejected = x.log_ratios()
         return torch.relu(margin - (chosen - rejected)).mean(), {}
 
+    with pytest.raises(ValueError, match="'sigmoid' is already posttrain.losses.dpo.dpo_loss"):
+        preference_loss("sigmoid", reference=True)(toy_hinge)
     try:  # one decorated function is a new loss: config, signature check and --help see it
         cfg = load_config(DPOConfig, None, ["loss.name=toy_hinge", "loss.margin=3"])
         loss, hyper = resolve_loss(cfg.loss)

@@ -113,6 +113,10 @@ def preference_loss(name: str, *, reference: bool) -> Callable:
     log-probs. Whether it is unpaired is read from the annotation of ``x``."""
 
     def register(fn: Callable) -> Callable:
+        known = PREFERENCE_LOSSES.get(name)
+        if known is not None and (known.fn.__module__, known.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise ValueError(f"preference loss {name!r} is already {known.fn.__module__}.{known.fn.__qualname__}; "
+                             "register yours under another name")
         x = next(iter(inspect.signature(fn).parameters.values()))
         unpaired = x.annotation in (UnpairedLogps, "UnpairedLogps")
         PREFERENCE_LOSSES[name] = PreferenceLoss(name, fn, reference, unpaired)
