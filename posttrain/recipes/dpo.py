@@ -5,10 +5,12 @@
 DPO (Rafailov et al. 2023) writes the reward in terms of the policy, r = beta * log(pi / pi_ref)
 + beta * log Z(x), so the partition function cancels in the Bradley-Terry likelihood of a pair
 and preference learning becomes classification of (chosen, rejected) log-ratio differences. The
-loss is chosen by ``loss`` among the pure functions of ``posttrain.losses.dpo`` (DPO, cDPO, IPO,
-SimPO, ORPO, KTO; each cites its paper and equation); ``nll_weight`` adds the chosen responses'
-NLL to a pairwise loss (DPO+NLL, Pang et al. 2024), without which the chosen likelihood tends to
-fall along with the rejected one's (on the world's near-identical pairs, a lot).
+loss is ``loss: {name: ..., <hyperparameters>}`` from the registry of ``posttrain.losses.dpo`` (DPO,
+cDPO, IPO, SimPO, ORPO, KTO; pure functions of log-probs, each citing its paper and equation;
+``posttrain dpo --help`` lists them); one micro-batch's step is ``posttrain.training.steps``.
+``nll_weight`` adds the chosen responses' NLL to a pairwise loss (DPO+NLL, Pang et al. 2024),
+without which the chosen likelihood tends to fall along with the rejected one's (on the world's
+near-identical pairs, a lot).
 
 Efficiency:
 
@@ -31,10 +33,11 @@ Metrics: the loss, implicit rewards of chosen and rejected (beta * log pi/pi_ref
 and margin, chosen/rejected log-probs (per step, and on held-out pairs at each evaluation), and
 KL(policy || reference) on held-out prompts from sampled responses (k1 and k3 estimates).
 
-Data: preference files (``data.train``), or the embedded world (``data.train`` empty): prompts of
-its task families, responses sampled from the policy and/or the world's candidate responses,
-ranked by its simulated annotators, its gold reward or a reward model (``labeler``), and paired
-best against worst (``pairing``). In the world the run also reports the held-out gold reward and
+Data: preference files and/or ``world:preferences`` (``data.train``), or the world's prompts
+(``data.train`` empty or ``[world:prompts]``): prompts of its task families, responses sampled
+from the policy and/or the world's candidate responses, ranked by its simulated annotators, its
+gold reward or a reward model (``labeler``, through ``posttrain.scorers``), and paired best against
+worst (``pairing``; ``posttrain.data.labelling``). In the world the run also reports the held-out gold reward and
 the gold win-rate against the starting policy, greedy and sampled (``run_dir/world_gold.json``
 has them per family).
 
@@ -43,7 +46,7 @@ policy, labels pairs of them, and trains on the new pairs from the last round's 
 also the round's reference (``round_reference``); Llama 2's iterative rounds (Touvron et al. 2023,
 §3.2) and iterative DPO (Xu et al. 2023, "Some things are more cringe than others"). Round k
 lives in ``run_dir/round-k``; the last round's model is ``run_dir/final``; ``run_dir/rounds.json``
-summarizes them. Finished rounds are skipped when a run is started again.
+summarizes them (``posttrain.training.rounds``). Finished rounds are skipped when a run is started again.
 """
 
 from __future__ import annotations
