@@ -128,19 +128,14 @@ def run_posttrain(algorithm: str, critic: str, assets: Path, steps: int) -> dict
     from posttrain.config import load_config
     from posttrain.models.loading import load_causal_lm, load_tokenizer
     from posttrain.models.value import ActorCritic, ValueHead, load_critic
-    from posttrain.recipes import ppo as recipe
     from posttrain.recipes.config import PPOConfig
+    from posttrain.rl.loop import train
+    from posttrain.rl.prompts import PromptSet, reward_function, reward_sources
     from posttrain.training.loop import setup_run
 
     prompts_per_step, k, epochs = rl_shape(algorithm)
     data = json.loads((assets / "prompts.json").read_text())
     ends: list[tuple[float, float]] = []
-
-    class Timed(recipe.ProgressBar):  # called once per step, after the update (TRL's on_step_end)
-        def update(self, step, **fields):
-            ends.append(step_end())
-
-    recipe.ProgressBar = Timed
     base = reset_peak()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(PPOConfig, None, [
@@ -162,9 +157,10 @@ def run_posttrain(algorithm: str, critic: str, assets: Path, steps: int) -> dict
             model = ActorCritic(policy, ValueHead(policy.config.hidden_size))
         else:
             model = ActorCritic(policy, critic=load_critic(critic, torch.float32, torch.device("cpu")))
-        prompts = recipe.PromptSet(data["ids"], data["messages"], [None] * len(data["ids"]))
-        reward = recipe.reward_function(recipe.reward_sources(cfg, "cpu"), prompts)
-        recipe.train(ctx, cfg, model, reference, tokenizer, prompts, reward)
+        prompts = PromptSet(data["ids"], data["messages"], [None] * len(data["ids"]))
+        reward = reward_function(reward_sources(cfg.rewards, cfg.reward_weights, "cpu"), prompts)
+        # on_step: after each step's update, as TRL's on_step_end
+        train(ctx, cfg, model, reference, tokenizer, prompts, reward, on_step=lambda step, stats: ends.append(step_end()))
         peak = _status("VmHWM") - base
         ctx.metrics.close()
     return rates(ends, EPISODES, peak)

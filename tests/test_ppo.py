@@ -74,7 +74,8 @@ def test_adaptive_controller_moves_beta_toward_the_target_kl():
 
 def _bandit_run(tmp_path: Path, algorithm: str, **overrides):
     from posttrain.models.value import ActorCritic, ValueHead
-    from posttrain.recipes.ppo import PromptSet, train
+    from posttrain.rl.loop import train
+    from posttrain.rl.prompts import PromptSet
     from posttrain.training.loop import setup_run
     from posttrain.world.bandit import make_bandit
 
