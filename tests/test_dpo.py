@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import shutil
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -168,8 +169,8 @@ STARTING_LOSS = {  # at step 0 the policy is its own reference: log-ratios are 0
 def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
     from posttrain.data.preference import collate_unpaired, preferences_to_unpaired, tokenize_unpaired
     from posttrain.models.logps import SequenceLogps
-    from posttrain.recipes.dpo import make_loss_fn
-    from posttrain.training.steps import Micro
+    from posttrain.losses.dpo import resolve_loss
+    from posttrain.training.steps import Micro, preference_loss_fn
     from posttrain.training.reference import column_logps as columns
 
     lm, tokenizer = load(tiny_model_dir)
@@ -182,7 +183,8 @@ def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
         batch = batch_of(tokenizer, 3)
     with torch.no_grad():
         reference = columns(batch, model)
-    total, metrics = make_loss_fn(cfg, lambda micro: micro.reference)(model, Micro(batch, reference))
+    total, metrics = preference_loss_fn(*resolve_loss(cfg.loss), lambda micro: micro.reference, cfg.nll_weight)(
+        model, Micro(batch, reference))
     units = 6 if loss == "kto" else 3
     if loss in STARTING_LOSS:
         assert total.item() / units == pytest.approx(STARTING_LOSS[loss](cfg, None), rel=1e-5)
@@ -205,8 +207,8 @@ def test_every_loss_variant_at_the_start_of_training(tiny_model_dir, loss):
 def test_lora_disabled_reference_equals_a_separately_loaded_reference(tiny_model_dir):
     from posttrain.models.logps import SequenceLogps
     from posttrain.models.logps import sequence_inputs as inputs
-    from posttrain.recipes.dpo import ReferencePolicy
-    from posttrain.training.reference import weights_fingerprint
+    from posttrain.recipes.dpo import load_reference_lm
+    from posttrain.training.reference import ReferencePolicy, weights_fingerprint
 
     policy, tokenizer = load(tiny_model_dir, lora=True)
     lora_at_work(policy)  # so that policy != reference
@@ -214,7 +216,8 @@ def test_lora_disabled_reference_equals_a_separately_loaded_reference(tiny_model
     batch = batch_of(tokenizer)
     cfg = load_config(DPOConfig, None, ["reference=live"])
     scored = SequenceLogps(policy)
-    reference = ReferencePolicy(cfg, scored, tokenizer)
+    reference = ReferencePolicy(scored, partial(load_reference_lm, cfg, tokenizer), cfg.reference_model,
+                                live=cfg.reference == "live")
     assert reference.copy is None  # no second model in memory
     with torch.no_grad():
         disabled = reference(**inputs(batch))
@@ -328,8 +331,8 @@ def test_iterative_rounds_label_fresh_samples_with_a_scorer(tiny_model_dir, pair
 def test_chosen_nll_by_hand_and_added_to_the_pair_loss(tiny_model_dir):
     from posttrain.losses.dpo import chosen_nll
     from posttrain.models.logps import SequenceLogps
-    from posttrain.recipes.dpo import make_loss_fn
-    from posttrain.training.steps import Micro
+    from posttrain.losses.dpo import resolve_loss
+    from posttrain.training.steps import Micro, preference_loss_fn
     from posttrain.training.reference import column_logps as columns
 
     nll = chosen_nll(torch.tensor([-6.0, -3.0]), torch.tensor([3, 1]))
@@ -341,7 +344,8 @@ def test_chosen_nll_by_hand_and_added_to_the_pair_loss(tiny_model_dir):
     with torch.no_grad():
         reference = columns(batch, model)
     cfg = load_config(DPOConfig, None, ["nll_weight=0.5"])
-    total, metrics = make_loss_fn(cfg, lambda micro: micro.reference)(model, Micro(batch, reference))
+    total, metrics = preference_loss_fn(*resolve_loss(cfg.loss), lambda micro: micro.reference, cfg.nll_weight)(
+        model, Micro(batch, reference))
     lengths = batch.split(batch.response_lengths())[0].float()
     expected = math.log(2) + 0.5 * (-(reference[:, 0] / lengths).mean().item())
     assert total.item() / 3 == pytest.approx(expected, rel=1e-5)

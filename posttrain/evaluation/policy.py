@@ -20,6 +20,7 @@ held-out prompts (:class:`GoldAgainstStart`: :func:`policy_answers`, :func:`gold
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from statistics import fmean
 from typing import TYPE_CHECKING, Any, Sequence
@@ -101,6 +102,15 @@ def sampled_kl_scored(policy: "SequenceLogps", reference: "ReferencePolicy", tok
     del scorer
     n = max(1, len(rows))
     return {"kl_k1": k1 / n, "kl_k3": k3 / n, "kl_responses": len(rows)}
+
+
+def kl_prompt_sample(prompts: Sequence[list[dict]], n: int, seed: str) -> list[list[dict]]:
+    """``n`` distinct prompts (message lists) for a sampled-KL measurement, in an order shuffled by ``seed``."""
+    if n <= 0:
+        return []
+    picked = [json.loads(p) for p in dict.fromkeys(json.dumps(p) for p in prompts)]
+    random.Random(seed).shuffle(picked)
+    return picked[:n]
 
 
 def policy_answers(lm, tokenizer, examples: Sequence[Any], max_new_tokens: int, seed: int,

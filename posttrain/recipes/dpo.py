@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import random
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable
@@ -65,7 +64,7 @@ from posttrain.data.labelling import annotator_ranker, sample_and_label, score_r
 from posttrain.data.preference import collate_examples, tokenize_for_loss
 from posttrain.data.readers import DataError, read_from_config, read_records
 from posttrain.data.writers import write_jsonl
-from posttrain.evaluation.policy import GoldAgainstStart, sampled_kl_scored
+from posttrain.evaluation.policy import GoldAgainstStart, kl_prompt_sample, sampled_kl_scored
 from posttrain.files import write_json_atomic
 from posttrain.generation import stop_at_end_of_turn
 from posttrain.losses.dpo import PreferenceLoss, resolve_loss
@@ -74,35 +73,16 @@ from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import SequenceLogps
 from posttrain.recipes.config import DPOConfig
 from posttrain.scorers import Scorer, as_scorer, load_scorer
-from posttrain.training import reference as reference_lib
 from posttrain.training.loop import (
     RunContext, TrainingError, epoch_sampler, evaluate, finish_run, fit, prepare_training, setup_run, shard,
     units_per_s,
 )
-from posttrain.training.reference import column_logps, precompute_reference
+from posttrain.training.reference import ReferencePolicy, column_logps, precompute_reference
 from posttrain.training.rounds import run_rounds
 from posttrain.training.sharding import gathered_root
-from posttrain.training.steps import Micro, Reference, count_units, preference_loss_fn
+from posttrain.training.steps import Micro, count_units, preference_loss_fn
 from posttrain.world.annotators import Annotator, AnnotatorConfig, make_preferences
 from posttrain.world.tasks import task_examples
-
-# --- losses ------------------------------------------------------------------------------------------
-
-def configured_loss(cfg: DPOConfig) -> tuple[PreferenceLoss, dict[str, Any]]:
-    """The loss function the config names and its hyperparameters."""
-    try:
-        return resolve_loss(cfg.loss)
-    except ValueError as e:
-        raise TrainingError(f"loss: {e}") from None
-
-
-def uses_reference(cfg: DPOConfig) -> bool:
-    return configured_loss(cfg)[0].reference
-
-
-def make_loss_fn(cfg: DPOConfig, reference: Reference | None):
-    """``(model, micro) -> (summed loss, summed metrics)``: the configured loss (:mod:`posttrain.training.steps`)."""
-    return preference_loss_fn(*configured_loss(cfg), reference, cfg.nll_weight)
 
 
 # --- reference log-probs ------------------------------------------------------------------------
@@ -126,20 +106,11 @@ def load_reference_lm(cfg: DPOConfig, tokenizer):
     return lm
 
 
-class ReferencePolicy(reference_lib.ReferencePolicy):
-    """This run's reference (:class:`posttrain.training.reference.ReferencePolicy`), as its config says:
-    ``reference_model`` or the starting policy, held live or precomputed."""
-
-    def __init__(self, cfg: DPOConfig, policy: SequenceLogps, tokenizer):
-        super().__init__(policy, partial(load_reference_lm, cfg, tokenizer), cfg.reference_model,
-                         live=cfg.reference == "live" and uses_reference(cfg))
-
-
-def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy, datasets: dict[str, list],
+def reference_tables(cfg: DPOConfig, ctx: RunContext, ref: ReferencePolicy | None, datasets: dict[str, list],
                      pad_id: int) -> dict[str, torch.Tensor] | None:
     """Precomputed (N, 2) reference log-probs per dataset, cached in ``reference_cache``; None when
     the reference scores live or the loss needs none."""
-    if not uses_reference(cfg) or cfg.reference == "live":
+    if ref is None or cfg.reference == "live":
         return None
     folder = Path(cfg.reference_cache or ctx.run_dir / "reference_logps")
     settings = {"max_length": cfg.data.max_length, "overflow": cfg.data.overflow}
@@ -215,8 +186,7 @@ def held_out_records(cfg: DPOConfig, tokenizer) -> list:
     return make_preferences(world_examples(cfg, "heldout"), annotator, w.pairs_per_prompt)
 
 
-def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: str) -> list:
-    loss = configured_loss(cfg)[0]
+def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: str, loss: PreferenceLoss) -> list:
     try:
         examples, report = tokenize_for_loss(tokenizer, records, loss.unpaired, cfg.data.max_length,
                                              cfg.data.overflow, loss.name)
@@ -225,18 +195,6 @@ def tokenize(cfg: DPOConfig, ctx: RunContext, tokenizer, records: list, what: st
     if records:
         ctx.print(f"{what}: {report.summary()}")
     return examples
-
-
-def kl_prompts(cfg: DPOConfig, held_out: list) -> list:
-    """Held-out prompts (message dicts) for the KL measurement."""
-    if cfg.kl_prompts <= 0:
-        return []
-    prompts = {json.dumps([m.to_dict() for m in r.prompt]): None for r in held_out}
-    if not prompts and on_world_prompts(cfg):
-        prompts = {json.dumps(e.messages): None for e in world_examples(cfg, "heldout")}
-    picked = [json.loads(p) for p in prompts]
-    random.Random(f"dpo-kl:{cfg.train.seed}").shuffle(picked)
-    return picked[:cfg.kl_prompts]
 
 
 # --- the run ---------------------------------------------------------------------------------------
@@ -254,17 +212,19 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
                                                          cfg.world.sample_max_tokens, cfg.train.seed + 7,
                                                          top_dir / "baseline.json", ctx.is_main)
     train_records, eval_records = round_records(cfg, ctx, lm, tokenizer, scorer, round_index)
-    train_set = tokenize(cfg, ctx, tokenizer, train_records, "train")
-    eval_set = tokenize(cfg, ctx, tokenizer, eval_records, "eval")
+    loss, hyper = resolve_loss(cfg.loss)  # checked by cfg.problems()
+    train_set = tokenize(cfg, ctx, tokenizer, train_records, "train", loss)
+    eval_set = tokenize(cfg, ctx, tokenizer, eval_records, "eval", loss)
     if tc.gradient_checkpointing:
         lm.gradient_checkpointing_enable()
     model = SequenceLogps(lm, cfg.lm_head_chunk)
-    ref = ReferencePolicy(cfg, model, tokenizer)
+    ref = ReferencePolicy(model, partial(load_reference_lm, cfg, tokenizer), cfg.reference_model,
+                          live=cfg.reference == "live") if loss.reference else None
     tables = reference_tables(cfg, ctx, ref, {"train": train_set, "eval": eval_set}, tokenizer.pad_token_id) or {}
     train_table, eval_table = tables.get("train"), tables.get("eval")
     # Precomputed log-probs ride in the micro-batch; otherwise the reference scores it now.
-    loss_fn = make_loss_fn(cfg, lambda micro: micro.reference if micro.reference is not None
-                           else column_logps(micro.batch, ref))
+    loss_fn = preference_loss_fn(loss, hyper, lambda micro: micro.reference if micro.reference is not None
+                                 else column_logps(micro.batch, ref), cfg.nll_weight)
     pad = tokenizer.pad_token_id
 
     def micro_of(examples: list, ids: list[int], table: torch.Tensor | None) -> Micro:
@@ -273,7 +233,10 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
 
     sampler, total = epoch_sampler(ctx, len(train_set))
     model, optimizer, scheduler = prepare_training(ctx, model, total)
-    held_out_prompts = kl_prompts(cfg, eval_records)
+    prompts = [[m.to_dict() for m in r.prompt] for r in eval_records]
+    if cfg.kl_prompts > 0 and not prompts and on_world_prompts(cfg):
+        prompts = [e.messages for e in world_examples(cfg, "heldout")]
+    held_out_prompts = kl_prompt_sample(prompts, cfg.kl_prompts, f"dpo-kl:{cfg.train.seed}")
     scores: dict = {}
 
     def run_eval(step: int) -> dict:
@@ -285,7 +248,7 @@ def train_round(cfg: DPOConfig, scorer: Scorer | None = None, round_index: int =
                        for i in range(0, len(mine), tc.batch_size))
             scores.update({f"eval_{k}": v for k, v in evaluate(ctx, model, batches, loss_fn, count_units).items()})
         policy = ctx.accelerator.unwrap_model(model)
-        if held_out_prompts and uses_reference(cfg) and ctx.runs_model_work:
+        if held_out_prompts and ref is not None and ctx.runs_model_work:
             with gathered_root(model):
                 scores.update(sampled_kl_scored(policy, ref, tokenizer, held_out_prompts, cfg.kl_max_tokens,
                                                 cfg.train.seed))
