@@ -90,11 +90,11 @@ def test_world_normalization_is_saved_and_standardizes_the_sft_responses(world_r
 @pytest.fixture(scope="module")
 def best_of_n_curves(world_rm, sft_final) -> dict[str, list[float]]:
     """Mean gold reward of the best of the first n of 16 samples, selected by gold and by the reward model."""
-    from posttrain.evaluation.reward import world_gold_scorer
     from posttrain.generation.best_of_n import sample_responses, score_samples, select_best
     from posttrain.models.config import ModelConfig
     from posttrain.models.loading import load_causal_lm, load_tokenizer
     from posttrain.models.reward import RewardScorer
+    from posttrain.scorers import world_gold
     from posttrain.world.entities import make_world
     from posttrain.world.tasks import TRAIN_FAMILIES, make_tasks
 
@@ -105,7 +105,7 @@ def best_of_n_curves(world_rm, sft_final) -> dict[str, list[float]]:
     tokenizer = load_tokenizer(cfg)
     policy = load_causal_lm(cfg, for_training=False, tokenizer=tokenizer)
     samples = sample_responses(policy, tokenizer, prompts, max(BEST_OF), max_new_tokens=48, seed=0)
-    gold = score_samples(world_gold_scorer(examples), prompts, samples)
+    gold = score_samples(world_gold, prompts, samples, records=examples)
     learned = score_samples(RewardScorer.from_pretrained(world_rm / "final", device="cpu"), prompts, samples)
     return {name: [float(gold.gather(1, select_best(sel, n)[:, None]).mean()) for n in BEST_OF]
             for name, sel in (("gold", gold), ("reward_model", learned))}

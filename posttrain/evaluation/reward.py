@@ -25,8 +25,8 @@ from typing import Any
 
 import torch
 
-from posttrain.models.reward import FunctionScorer, Scorer, as_dicts
-from posttrain.world.gold import gold_reward
+from posttrain.models.reward import as_dicts
+from posttrain.scorers import as_scorer
 
 
 def pairwise_accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
@@ -85,11 +85,12 @@ def oracle_accuracy(gold_chosen: Sequence[float], gold_rejected: Sequence[float]
                              torch.tensor(gold_rejected, dtype=torch.float64))
 
 
-def score_pairs(scorer: Scorer, records: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+def score_pairs(scorer: Any, records: Sequence[Any], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw (chosen, rejected) rewards (N,), (N,) of preference records, both sides in one call.
 
     A :class:`~posttrain.models.reward.RewardScorer` scores the whole conversations (multi-turn
-    responses included); any other scorer gets the prompt and the last assistant message.
+    responses included); any other scorer (``posttrain.scorers.as_scorer``) gets the prompt and
+    the last assistant message.
     """
     n = len(records)
     if hasattr(scorer, "score_conversations"):
@@ -98,12 +99,12 @@ def score_pairs(scorer: Scorer, records: Sequence[Any], batch_size: int = 32) ->
     else:
         prompts = [as_dicts(r.prompt) for r in records for _ in range(2)]
         responses = [as_dicts(side)[-1]["content"] for r in records for side in (r.chosen, r.rejected)]
-        rewards = scorer.score(prompts, responses, batch_size=batch_size)
+        rewards = as_scorer(scorer)(prompts, responses)
     rewards = rewards.reshape(n, 2)
     return rewards[:, 0], rewards[:, 1]
 
 
-def reward_report(scorer: Scorer, records: Sequence[Any], batch_size: int = 32, bins: int = 10) -> dict[str, Any]:
+def reward_report(scorer: Any, records: Sequence[Any], batch_size: int = 32, bins: int = 10) -> dict[str, Any]:
     """Everything above that the records allow, as a JSON-ready dict."""
     if not records:
         raise ValueError("reward_report: no held-out preference records to evaluate on")
@@ -150,25 +151,3 @@ def write_report(report: dict[str, Any], path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-
-
-# --------------------------------------------------------------------------- the world's gold reward
-
-
-def world_gold_scorer(examples: Sequence[Any], aspect: str = "total") -> FunctionScorer:
-    """The embedded world's gold reward as a :class:`~posttrain.models.reward.Scorer`, for prompts
-    of ``examples`` (TaskExample): ``aspect`` is total, helpfulness, or a component (correctness,
-    rule, safety, brevity). A prompt that is none of theirs is an error."""
-    by_prompt = {json.dumps(e.messages, sort_keys=True): e for e in examples}
-
-    def fn(prompts, responses):
-        out = []
-        for prompt, response in zip(prompts, responses):
-            key = json.dumps(as_dicts(prompt), sort_keys=True)
-            if key not in by_prompt:
-                raise KeyError(f"world_gold_scorer: prompt {as_dicts(prompt)[-1]['content'][:60]!r} is not one of "
-                               f"the {len(by_prompt)} task examples it was given")
-            out.append(getattr(gold_reward(by_prompt[key], response), aspect))
-        return out
-
-    return FunctionScorer(fn, name=f"world gold {aspect}")

@@ -4,7 +4,7 @@ A **judge** has one method, ``compare(prompts, answers_a, answers_b) -> list[flo
 per prompt, 1.0 when answer A is better, 0.0 when B is, 0.5 for a tie, and a value in between
 for a soft preference (a judge's probability that A is better). Judges here:
 
-- :class:`ScorerJudge`: any per-response :class:`~posttrain.models.reward.Scorer`; A wins when it
+- :class:`ScorerJudge`: any per-response scorer (``posttrain.scorers``); A wins when it
   scores higher. :class:`GoldJudge` uses the embedded world's gold reward, :class:`RewardModelJudge`
   a trained reward model. Each answer is scored on its own, so swapping A and B mirrors the verdict.
 - :class:`LLMJudge`: a causal LM shown the prompt and both answers ("Which answer is better, A or
@@ -41,18 +41,17 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import numpy as np
 import torch
 
-from posttrain.evaluation.reward import world_gold_scorer
 from posttrain.evaluation.scoring import proportion_ci
 from posttrain.generation.hf import generate_chat
 from posttrain.models.config import ModelConfig
 from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.reward import RewardScorer, as_dicts, positions_from_mask
+from posttrain.scorers import SCORERS, Scorer, as_scorer, task_lookup
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
-    from posttrain.models.reward import Scorer
     from posttrain.world.tasks import TaskExample
 
 logger = logging.getLogger("posttrain.evaluation")
@@ -96,16 +95,20 @@ def verdicts_from_scores(scores_a: Sequence[float], scores_b: Sequence[float], t
 
 
 class ScorerJudge:
-    """Verdicts from a per-response scorer: the answer with the higher score wins (ties within ``tie_margin``)."""
+    """Verdicts from a per-response scorer (anything :func:`posttrain.scorers.as_scorer` takes): the
+    answer with the higher score wins (ties within ``tie_margin``). ``records``: prompts -> the
+    records the scorer needs (the world's gold reward needs each prompt's task)."""
 
-    def __init__(self, scorer: "Scorer", name: str = "scorer", tie_margin: float = 0.0, batch_size: int = 16):
+    def __init__(self, scorer: Scorer | Any, name: str = "scorer", tie_margin: float = 0.0,
+                 records: Callable[[Sequence[Messages]], list] | None = None):
         if tie_margin < 0:
             raise ValueError(f"tie_margin must be >= 0, got {tie_margin}")
-        self.scorer, self.name, self.tie_margin, self.batch_size = scorer, name, tie_margin, batch_size
+        self.scorer, self.name, self.tie_margin, self.records = as_scorer(scorer), name, tie_margin, records
 
     def scores(self, prompts: Sequence[Messages], answers: Sequence[str]) -> list[float]:
         """The scorer's score of each answer to its prompt."""
-        return [float(s) for s in self.scorer.score(prompts, answers, batch_size=self.batch_size)]
+        records = self.records(prompts) if self.records is not None else None
+        return [float(s) for s in self.scorer(prompts, answers, records)]
 
     def compare(self, prompts: Sequence[Messages], answers_a: Sequence[str], answers_b: Sequence[str]) -> list[float]:
         _check_lengths(prompts, answers_a, answers_b)
@@ -121,20 +124,20 @@ class GoldJudge(ScorerJudge):
     """
 
     def __init__(self, examples: Sequence["TaskExample"], aspect: str = "total", tie_margin: float = 0.0):
-        super().__init__(world_gold_scorer(examples, aspect), "gold" if aspect == "total" else f"gold:{aspect}",
-                         tie_margin)
+        name = "world_gold" if aspect == "total" else f"world_gold:{aspect}"
+        super().__init__(SCORERS[name], "gold" if aspect == "total" else f"gold:{aspect}", tie_margin,
+                         records=task_lookup(examples))
 
 
 class RewardModelJudge(ScorerJudge):
-    """A trained reward model as a judge (any :class:`~posttrain.models.reward.Scorer`, e.g. a
-    :class:`~posttrain.models.reward.RewardScorer`)."""
+    """A trained reward model (a :class:`~posttrain.models.reward.RewardScorer`) as a judge."""
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto", tie_margin: float = 0.0,
                         batch_size: int = 16) -> "RewardModelJudge":
         """A judge from an exported reward-model folder (``posttrain reward``'s ``final/``)."""
-        return cls(RewardScorer.from_pretrained(path, device=device, dtype=dtype), f"reward_model:{path}",
-                   tie_margin, batch_size)
+        return cls(RewardScorer.from_pretrained(path, device=device, dtype=dtype, batch_size=batch_size),
+                   f"reward_model:{path}", tie_margin)
 
 
 # --------------------------------------------------------------------------- LLM judge

@@ -5,8 +5,9 @@ As inference, best-of-n trades compute for quality without training (Nakano et a
 ``log n - (n - 1) / n``. As data, the kept responses are SFT targets for the policy's next round:
 Llama 2's rejection-sampling fine-tuning (Touvron et al. 2023, §3.2.3) and RAFT (Dong et al. 2023).
 
-The reward is any :class:`~posttrain.models.reward.Scorer`: a trained reward model, Llama 2's
-helpfulness + safety combination, or a Python function (the world's gold reward, to check).
+The reward is any scorer (``posttrain.scorers``): a trained reward model, Llama 2's helpfulness +
+safety combination, a Python function, or the world's gold reward (to check; it needs each
+prompt's task as its record).
 :func:`best_of_n` samples ``n`` responses once; :func:`select_best` then answers for every
 smaller n from the first n samples, so a curve over n compares nested sets of the same samples.
 """
@@ -23,6 +24,7 @@ from posttrain.data.records import Conversation, Message
 from posttrain.data.writers import write_jsonl
 from posttrain.generation.hf import generate_chat
 from posttrain.models.reward import as_dicts
+from posttrain.scorers import as_scorer
 
 
 @dataclass
@@ -68,21 +70,25 @@ def select_best(scores: torch.Tensor, n: int) -> torch.Tensor:
     return scores[:, :n].argmax(dim=1)  # argmax returns the first maximum: the earliest sample on ties
 
 
-def score_samples(scorer, prompts: Sequence[Sequence[Any]], samples: list[list[str]], batch_size: int = 32) -> torch.Tensor:
-    """(P, n) rewards of ``samples[p][i]`` as replies to ``prompts[p]``."""
+def score_samples(scorer: Any, prompts: Sequence[Sequence[Any]], samples: list[list[str]],
+                  records: Sequence[Any] | None = None) -> torch.Tensor:
+    """(P, n) rewards of ``samples[p][i]`` as replies to ``prompts[p]`` (whose record is ``records[p]``)
+    by ``scorer`` (anything :func:`posttrain.scorers.as_scorer` takes)."""
     n = len(samples[0]) if samples else 0
     if any(len(s) != n for s in samples):
         raise ValueError("every prompt needs the same number of samples")
     flat_prompts = [p for p, s in zip(prompts, samples) for _ in s]
-    flat = scorer.score(flat_prompts, [r for s in samples for r in s], batch_size=batch_size)
+    flat_records = None if records is None else [r for r, s in zip(records, samples) for _ in s]
+    flat = as_scorer(scorer)(flat_prompts, [r for s in samples for r in s], flat_records)
     return flat.reshape(len(samples), n)
 
 
 def best_of_n(policy, tokenizer, prompts: Sequence[Sequence[Any]], scorer, n: int, max_new_tokens: int = 64,
-              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64) -> list[BestOfN]:
+              temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, batch_size: int = 64,
+              records: Sequence[Any] | None = None) -> list[BestOfN]:
     """Sample ``n`` replies per prompt from ``policy``, score them with ``scorer``, keep the best."""
     samples = sample_responses(policy, tokenizer, prompts, n, max_new_tokens, temperature, top_p, seed, batch_size)
-    scores = score_samples(scorer, prompts, samples, batch_size)
+    scores = score_samples(scorer, prompts, samples, records)
     best = select_best(scores, n)
     return [BestOfN(as_dicts(p), s, sc.tolist(), int(b)) for p, s, sc, b in zip(prompts, samples, scores, best)]
 

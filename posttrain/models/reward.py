@@ -28,10 +28,11 @@ in ``reward_normalization.json`` and :class:`RewardScorer` applies them by defau
 0 means "as good as a typical SFT response" and 1 is one standard deviation better. Differences
 of raw scores are Bradley-Terry logits; use ``normalize=False`` for them (e.g. calibration).
 
-**Scorers.** Anything with ``score(prompts, responses, batch_size=...) -> (B,) tensor`` is a
-:class:`Scorer`: a trained model (:class:`RewardScorer`), any Python function
-(:class:`FunctionScorer`, e.g. the world's gold reward), or Llama 2's helpfulness + safety
-combination (:class:`CombinedScorer`). PPO, best-of-n and evaluation take any of them.
+**Scorers.** A trained model (:class:`RewardScorer`), any Python function (:class:`FunctionScorer`)
+and Llama 2's helpfulness + safety combination (:class:`CombinedScorer`) each have
+``score(prompts, responses, batch_size=...) -> (B,) tensor`` and, called, are a
+:class:`posttrain.scorers.Scorer`, the one kind of scorer PPO, DPO labelling, best-of-n and the
+win-rate judges take.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 from peft import LoraConfig as PeftLoraConfig, get_peft_model
@@ -62,6 +63,7 @@ from posttrain.models.loading import (
 from posttrain.models.wrappers import transformers_model, unwrap_model
 from posttrain.rl.math import last_token_index
 from posttrain.rl.rewards import llama2_combined_reward
+from posttrain.scorers import Scorer  # noqa: F401 - the one scorer protocol, re-exported
 
 if TYPE_CHECKING:
     from posttrain.data.collate import Batch
@@ -370,23 +372,20 @@ def fit_normalization(raw: torch.Tensor, reference: str) -> RewardNormalization:
 # --------------------------------------------------------------------------- scorers
 
 
-@runtime_checkable
-class Scorer(Protocol):
-    """Whatever gives rewards: ``score(prompts, responses, batch_size) -> (B,) float tensor``.
+class ScoreMethod:
+    """What makes the scorer objects below a :class:`posttrain.scorers.Scorer`: calling one is its
+    ``.score(prompts, responses)`` (records are not needed: they read the text)."""
 
-    ``prompts[i]`` is a chat prompt (messages), ``responses[i]`` the assistant's reply to it.
-    """
-
-    def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
-        ...
+    def __call__(self, prompts: Sequence[Messages], responses: Sequence[str], records: Sequence | None = None):
+        return self.score(prompts, responses, batch_size=self.batch_size)
 
 
-class FunctionScorer:
+class FunctionScorer(ScoreMethod):
     """A Python function ``fn(prompts, responses) -> sequence of floats`` as a :class:`Scorer`
-    (a rule-based reward, a verifier, or the world's gold reward)."""
+    (a rule-based reward, a verifier)."""
 
     def __init__(self, fn: Callable[[Sequence[Messages], Sequence[str]], Sequence[float]], name: str = "function"):
-        self.fn, self.name = fn, name
+        self.fn, self.name, self.batch_size = fn, name, 16
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16) -> torch.Tensor:
         _check_lengths(prompts, responses)
@@ -407,21 +406,22 @@ def as_dicts(messages: Messages) -> list[dict[str, str]]:
     return [dict(m) if isinstance(m, dict) else {"role": m.role, "content": m.content} for m in messages]
 
 
-class RewardScorer:
-    """A trained reward model ready to score: tokenizer, model, normalization.
+class RewardScorer(ScoreMethod):
+    """A trained reward model ready to score: tokenizer, model, normalization; a :class:`Scorer`.
 
     >>> scorer = RewardScorer.from_pretrained("runs/reward-world/final")
     >>> scorer.score([[{"role": "user", "content": "What is 2 + 3?"}]], ["2 + 3 = 5."])   # (1,) normalized
 
     Sequences are rendered with the tokenizer's chat template, sorted by length into batches of
     ``batch_size`` and right-padded; results come back in input order and do not depend on
-    ``batch_size`` (up to float rounding). ``max_length`` (None: no limit) cuts longer sequences
-    from the left, keeping the response: each cut is counted in ``truncated`` and logged.
+    ``batch_size`` (up to float rounding; ``batch_size`` is the default of calls without one).
+    ``max_length`` (None: no limit) cuts longer sequences from the left, keeping the response: each
+    cut is counted in ``truncated`` and logged.
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer, normalization: RewardNormalization | None = None,
-                 max_length: int | None = None):
-        self.model, self.tokenizer = model, tokenizer
+                 max_length: int | None = None, batch_size: int = 16):
+        self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.normalization = normalization or RewardNormalization()
         self.max_length = max_length
         self.truncated = 0
@@ -429,7 +429,7 @@ class RewardScorer:
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str = "auto", dtype: str = "auto",
-                        max_length: int | None = None, normalize: bool = True) -> "RewardScorer":
+                        max_length: int | None = None, normalize: bool = True, batch_size: int = 16) -> "RewardScorer":
         """Load an exported reward-model folder; ``normalize=False`` ignores its saved normalization."""
         cfg = ModelConfig(name_or_path=str(path), device=device, dtype=dtype)
         tokenizer = load_tokenizer(cfg)
@@ -437,7 +437,7 @@ class RewardScorer:
         normalization = RewardNormalization.load(resolve_model_path(str(path))) if normalize else None
         if normalize and normalization is None:
             logger.warning("%s has no %s: scores are raw (not standardized)", path, NORMALIZATION_FILE)
-        return cls(model, tokenizer, normalization, max_length)
+        return cls(model, tokenizer, normalization, max_length, batch_size)
 
     def score(self, prompts: Sequence[Messages], responses: Sequence[str], batch_size: int = 16,
               normalize: bool = True) -> torch.Tensor:
@@ -507,14 +507,14 @@ class RewardScorer:
         return ids[-self.max_length:]
 
 
-class CombinedScorer:
+class CombinedScorer(ScoreMethod):
     """Llama 2's helpfulness + safety reward (:func:`posttrain.rl.rewards.llama2_combined_reward`):
     the safety model's score where the prompt is flagged unsafe (``unsafe_prompt``) or the safety
     score's sigmoid falls below ``threshold``, the helpfulness model's score elsewhere."""
 
     def __init__(self, helpfulness: Scorer, safety: Scorer, unsafe_prompt: Callable[[Messages], bool] | None = None,
-                 threshold: float = 0.15):
-        self.helpfulness, self.safety = helpfulness, safety
+                 threshold: float = 0.15, batch_size: int = 16):
+        self.helpfulness, self.safety, self.batch_size = helpfulness, safety, batch_size
         self.unsafe_prompt = unsafe_prompt or (lambda prompt: False)
         self.threshold = threshold
 

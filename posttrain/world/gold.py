@@ -52,6 +52,9 @@ class GoldScore:
         return {k: round(v, 6) for k, v in asdict(self).items()}
 
 
+GOLD_ASPECTS = ("total", "helpfulness", "correctness", "rule", "safety", "brevity")
+"""What a gold score can be read as: the total, helpfulness, or one component."""
+
 Response = str | Sequence[Any]
 """The response: the final assistant text, or the assistant (and user) turns that continue the prompt."""
 
