@@ -70,7 +70,8 @@ def sampled_kl(policy, reference, tokenizer, conversations: Sequence[Sequence[di
         logits = reference(input_ids=rollout.input_ids.to(device), attention_mask=rollout.attention_mask.to(device),
                            position_ids=rollout.position_ids.to(device)).logits
         # Logits at column t predict token t + 1: the response tokens are predicted from P - 1 on.
-        ref = token_logps(logits[:, rollout.prompt_width - 1:-1], rollout.response_ids.to(device)).cpu()
+        ref = token_logps(logits[:, rollout.prompt_width - 1:-1], rollout.response_ids.to(device))
+        ref = ref.to(rollout.rollout_token_logps.device)
         mask = rollout.response_mask.float()
         k1 += (kl_k1(rollout.rollout_token_logps, ref) * mask).sum(-1).tolist()
         k3 += (kl_k3(rollout.rollout_token_logps, ref) * mask).sum(-1).tolist()

@@ -51,6 +51,66 @@ class GenerationOutput:
         return None if self.completion_token_logps is None else float(sum(self.completion_token_logps))
 
 
+@dataclass
+class PaddedCompletions:
+    """Prompts and their completions as padded tensors on the model's device (what RL trains on):
+    no per-row lists between sampling and the loss."""
+
+    prompt_ids: torch.Tensor
+    """(B, P) long, left-padded with the pad id: every prompt ends at column P - 1."""
+    prompt_mask: torch.Tensor
+    """(B, P) bool, True on prompt tokens."""
+    completion_ids: torch.Tensor
+    """(B, N) long, right-padded with the pad id; cut after the first stop token, which is kept."""
+    completion_mask: torch.Tensor
+    """(B, N) bool, True on completion tokens."""
+    finished: torch.Tensor
+    """(B,) bool: the completion ended with a stop token (False: it ran into max_new_tokens)."""
+    texts: list[str]
+    """Each completion decoded without special tokens."""
+    token_logps: torch.Tensor | None = None
+    """(B, N) float32 log-prob of each completion token (as :attr:`GenerationOutput.completion_token_logps`),
+    0 on padding; None unless asked."""
+
+    def outputs(self) -> list[GenerationOutput]:
+        """One :class:`GenerationOutput` per row (token lists without padding)."""
+        prompts, completions = self.prompt_ids.tolist(), self.completion_ids.tolist()
+        prompt_lengths, lengths = self.prompt_mask.sum(1).tolist(), self.completion_mask.sum(1).tolist()
+        logps = None if self.token_logps is None else self.token_logps.cpu().tolist()
+        return [GenerationOutput(prompt_ids=prompts[r][len(prompts[r]) - prompt_lengths[r]:],
+                                 completion_ids=completions[r][:lengths[r]], text=self.texts[r],
+                                 finished=bool(self.finished[r]),
+                                 completion_token_logps=None if logps is None else logps[r][:lengths[r]])
+                for r in range(len(self.texts))]
+
+
+def join_completions(parts: Sequence[PaddedCompletions], pad_id: int) -> PaddedCompletions:
+    """The rows of ``parts`` in order, re-padded to the widest prompt and completion."""
+    width_p = max(p.prompt_ids.shape[1] for p in parts)
+    width_n = max(p.completion_ids.shape[1] for p in parts)
+
+    def cat(name: str, left: bool, value) -> torch.Tensor:
+        tensors = [getattr(p, name) for p in parts]
+        width = width_p if left else width_n
+        return torch.cat([torch.nn.functional.pad(t, (width - t.shape[1], 0) if left else (0, width - t.shape[1]),
+                                                  value=value) for t in tensors])
+
+    return PaddedCompletions(
+        prompt_ids=cat("prompt_ids", True, pad_id), prompt_mask=cat("prompt_mask", True, False),
+        completion_ids=cat("completion_ids", False, pad_id), completion_mask=cat("completion_mask", False, False),
+        finished=torch.cat([p.finished for p in parts]), texts=[t for p in parts for t in p.texts],
+        token_logps=None if parts[0].token_logps is None else cat("token_logps", False, 0.0))
+
+
+def select_rows(padded: PaddedCompletions, rows: torch.Tensor) -> PaddedCompletions:
+    """The given rows of ``padded``, in the order of ``rows``."""
+    rows = rows.to(padded.prompt_ids.device)
+    pick = lambda t: None if t is None else t[rows]  # noqa: E731
+    return PaddedCompletions(pick(padded.prompt_ids), pick(padded.prompt_mask), pick(padded.completion_ids),
+                             pick(padded.completion_mask), pick(padded.finished),
+                             [padded.texts[i] for i in rows.tolist()], pick(padded.token_logps))
+
+
 def eos_token_ids(model, tokenizer) -> list[int]:
     """Ids that end a completion: the tokenizer's eos, then any other eos in the model's generation_config."""
     ids: list[int] = []
@@ -117,12 +177,42 @@ def generate(
     distribution, so its completion does not depend on ``batch_size``, on the other prompts, or on
     the process that generates it (up to float rounding of the logits in another batch).
     Outputs are in the order of ``prompts``. The model is put in eval mode during the call and
-    restored afterwards.
+    restored afterwards. :func:`generate_padded` returns the same as padded tensors on the device.
     """
+    prompt_ids = [_as_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
+    results: list[GenerationOutput | None] = [None] * len(prompt_ids)
+    for rows, padded in _generated_batches(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_p,
+                                           batch_size, stop_at_eos, seed, return_logps, logps_temperature, row_seeds,
+                                           config_pad=True):
+        for i, out in zip(rows, padded.outputs()):
+            results[i] = out
+    return results  # type: ignore[return-value]
+
+
+def generate_padded(model, tokenizer, prompts: Sequence[Sequence[int]], *, pad_id: int, max_new_tokens: int = 64,
+                    temperature: float = 0.0, top_p: float = 1.0, batch_size: int = 16, stop_at_eos: bool = True,
+                    seed: int | None = None, return_logps: bool = False, logps_temperature: float = 1.0,
+                    row_seeds: Sequence[int] | None = None) -> PaddedCompletions:
+    """:func:`generate` (same arguments and completions) returning one :class:`PaddedCompletions` on the
+    model's device, rows in the order of ``prompts``, padding holding ``pad_id``."""
+    prompt_ids = [_as_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
+    parts, order = [], []
+    for rows, padded in _generated_batches(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_p,
+                                           batch_size, stop_at_eos, seed, return_logps, logps_temperature, row_seeds,
+                                           pad_id=pad_id):
+        parts.append(padded), order.extend(rows)
+    joined = join_completions(parts, pad_id)
+    return select_rows(joined, torch.argsort(torch.tensor(order)))  # back to the order of the prompts
+
+
+def _generated_batches(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
+                       top_p: float, batch_size: int, stop_at_eos: bool, seed: int | None, return_logps: bool,
+                       logps_temperature: float, row_seeds: Sequence[int] | None, pad_id: int | None = None,
+                       config_pad: bool = False) -> Iterator[tuple[list[int], PaddedCompletions]]:
+    """(rows, their completions) per batch of similar-length prompts (longest first: little padding)."""
     _check_args(max_new_tokens, temperature, top_p, batch_size)
     if logps_temperature <= 0:
         raise ValueError(f"logps_temperature must be > 0, got {logps_temperature}")
-    prompt_ids = [_as_ids(tokenizer, p, i) for i, p in enumerate(prompts)]
     if row_seeds is not None and len(row_seeds) != len(prompt_ids):
         raise ValueError(f"row_seeds has {len(row_seeds)} entries for {len(prompt_ids)} prompts; give one per prompt")
     inner = unwrap_model(model)
@@ -142,19 +232,14 @@ def generate(
     if not stop_at_eos:
         config.eos_token_id = None
     stop_ids = set(eos_token_ids(inner, tokenizer)) if stop_at_eos else set()
-    # Longest first: similar lengths share a batch, so there is little padding.
+    pad = (config.pad_token_id or 0) if config_pad else pad_id
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
-    results: list[GenerationOutput | None] = [None] * len(prompt_ids)
     with _eval_mode(inner), _neutral_defaults(inner, config), _seeded(seed, _device(inner)):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
-            batch = [prompt_ids[i] for i in rows]
             sampler = _RowSampler([row_seeds[i] for i in rows], max_new_tokens, temperature, top_p) if per_row else None
-            outputs = _generate_batch(inner, tokenizer, batch, config, stop_ids, return_logps, logps_temperature,
-                                      sampler)
-            for i, out in zip(rows, outputs):
-                results[i] = out
-    return results  # type: ignore[return-value]
+            yield rows, _generate_batch(inner, tokenizer, [prompt_ids[i] for i in rows], config, stop_ids,
+                                        return_logps, logps_temperature, sampler, pad)
 
 
 def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **kwargs) -> list[GenerationOutput]:
@@ -179,8 +264,8 @@ def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **k
 
 
 def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: set[int],
-                    return_logps: bool, logps_temperature: float = 1.0,
-                    sampler: "_RowSampler | None" = None) -> list[GenerationOutput]:
+                    return_logps: bool, logps_temperature: float = 1.0, sampler: "_RowSampler | None" = None,
+                    pad_id: int = 0) -> PaddedCompletions:
     input_ids, attention_mask = _left_pad(batch, config.pad_token_id or 0, _device(model))
     extra = {}
     if sampler is not None:
@@ -188,6 +273,9 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: 
         extra["logits_processor"] = LogitsProcessorList([sampler])
     out = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config, **extra)
     new_ids = out.sequences[:, input_ids.shape[1]:]  # (B, new)
+    # Only generated tokens are searched for a stop token (padding never is); the first one is kept.
+    is_stop = torch.isin(new_ids, torch.tensor(sorted(stop_ids), dtype=torch.long, device=new_ids.device))
+    mask = (is_stop.long().cumsum(dim=1) - is_stop.long()) == 0  # no stop token before this one
     token_logps = None
     if return_logps:
         # out.logits: one (B, V) tensor per step, raw (before temperature / top-p).
@@ -195,21 +283,13 @@ def _generate_batch(model, tokenizer, batch: list[list[int]], config, stop_ids: 
             [torch.log_softmax(step.float() / logps_temperature, dim=-1).gather(1, new_ids[:, t:t + 1]).squeeze(1)
              for t, step in enumerate(out.logits)],
             dim=1,
-        ).cpu()  # (B, new)
-    outputs = []
-    for row, prompt in enumerate(batch):
-        ids = new_ids[row].tolist()
-        end = _first_stop(ids, stop_ids)
-        completion = ids if end is None else ids[:end + 1]
-        logps = None if token_logps is None else token_logps[row, :len(completion)].tolist()
-        outputs.append(GenerationOutput(
-            prompt_ids=list(prompt),
-            completion_ids=completion,
-            text=tokenizer.decode(completion, skip_special_tokens=True),
-            finished=end is not None,
-            completion_token_logps=logps,
-        ))
-    return outputs
+        ).masked_fill(~mask, 0.0)  # (B, new)
+    lengths = mask.sum(dim=1).tolist()
+    texts = [tokenizer.decode(ids[:n], skip_special_tokens=True) for ids, n in zip(new_ids.tolist(), lengths)]
+    prompt_mask = attention_mask.bool()
+    return PaddedCompletions(prompt_ids=input_ids.masked_fill(~prompt_mask, pad_id), prompt_mask=prompt_mask,
+                             completion_ids=new_ids.masked_fill(~mask, pad_id), completion_mask=mask,
+                             finished=is_stop.any(dim=1), texts=texts, token_logps=token_logps)
 
 
 class _RowSampler:
@@ -250,11 +330,6 @@ def _left_pad(batch: list[list[int]], pad_id: int, device) -> tuple["torch.Tenso
         input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
         attention_mask[row, width - len(ids):] = 1
     return input_ids.to(device), attention_mask.to(device)
-
-
-def _first_stop(ids: list[int], stop_ids: set[int]) -> int | None:
-    # Only generated tokens are searched, and for a stop token: padding is never looked for.
-    return next((t for t, i in enumerate(ids) if i in stop_ids), None)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,8 +1,8 @@
 """Rollouts for RL on language models: sample responses to prompts, keep them as padded tensors.
 
-Sampling is :func:`posttrain.generation.generate` (batched, KV cache, temperature / top-p, stop
-at eos, max new tokens), asked for the log-prob of every sampled token at the sampling
-temperature. The responses then become one :class:`Rollout`: each row is
+Sampling is :func:`posttrain.generation.hf.generate_padded` (batched, KV cache, temperature /
+top-p, stop at eos, max new tokens), asked for the log-prob of every sampled token at the sampling
+temperature; its padded tensors, on the model's device, become one :class:`Rollout`: each row is
 
     [left padding | prompt | response | right padding]      (B, P + R)
 
@@ -16,8 +16,6 @@ RL recipes log as ``rollout/logp_diff``.
 
 With ``samples_per_prompt = k`` each prompt is sampled k times and its rows are contiguous
 (``[p0 s0, p0 s1, ..., p1 s0, ...]``), the grouping that RLOO / GRPO advantages expect.
-
-Imports only torch at module level; generation is imported where it is used.
 """
 
 from __future__ import annotations
@@ -28,7 +26,7 @@ from typing import Sequence
 
 import torch
 
-from posttrain.generation.hf import generate
+from posttrain.generation.hf import generate_padded
 
 
 @dataclass
@@ -115,7 +113,8 @@ class Rollout:
 def collate_rollout(prompt_ids: Sequence[Sequence[int]], completions: Sequence[Sequence[int]],
                     token_logps: Sequence[Sequence[float]], finished: Sequence[bool], texts: Sequence[str],
                     prompt_index: Sequence[int], pad_id: int) -> Rollout:
-    """Pad prompts (left) and completions (right) of each row into a :class:`Rollout`.
+    """Pad prompts (left) and completions (right) of each row into a :class:`Rollout` (on the CPU):
+    for completions sampled elsewhere (another engine, a saved batch).
 
     Row i is ``prompt_ids[i]`` followed by ``completions[i]`` (at least one token each) with
     ``token_logps[i]`` (one per completion token).
@@ -156,7 +155,9 @@ def sample_rollouts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, sa
     index in the dataset) each response is drawn from its own generator, seeded by (seed, key,
     sample number): it does not depend on ``batch_size`` or on the other prompts, so processes
     that split a step's prompts sample what one process would. ``temperature=0`` decodes greedily
-    (for evaluation; the log-probs are then at temperature 1). The rollout is on the CPU.
+    (for evaluation; the log-probs are then at temperature 1). The rollout stays on the model's
+    device, padded as generation left it (:func:`posttrain.generation.hf.generate_padded`): no
+    per-row lists between sampling and the loss.
     """
     if samples_per_prompt < 1:
         raise ValueError(f"samples_per_prompt must be at least 1, got {samples_per_prompt}")
@@ -169,13 +170,15 @@ def sample_rollouts(model, tokenizer, prompt_ids: Sequence[Sequence[int]], *, sa
             raise ValueError(f"prompt_keys has {len(prompt_keys)} entries for {len(prompt_ids)} prompts")
         row_seeds = [zlib.crc32(f"{seed}-{prompt_keys[i]}-{j}".encode())
                      for i in range(len(prompt_ids)) for j in range(samples_per_prompt)]
-    outputs = generate(model, tokenizer, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
-                       temperature=temperature, top_p=top_p, batch_size=batch_size, stop_at_eos=stop_at_eos,
-                       seed=seed, return_logps=True, logps_temperature=temperature or 1.0, row_seeds=row_seeds)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return collate_rollout([o.prompt_ids for o in outputs], [o.completion_ids for o in outputs],
-                           [o.completion_token_logps for o in outputs], [o.finished for o in outputs],
-                           [o.text for o in outputs], rows, pad)
+    out = generate_padded(model, tokenizer, [prompt_ids[i] for i in rows], max_new_tokens=max_new_tokens,
+                          temperature=temperature, top_p=top_p, batch_size=batch_size, stop_at_eos=stop_at_eos,
+                          seed=seed, return_logps=True, logps_temperature=temperature or 1.0, row_seeds=row_seeds,
+                          pad_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+    return Rollout(input_ids=torch.cat([out.prompt_ids, out.completion_ids], dim=1),
+                   attention_mask=torch.cat([out.prompt_mask, out.completion_mask], dim=1),
+                   response_mask=out.completion_mask, rollout_token_logps=out.token_logps,
+                   prompt_index=torch.tensor(rows, dtype=torch.long, device=out.prompt_ids.device),
+                   finished=out.finished, prompt_width=out.prompt_ids.shape[1], texts=out.texts)
 
 
 def concat_rollouts(parts: Sequence[Rollout], pad_id: int) -> Rollout:
