@@ -7,6 +7,7 @@ One uninterrupted in-process run is the reference for every comparison.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -129,6 +130,21 @@ def test_run_folder_has_config_metrics_checkpoints_and_a_plain_hf_model(referenc
     with torch.no_grad():
         logits = model(ids).logits
     assert torch.isfinite(logits).all()
+
+
+def test_evaluation_logs_held_out_loss_and_the_copying_probe(docs, tmp_path):
+    from posttrain.recipes.pretrain import pretrain
+
+    args = _args(docs, tmp_path / "run") + [f"data.eval=[{docs}]", "train.max_steps=10", "train.eval_every=5",
+                                             "train.save_every=0"]
+    pretrain(load_config(PretrainConfig, None, args))
+    evals = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [5, 10]
+    # A 10-step model has no induction head: it gains next to nothing on a span's second appearance.
+    assert all(math.isfinite(r["eval_copying_gain"]) and abs(r["eval_copying_gain"]) < 1.0 for r in evals)
+    off = load_config(PretrainConfig, None, args + [f"train.run_dir={tmp_path / 'off'}", "copying_probe=false"])
+    pretrain(off)
+    assert all("eval_copying_gain" not in r for r in read_metrics(tmp_path / "off" / "metrics.jsonl"))
 
 
 @pytest.mark.parametrize("batch_size, grad_accum", [(2, 4), (4, 2)])

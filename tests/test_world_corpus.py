@@ -152,6 +152,33 @@ def test_corpus_has_every_document_kind_and_many_qa_blocks(corpus):
     assert all(block.count("\n") <= 1 for d in qa_docs for block in d.split("\n\n") if block.startswith("Q: "))
 
 
+def test_document_weights_change_the_mix_and_recall_documents_repeat_their_spans():
+    default = generate_corpus(0, 0.2)
+    assert not any(d.startswith("Note: ") for d in default)  # recall documents are off by default
+    mixed = generate_corpus(0, 0.2, weights={"recall": 40, "copying": 20})
+    notes = [d for d in mixed if d.startswith("Note: ")]
+    assert len(notes) > 20 and digest(mixed) != digest(default)
+    for doc in notes:  # every note comes back after the others: only copying predicts it
+        said = [line[len("Note: "):] for line in doc.split("\n") if line.startswith("Note: ")]
+        again = [line[len("Note again: "):] for line in doc.split("\n") if line.startswith("Note again: ")]
+        assert sorted(said) == sorted(again) and len(said) >= 2
+    assert generate_corpus(0, 0.2, weights={"recall": 40, "copying": 20}) == mixed
+    with pytest.raises(ValueError, match="unknown document kind.*recal"):
+        generate_corpus(0, 0.2, weights={"recal": 1})
+
+
+def test_a_config_names_document_kinds_that_exist():
+    from posttrain.config import ConfigError, load_config
+    from posttrain.recipes.config import PretrainConfig
+
+    cfg = load_config(PretrainConfig, None, ["world.corpus_weights={recall: 30}"])
+    assert cfg.world.corpus_weights == {"recall": 30.0}
+    with pytest.raises(ConfigError, match="world.corpus_weights: unknown document kind.*copyng.*the kinds are"):
+        load_config(PretrainConfig, None, ["world.corpus_weights={copyng: 3}"])
+    with pytest.raises(ConfigError, match="story: weights must be >= 0"):
+        load_config(PretrainConfig, None, ["world.corpus_weights={story: -1}"])
+
+
 def test_corpus_holds_no_heldout_task_problem(corpus, world):
     from posttrain.world.tasks import split_keys
 

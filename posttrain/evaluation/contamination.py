@@ -310,11 +310,13 @@ def world_heldout_sets(seed: int = 0, families: Sequence[str] = (), n: int = 250
 
 def world_corpus_docs(seed: int | None = None, size_mb: float = 0.0) -> list[str]:
     """The world's pretraining corpus; size 0 (and no seed) means the one the shipped base model was trained on."""
+    weights = None
     if size_mb <= 0 or seed is None:
         record = json.loads((ASSETS_DIR / "corpus.json").read_text(encoding="utf-8"))
         seed = record["seed"] if seed is None else seed
         size_mb = size_mb if size_mb > 0 else record["size_mb"]
-    return generate_corpus(seed, size_mb, split="train")
+        weights = record.get("weights")
+    return generate_corpus(seed, size_mb, split="train", weights=weights)
 
 
 # ---------------------------------------------------------------------------------------------

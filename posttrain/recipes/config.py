@@ -82,6 +82,18 @@ class WorldCorpusConfig(WorldConfig):
     """Megabytes of the world's pretraining corpus (pretrain: its training text; sft: rehearsal text; contamination: world:corpus, 0 meaning the shipped base model's corpus)."""
     eval_corpus_mb: float = 0.2
     """pretrain: megabytes of held-out world text (a separate stream of documents) to evaluate on when data.train and data.eval are empty; 0: no evaluation."""
+    corpus_weights: dict[str, float] = field(default_factory=dict)
+    """Relative weights of some of the corpus' document kinds, e.g. {copying: 20, recall: 20} (the others keep theirs; see posttrain.world.corpus.DOCUMENTS); empty: the defaults."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        from posttrain.world.corpus import DOCUMENTS  # the world package: when a config is built, not for --help
+
+        unknown = sorted(set(self.corpus_weights) - set(DOCUMENTS))
+        if unknown:
+            return [("corpus_weights", f"unknown document kind(s) {', '.join(unknown)}; the kinds are "
+                                       f"{', '.join(DOCUMENTS)}")]
+        negative = sorted(k for k, w in self.corpus_weights.items() if w < 0)
+        return [("corpus_weights", f"{', '.join(negative)}: weights must be >= 0")] if negative else []
 
 
 @dataclass
@@ -105,7 +117,9 @@ class PretrainConfig:
     split_digits: bool = True
     """With a trained BPE, put every digit in its own token, so numbers are learned digit by digit."""
     world: WorldCorpusConfig = field(default_factory=WorldCorpusConfig)
-    """The embedded world whose corpus is the training text when data.train is empty (world.seed, world.corpus_mb, world.eval_corpus_mb)."""
+    """The embedded world whose corpus is the training text when data.train is empty (world.seed, world.corpus_mb, world.eval_corpus_mb, world.corpus_weights)."""
+    copying_probe: bool = True
+    """At each evaluation also log eval_copying_gain: nats per token a random letter span gains on its second appearance (posttrain.evaluation.copying), the sign of induction heads that few-shot prompting needs; about 0 without them."""
 
     MOVED_KEYS: ClassVar[dict[str, str]] = {
         "world_seed": "world.seed", "world_size_mb": "world.corpus_mb", "world_eval_mb": "world.eval_corpus_mb"}

@@ -28,6 +28,7 @@ import torch
 from transformers import AutoTokenizer
 
 from posttrain.data.readers import read_many
+from posttrain.evaluation.copying import copying_gain
 from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.tiny import tiny_llama, train_bpe_tokenizer
 from posttrain.recipes.config import PretrainConfig
@@ -35,6 +36,7 @@ from posttrain.training.loop import (
     RunContext, TrainingError, epoch_sampler, evaluate, finish_run, fit, prepare_training, setup_run, shard,
     units_per_s,
 )
+from posttrain.training.sharding import gathered_root
 from posttrain.training.steps import count_chunk_targets, lm_loss_sum
 from posttrain.world.source import reads_world
 
@@ -154,7 +156,13 @@ def pretrain(cfg: PretrainConfig) -> Path:
         rows = shard(list(range(len(eval_chunks))), ctx)
         batches = (eval_chunks[rows[i:i + tc.batch_size]].to(ctx.device) for i in range(0, len(rows), tc.batch_size))
         scores = evaluate(ctx, model, batches, lm_loss_sum, count_chunk_targets)
-        ctx.metrics.log(step, {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))})
+        logged = {"eval_loss": scores["loss"], "eval_ppl": float(np.exp(scores["loss"]))}
+        if cfg.copying_probe and ctx.runs_model_work:  # induction: does the model copy from its context yet?
+            with gathered_root(model):
+                copy = copying_gain(ctx.accelerator.unwrap_model(model), tokenizer)
+            logged["eval_copying_gain"] = copy.gain
+            ctx.print(f"step {step}: eval loss {scores['loss']:.4f}, copying gain {copy.gain:+.2f} nats/token")
+        ctx.metrics.log(step, logged)
         return scores
 
     fit(ctx, model, optimizer, scheduler, sampler, total, lambda ids: chunks[ids].to(ctx.device), lm_loss_sum,

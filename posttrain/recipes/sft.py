@@ -119,7 +119,7 @@ def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world)
 def rehearsal_text(cfg: SFTConfig) -> list[str]:
     if cfg.rehearsal_data:
         return [r.text for r in read_many(cfg.rehearsal_data, "auto", cfg.data.split, cfg.data.skip_invalid).expect("text")]
-    return generate_corpus(cfg.world.seed, cfg.world.corpus_mb, split="train")
+    return generate_corpus(cfg.world.seed, cfg.world.corpus_mb, split="train", weights=cfg.world.corpus_weights or None)
 
 
 def train_sources(cfg: SFTConfig) -> list[str]:

@@ -635,6 +635,31 @@ def _doc_copying(src: Source) -> str:
     return f"{story}\n\n{qa}" if rng.random() < 0.7 else f"{story}\nTL;DR: {name} came to {city}."
 
 
+def _filler(src: Source, n: int) -> str:
+    """``n`` sentences of world text (between a span and its repetition)."""
+    facts = src.world.facts()
+    return " ".join(src.rng.choice(fact_phrasings(e, a)) for e, a, _ in (src.rng.choice(facts) for _ in range(n)))
+
+
+def _doc_recall(src: Source) -> str:
+    """Spans that come back after other text: a list recalled, or notes said again in another order.
+    Only a model that looks back and copies (an induction head) predicts the second appearance."""
+    rng = src.rng
+    if rng.random() < 0.5:
+        label = rng.choice(("Shopping list", "Password", "Secret words", "Today's letters", "Key", "Station names"))
+        items = [_random_span(src) for _ in range(rng.randint(1, 3))]
+        again = rng.choice(("Again, the {l}: {s}.", "Once more: {s}.", "To remember: {s}.", "The {l} was {s}."))
+        return (f"{label}: {'; '.join(items)}.\n{_filler(src, rng.randint(1, 4))}\n"
+                + again.format(l=label.lower(), s="; ".join(items)))
+    spans = [_random_span(src) for _ in range(rng.randint(2, 4))]
+    parts = []
+    for span in spans:
+        parts += [f"Note: {span}.", _filler(src, rng.randint(0, 2))]
+    rng.shuffle(spans)
+    parts += [f"Note again: {span}." for span in spans]
+    return "\n".join(p for p in parts if p)
+
+
 DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "profile": (14, _doc_profile),
     "fact_list": (12, _doc_fact_list),
@@ -651,24 +676,29 @@ DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "chat": (5, _doc_chat),
     "cases": (3, _doc_cases),
     "copying": (6, _doc_copying),
+    "recall": (0, _doc_recall),
 }
 """Document kinds: (relative weight, generator). Weights count documents, not bytes."""
 
 
 def generate_corpus(seed: int = 0, size_mb: float = DEFAULT_SIZE_MB, world: World | None = None,
-                    split: str = "train") -> list[str]:
+                    split: str = "train", weights: dict[str, float] | None = None) -> list[str]:
     """Documents of the world of ``seed`` until they hold ``size_mb`` megabytes of UTF-8 text.
 
-    Byte-identical for the same (seed, size_mb, world, split). ``split`` names an independent
-    stream of documents about the same world ("train", "heldout", ...): held-out text never
-    repeats the training stream's documents (facts themselves are shared, by design).
+    Byte-identical for the same (seed, size_mb, world, split, weights). ``split`` names an
+    independent stream of documents about the same world ("train", "heldout", ...): held-out text
+    never repeats the training stream's documents (facts themselves are shared, by design).
+    ``weights`` overrides the relative weight of some document kinds (:data:`DOCUMENTS`).
     """
     if size_mb <= 0:
         raise ValueError(f"size_mb must be positive, got {size_mb}")
+    unknown = sorted(set(weights or {}) - set(DOCUMENTS))
+    if unknown:
+        raise ValueError(f"unknown document kind(s) {', '.join(unknown)}; the kinds are {', '.join(DOCUMENTS)}")
     world = world if world is not None else make_world(seed)
     src = Source(world, heldout_problems(world, seed), random.Random(f"corpus-{seed}-{split}"))
     kinds = list(DOCUMENTS)
-    weights = [DOCUMENTS[k][0] for k in kinds]
+    weights = [(weights or {}).get(k, DOCUMENTS[k][0]) for k in kinds]
     target, total, docs = int(size_mb * 1_000_000), 0, []
     while total < target:
         kind = src.rng.choices(kinds, weights=weights)[0]

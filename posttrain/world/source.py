@@ -48,7 +48,8 @@ def world_records(source: str, world: Any, split: str = "train") -> list:
         raise UserError(f"data: {source} reads the embedded world, but this command has no world section")
     if source == "world:corpus":  # held out: a separate stream of documents, world.eval_corpus_mb of it
         size_mb = getattr(world, "corpus_mb", 4.0) if split == "train" else getattr(world, "eval_corpus_mb", 0.2)
-        return [Text(doc) for doc in generate_corpus(world.seed, size_mb, split=split)]
+        weights = getattr(world, "corpus_weights", None) or None
+        return [Text(doc) for doc in generate_corpus(world.seed, size_mb, split=split, weights=weights)]
     split = "heldout" if source == "world:heldout" else split
     n = world.examples if split == "train" else world.eval_examples
     examples = task_examples(world.seed, world.families, split, n, setting="world.families", error=UserError)
