@@ -97,6 +97,27 @@ class WorldCorpusConfig(WorldConfig):
 
 
 @dataclass
+class WorldSFTConfig(WorldCorpusConfig):
+    """The world with its corpus and the demonstrators who write its SFT answers."""
+
+    flawed: float = 0.0
+    """Share of demonstrations written by careless demonstrators, each with one flaw (posttrain.world.demonstrators): padded, breaking the system rule, complying with a harmful request, or wrong. 0: every answer canonical (clean demonstrations, the upper reference)."""
+    flaws: dict[str, float] = field(default_factory=dict)
+    """Relative weights of the flaws (verbose, rule_breaking, unsafe, wrong) among those an example allows; empty: equal."""
+
+    def problems(self) -> list[tuple[str, str]]:
+        from posttrain.world.demonstrators import FLAWS  # the world package: when a config is built, not for --help
+
+        problems = super().problems()
+        if not 0.0 <= self.flawed <= 1.0:
+            problems.append(("flawed", f"{self.flawed}: a share in [0, 1]"))
+        unknown = sorted(set(self.flaws) - set(FLAWS))
+        if unknown or any(w < 0 for w in self.flaws.values()):
+            problems.append(("flaws", f"{self.flaws}: give non-negative weights of {', '.join(FLAWS)}"))
+        return problems
+
+
+@dataclass
 class PretrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """Model to continue pretraining (when from_scratch is false) and/or whose tokenizer to use (tokenizer: model)."""
@@ -291,8 +312,8 @@ class SFTConfig:
     """Text files (JSONL/Parquet with a "text" field, or .txt) to rehearse; empty: the embedded world's pretraining corpus."""
     rehearsal_length: int = 128
     """Tokens per rehearsal chunk (documents are joined with eos and cut into chunks, every token a target)."""
-    world: WorldCorpusConfig = field(default_factory=lambda: WorldCorpusConfig(examples=1000, eval_examples=16, corpus_mb=1.0))
-    """The embedded world, when data.train is empty: task examples of world.families (empty: every family except the held-out ones), world.examples per family, world.eval_examples held-out ones per family for the eval loss (every family, held-out families included), and world.corpus_mb of its corpus to draw rehearsal chunks from when rehearsal_data is empty."""
+    world: WorldSFTConfig = field(default_factory=lambda: WorldSFTConfig(examples=1000, eval_examples=16, corpus_mb=1.0))
+    """The embedded world, when data.train is empty: task examples of world.families (empty: every family except the held-out ones), world.examples per family, their answers written by demonstrators of whom world.flawed are careless, world.eval_examples held-out ones per family for the eval loss (every family, held-out families included), and world.corpus_mb of its corpus to draw rehearsal chunks from when rehearsal_data is empty."""
     renderings: dict[str, float] = field(default_factory=lambda: {"zero_shot": 1.0})
     """Shares of the forms each task example is taught in: zero_shot, few_shot (solved examples as earlier turns), cot (step-by-step reasoning when asked), worked (reasoning unasked) and options (the choices offered in the question), as FLAN 2022 mixed them."""
     family_renderings: dict[str, dict[str, float]] = field(default_factory=dict)

@@ -51,6 +51,7 @@ from posttrain.training.steps import count_targets, nll_sum, packed_row_length, 
 from posttrain.training.sampler import require_one_step
 from posttrain.training.sharding import gathered_root
 from posttrain.world.corpus import generate_corpus
+from posttrain.world.demonstrators import demonstrations
 from posttrain.world.entities import make_world
 from posttrain.world.source import is_world_source, reads_world
 from posttrain.world.tasks import FAMILIES, HELDOUT_FAMILIES, TRAIN_FAMILIES, check_families, make_tasks, task_examples
@@ -106,6 +107,10 @@ def world_families(cfg: SFTConfig) -> list[str]:
 def world_source(family: str, tokenizer, cfg: SFTConfig, ctx: RunContext, world) -> list[Example]:
     """One family's train split, each example rendered once (zero-shot, few-shot, CoT, ...)."""
     items = make_tasks(world, cfg.world.seed, family, "train", cfg.world.examples)
+    items, flawed = demonstrations(items, cfg.world.flawed, cfg.world.flaws, cfg.world.seed)
+    if flawed:
+        ctx.print(f"{family}: {sum(flawed.values())} of {len(items)} demonstrations flawed ("
+                  + ", ".join(f"{n} {flaw}" for flaw, n in sorted(flawed.items())) + ")")
     # A seed per family, so families do not share one pattern of renderings.
     seed = cfg.train.seed * 1_000_003 + zlib.crc32(family.encode())
     rendered = render_items(items, cfg.family_renderings.get(family, cfg.renderings), seed=seed, shots=cfg.few_shot_k)
