@@ -660,6 +660,18 @@ def _doc_recall(src: Source) -> str:
     return "\n".join(p for p in parts if p)
 
 
+def _doc_drill(src: Source) -> str:
+    """A typing drill: lines of a new span, a few other letters, then the span said again, one to
+    three times. The densest copying text there is: most of it is predictable only by looking back."""
+    rng = src.rng
+    lines = []
+    for _ in range(rng.randint(6, 14)):
+        span = _random_span(src)
+        other = " ".join(rng.choice("abcdefghijklmnopqrstuvwxyz0123456789") for _ in range(rng.randint(0, 6)))
+        lines.append(". ".join([span] + ([other] if other else []) + [span] * rng.randint(1, 3)) + ".")
+    return rng.choice(("Typing practice", "Drill", "Copy each line", "Practice sheet")) + "\n" + "\n".join(lines)
+
+
 DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "profile": (14, _doc_profile),
     "fact_list": (12, _doc_fact_list),
@@ -677,6 +689,7 @@ DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "cases": (3, _doc_cases),
     "copying": (6, _doc_copying),
     "recall": (0, _doc_recall),
+    "drill": (0, _doc_drill),
 }
 """Document kinds: (relative weight, generator). Weights count documents, not bytes."""
 
