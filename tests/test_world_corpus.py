@@ -164,6 +164,7 @@ def test_document_weights_change_the_mix_and_recall_documents_repeat_their_spans
         assert sorted(said) == sorted(again) and len(said) >= 2
     assert generate_corpus(0, 0.2, weights={"recall": 40, "copying": 20}) == mixed
     drills = [d for d in generate_corpus(0, 0.1, weights={"drill": 50}) if d.startswith("Drill\n")]
+    assert len(drills) > 5
     for line in (line for d in drills for line in d.split("\n")[1:]):  # span. [other.] span. (span.)*
         parts = line.rstrip(".").split(". ")
         assert parts[-1] == parts[0] and len(parts) >= 2, line
