@@ -25,7 +25,13 @@ chat            ChatML transcripts without the special tokens ("user\\n...\\nass
 cases           facts in CAPITALS and in lowercase, so case rules have text to lean on
 copying         spans repeated back, and newcomers with made-up names whose facts the text gives
                 and then asks: text only copying from the context predicts (induction)
+recall          a list or notes, other world text, then the same spans again (weight 0 by default)
+drill           lines of a new span said again at once, one to three times: the densest copying
+                text, which grows induction heads in a small model (weight 0 by default)
 ==============  ================================================================================
+
+Kinds are drawn with the weights of :data:`DOCUMENTS`; ``generate_corpus(weights=...)`` (a
+config's ``world.corpus_weights``) changes some of them.
 
 Contamination: no held-out task problem appears in the corpus as a question or a worked
 example, in any phrasing (the task suite's rule). Held-out facts are *stated* (profiles, fact
