@@ -183,7 +183,7 @@ def generate(
     results: list[GenerationOutput | None] = [None] * len(prompt_ids)
     for rows, padded in _generated_batches(model, tokenizer, prompt_ids, max_new_tokens, temperature, top_p,
                                            batch_size, stop_at_eos, seed, return_logps, logps_temperature, row_seeds,
-                                           config_pad=True):
+                                           pad_id=0):  # padding is cut from the outputs: any id does
         for i, out in zip(rows, padded.outputs()):
             results[i] = out
     return results  # type: ignore[return-value]
@@ -207,8 +207,8 @@ def generate_padded(model, tokenizer, prompts: Sequence[Sequence[int]], *, pad_i
 
 def _generated_batches(model, tokenizer, prompt_ids: list[list[int]], max_new_tokens: int, temperature: float,
                        top_p: float, batch_size: int, stop_at_eos: bool, seed: int | None, return_logps: bool,
-                       logps_temperature: float, row_seeds: Sequence[int] | None, pad_id: int | None = None,
-                       config_pad: bool = False) -> Iterator[tuple[list[int], PaddedCompletions]]:
+                       logps_temperature: float, row_seeds: Sequence[int] | None,
+                       pad_id: int) -> Iterator[tuple[list[int], PaddedCompletions]]:
     """(rows, their completions) per batch of similar-length prompts (longest first: little padding)."""
     _check_args(max_new_tokens, temperature, top_p, batch_size)
     if logps_temperature <= 0:
@@ -232,14 +232,13 @@ def _generated_batches(model, tokenizer, prompt_ids: list[list[int]], max_new_to
     if not stop_at_eos:
         config.eos_token_id = None
     stop_ids = set(eos_token_ids(inner, tokenizer)) if stop_at_eos else set()
-    pad = (config.pad_token_id or 0) if config_pad else pad_id
     order = sorted(range(len(prompt_ids)), key=lambda i: -len(prompt_ids[i]))
     with _eval_mode(inner), _neutral_defaults(inner, config), _seeded(seed, _device(inner)):
         for start in range(0, len(order), batch_size):
             rows = order[start:start + batch_size]
             sampler = _RowSampler([row_seeds[i] for i in rows], max_new_tokens, temperature, top_p) if per_row else None
             yield rows, _generate_batch(inner, tokenizer, [prompt_ids[i] for i in rows], config, stop_ids,
-                                        return_logps, logps_temperature, sampler, pad)
+                                        return_logps, logps_temperature, sampler, pad_id)
 
 
 def generate_chat(model, tokenizer, conversations: Sequence[Sequence[dict]], **kwargs) -> list[GenerationOutput]:
