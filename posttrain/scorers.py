@@ -106,11 +106,13 @@ def python_function(spec: str) -> Callable:
 
 
 def as_scorer(obj: Any) -> Scorer:
-    """A :class:`Scorer` from a scorer (returned as it is), a Python function ``fn(prompts, responses[,
-    records])`` or an object with a ``.score(prompts, responses)`` method."""
-    if obj in SCORERS.values() or (callable(obj) and callable(getattr(obj, "score", None))):
-        return obj  # a registered scorer, or a scorer object (RewardScorer, FunctionScorer, CombinedScorer)
+    """A :class:`Scorer` from a scorer object (RewardScorer, FunctionScorer, CombinedScorer: returned
+    as it is), a Python function ``fn(prompts, responses[, records])`` returning a tensor (its dtype
+    kept: the world's gold reward is float64) or numbers, or an object with a ``.score(prompts,
+    responses)`` method."""
     method = getattr(obj, "score", None)
+    if callable(obj) and callable(method):
+        return obj
     if callable(method):
         return lambda prompts, responses, records=None: torch.as_tensor(method(prompts, responses)).float().cpu()
     if not callable(obj):
@@ -119,6 +121,8 @@ def as_scorer(obj: Any) -> Scorer:
 
     def score(prompts, responses, records=None):
         values = obj(prompts, responses, records=records) if takes_records else obj(prompts, responses)
+        if isinstance(values, torch.Tensor) and values.is_floating_point():
+            return values.cpu()
         return torch.as_tensor([float(v) for v in values], dtype=torch.float32)
 
     return score

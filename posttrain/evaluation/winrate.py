@@ -46,7 +46,7 @@ from posttrain.generation.hf import generate_chat
 from posttrain.models.config import ModelConfig
 from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.reward import RewardScorer, as_dicts, positions_from_mask
-from posttrain.scorers import SCORERS, Scorer, as_scorer, task_lookup
+from posttrain.scorers import Scorer, as_scorer, task_lookup, world_gold_aspect
 
 if TYPE_CHECKING:
     import numpy as np
@@ -124,8 +124,7 @@ class GoldJudge(ScorerJudge):
     """
 
     def __init__(self, examples: Sequence["TaskExample"], aspect: str = "total", tie_margin: float = 0.0):
-        name = "world_gold" if aspect == "total" else f"world_gold:{aspect}"
-        super().__init__(SCORERS[name], "gold" if aspect == "total" else f"gold:{aspect}", tie_margin,
+        super().__init__(world_gold_aspect(aspect), "gold" if aspect == "total" else f"gold:{aspect}", tie_margin,
                          records=task_lookup(examples))
 
 
