@@ -13,7 +13,9 @@ where it stopped. The stages:
 5. ``reward``    — reward models trained on the simulated annotators' comparisons;
 6. ``dpo``       — DPO from the SFT model on its own samples ranked by the world's judge;
 7. ``ppo``       — PPO from the SFT model against the reward model, KL-penalized;
-8. ``final``     — every model on the same held-out prompts: gold reward, exact match,
+8. ``overoptimization`` — PPO with a small KL coefficient: the proxy reward rises while gold
+                   peaks and falls (plotted against sqrt(KL), as Gao et al. 2023);
+9. ``final``     — every model on the same held-out prompts: gold reward, exact match,
                    gold win-rate against SFT (raw and length-controlled), KL to SFT.
 
 ``summary.json`` and ``summary.md`` in ``run_dir`` gather every stage's numbers; ``report.html``
@@ -45,7 +47,8 @@ from posttrain.recipes.ppo import ppo
 from posttrain.recipes.pretrain import pretrain
 from posttrain.recipes.reward import reward
 from posttrain.recipes.sft import sft
-from posttrain.report import build_report
+from posttrain.report import build_report, overoptimization_curve
+from posttrain.training.metrics import read_metrics
 from posttrain.world import base_model_path, generate_corpus, make_world
 from posttrain.world.annotators import AnnotatorConfig, write_preference_files
 from posttrain.world.answers import solved
@@ -164,6 +167,25 @@ def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     return {"model": str(final), **(json.loads(hacking.read_text(encoding="utf-8")) if hacking.exists() else {})}
 
 
+def stage_overoptimization(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    """PPO again with a small KL coefficient (configs/ppo/world-small-beta.yaml) for longer: the proxy
+    reward keeps rising while gold peaks and falls (Gao et al. 2023); the report plots both against sqrt(KL)."""
+    if cfg.overoptimization_steps <= 0:
+        console.print("  skipped (demo.overoptimization_steps=0)")
+        return {}
+    rm = done["reward"]["models"]["overall"]["model"]
+    overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
+                 f"critic={rm}", f"train.max_steps={4 if cfg.quick else cfg.overoptimization_steps}"]
+    ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides, "tiny" if cfg.quick else "world-small-beta"))
+    curve = overoptimization_curve(read_metrics(out / "run" / "metrics.jsonl"))
+    if not curve["step"]:
+        return {}
+    peak = max(range(len(curve["gold"])), key=curve["gold"].__getitem__)
+    return {"gold_start": curve["gold"][0], "gold_peak": curve["gold"][peak], "gold_end": curve["gold"][-1],
+            "sqrt_kl_at_gold_peak": curve["sqrt_kl"][peak], "sqrt_kl_end": curve["sqrt_kl"][-1],
+            "proxy_start": curve["proxy"][0], "proxy_end": curve["proxy"][-1]}
+
+
 def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
     """Every model of the journey on the same held-out world prompts: gold reward (per family),
     exact match, response length, gold win-rate against the SFT model, KL to the SFT model."""
@@ -203,6 +225,7 @@ STAGES = [
     Stage("reward", "reward models from the annotators' comparisons", stage_reward),
     Stage("dpo", "DPO from the SFT model", stage_dpo),
     Stage("ppo", "PPO against the reward model, KL-penalized to the SFT model", stage_ppo),
+    Stage("overoptimization", "over-optimization: PPO with a small KL coefficient, proxy vs gold", stage_overoptimization),
     Stage("final", "every model on the same held-out prompts: gold reward, win-rate, KL", stage_final),
 ]
 

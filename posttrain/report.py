@@ -42,7 +42,7 @@ from posttrain.files import write_text_atomic
 from posttrain.rl.diagnostics import series, smooth
 from posttrain.training.metrics import read_metrics
 
-STAGES = ("world", "base", "prompting", "sft", "reward", "dpo", "ppo", "final")
+STAGES = ("world", "base", "prompting", "sft", "reward", "dpo", "ppo", "overoptimization", "final")
 STAGE_TITLES = {
     "world": "world: entities, corpus, tasks, annotated preferences",
     "base": "base model",
@@ -51,6 +51,7 @@ STAGE_TITLES = {
     "reward": "reward models",
     "dpo": "direct preference optimization (DPO)",
     "ppo": "RLHF with PPO",
+    "overoptimization": "over-optimization: PPO with a small KL coefficient",
     "final": "final evaluation of every model",
 }
 SETTINGS = {"zero_shot": "zero-shot", "few_shot": "few-shot", "cot": "chain of thought",
@@ -361,6 +362,40 @@ def plot_ppo(records: Sequence[Mapping[str, Any]]) -> bytes | None:
     return _png(fig)
 
 
+def overoptimization_curve(records: Sequence[Mapping[str, Any]], window: int = 5) -> dict[str, list[float]]:
+    """Proxy and gold reward against sqrt(KL) to the reference, step by step (moving averages over
+    ``window`` rollout batches): the axes of Gao et al. (2023), where the proxy keeps rising while gold
+    peaks and falls. Empty lists when the records lack any of the three series."""
+    curves = {name: dict(zip(*series(records, key)[:2])) for name, key in
+              (("kl", _first_series(records, PPO_KL)[0]), ("proxy", _first_series(records, PPO_PROXY)[0]),
+               ("gold", _first_series(records, PPO_GOLD)[0]))}
+    steps = sorted(set(curves["kl"]) & set(curves["proxy"]) & set(curves["gold"]))
+    out = {name: smooth([curves[name][s] for s in steps], window) for name in curves}
+    return {"step": [float(s) for s in steps], "sqrt_kl": [math.sqrt(max(k, 0.0)) for k in out["kl"]],
+            "proxy": out["proxy"], "gold": out["gold"]}
+
+
+def plot_overoptimization(records: Sequence[Mapping[str, Any]]) -> bytes | None:
+    """Gold and proxy reward against sqrt(KL) (Gao et al. 2023): each on its own axis."""
+    curve = overoptimization_curve(records)
+    if len(curve["step"]) < 2:
+        return None
+    fig, ax = _figure(6.4, 3.6)
+    gold_axis = ax.twinx()
+    ax.plot(curve["sqrt_kl"], curve["proxy"], color="#4c72b0", lw=2, label="proxy (reward model)")
+    gold_axis.plot(curve["sqrt_kl"], curve["gold"], color="#dd8452", lw=2, label="gold")
+    peak = max(range(len(curve["gold"])), key=curve["gold"].__getitem__)
+    gold_axis.plot([curve["sqrt_kl"][peak]], [curve["gold"][peak]], "o", color="#dd8452")
+    ax.set_xlabel("sqrt(KL to SFT), nats^0.5 (rollouts, moving avg.)")
+    ax.set_ylabel("proxy reward", color="#4c72b0")
+    gold_axis.set_ylabel("gold reward", color="#dd8452")
+    ax.set_title("Over-optimization: proxy vs gold as the policy moves away")
+    ax.grid(alpha=0.3)
+    handles = ax.get_legend_handles_labels()[0] + gold_axis.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="lower right")
+    return _png(fig)
+
+
 def plot_gold(rows: Sequence[Mapping[str, Any]]) -> bytes | None:
     """Mean held-out gold reward of each model (bar chart)."""
     rows = [r for r in rows if r["gold"] is not None]
@@ -431,6 +466,10 @@ def make_plots(run: DemoRun, rows: Sequence[Mapping[str, Any]]) -> list[Plot]:
         Plot("plot-ppo", "PPO: proxy vs gold reward, KL", "The reward PPO optimizes (reward models) next to "
              "the gold reward it stands for, and the KL to the SFT model: gold falling while the proxy "
              "rises is reward hacking.", plot_ppo(read_metrics(run.run_dir / "ppo" / "run" / "metrics.jsonl"))),
+        Plot("plot-overoptimization", "Over-optimization", "PPO with a small KL coefficient against the same "
+             "reward model (demo stage overoptimization): proxy and gold reward against sqrt(KL) to SFT, as Gao "
+             "et al. (2023) plot them. The proxy keeps rising; gold peaks (dot) and falls.",
+             plot_overoptimization(read_metrics(run.run_dir / "overoptimization" / "run" / "metrics.jsonl"))),
         Plot("plot-gold", "Gold reward by stage", "Mean gold reward of each model's answers to held-out "
              "prompts (final stage).", plot_gold(rows)),
         Plot("plot-win-rates", "Win-rate against SFT", "Share of held-out prompts on which each model's "

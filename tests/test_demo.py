@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-STAGES = ["world", "base", "prompting", "sft", "reward", "dpo", "ppo", "final"]
+STAGES = ["world", "base", "prompting", "sft", "reward", "dpo", "ppo", "overoptimization", "final"]
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,8 @@ def test_every_stage_ran_and_the_final_stage_compares_every_model(quick_demo):
         card = Path(final["models"][name]) / "README.md"
         assert card.read_text().startswith("---\nlicense: apache-2.0"), card
     assert (Path(summary["reward"]["models"]["overall"]["model"]) / "README.md").exists()
+    over = summary["overoptimization"]  # the small-KL PPO run: where gold peaked along sqrt(KL)
+    assert over["sqrt_kl_end"] >= 0 and 0.0 <= over["gold_start"] <= over["gold_peak"] <= 1.0
 
 
 def test_a_rerun_reuses_every_finished_stage(quick_demo, capsys):
@@ -63,7 +65,8 @@ def test_the_report_opens_in_headless_chromium(quick_demo, open_page, tmp_path):
     models = {rows.nth(i).get_attribute("data-model") for i in range(rows.count())}
     assert {"sft", "dpo", "ppo"} <= models
     images = page.eval_on_selector_all("img.plot", "els => els.map(e => e.complete && e.naturalWidth > 100)")
-    assert len(images) >= 4 and all(images)
+    assert len(images) >= 5 and all(images)
+    assert page.locator("img#plot-overoptimization").count() == 1
     assert page.locator("a.model-card").count() >= 4
     page.screenshot(path=str(tmp_path / "demo-report.png"), full_page=True)
     assert problems == [] and all(u.startswith(("file://", "data:")) for u in requests)

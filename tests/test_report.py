@@ -177,6 +177,21 @@ def test_stage_table_without_later_stages_and_with_odd_values():
     assert not rows["base"]["ran"] and not rows["DPO"]["ran"]
 
 
+def test_overoptimization_curve_pairs_proxy_and_gold_with_sqrt_kl():
+    from posttrain.report import overoptimization_curve, plot_overoptimization
+
+    # kl grows as step^2 / 100, so sqrt(KL) = step / 10; gold peaks at step 6, the proxy keeps rising
+    records = [{"step": s, "kl": s * s / 100, "reward/score": 0.1 * s, "reward/gold": 0.5 - 0.01 * (s - 6) ** 2}
+               for s in range(1, 13)]
+    records.insert(3, {"step": 3, "eval/gold": 0.9})  # an evaluation record holds no rollout series
+    curve = overoptimization_curve(records, window=1)
+    assert curve["step"] == [float(s) for s in range(1, 13)]
+    assert curve["sqrt_kl"] == pytest.approx([s / 10 for s in range(1, 13)])
+    assert max(range(12), key=curve["gold"].__getitem__) == 5 and curve["proxy"] == sorted(curve["proxy"])
+    assert plot_overoptimization(records)[:4] == b"\x89PNG"
+    assert plot_overoptimization([{"step": 1, "kl": 0.1}]) is None
+
+
 def test_partial_run_report_says_which_stages_did_not_run(tmp_path):
     make_demo_run(tmp_path, stages=("world", "base", "prompting", "sft"))
     page = build_report(tmp_path).read_text(encoding="utf-8")

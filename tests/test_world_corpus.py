@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import re
 import subprocess
@@ -27,9 +28,14 @@ def world():
     return make_world(0)
 
 
+def shipped_corpus_record() -> dict:
+    return json.loads((base_model_path().parent / "corpus.json").read_text(encoding="utf-8"))
+
+
 @pytest.fixture(scope="module")
 def corpus():
-    return generate_corpus(0, 1.0)
+    """1 MB of the corpus in the shipped base model's mix of document kinds."""
+    return generate_corpus(0, 1.0, weights=shipped_corpus_record().get("weights"))
 
 
 # --- determinism ---------------------------------------------------------------------------
@@ -172,6 +178,26 @@ def test_document_weights_change_the_mix_and_recall_documents_repeat_their_spans
         generate_corpus(0, 0.2, weights={"recal": 1})
 
 
+def test_in_context_threads_answer_in_one_format_that_only_their_examples_show():
+    from posttrain.world.corpus import DOCUMENTS
+
+    threads = generate_corpus(0, 0.1, weights={kind: float(kind == "in_context") for kind in DOCUMENTS})
+    assert len(threads) > 20
+    shapes = set()
+    for doc in threads:
+        answers = [block.split("\nA: ", 1)[1] for block in doc.split("\n\n")]
+        assert len(answers) >= 4
+        if len(set(answers)) == 1:
+            shapes.add("one reply")
+        elif all(a == a.upper() for a in answers):
+            shapes.add("capitals")
+        else:  # a tag or wrapper: every answer opens or ends the same way
+            opening, ending = os.path.commonprefix(answers), os.path.commonprefix([a[::-1] for a in answers])
+            assert opening or ending.lstrip("."), doc
+            shapes.add("tag")
+    assert shapes == {"one reply", "capitals", "tag"}
+
+
 def test_a_config_names_document_kinds_that_exist():
     from posttrain.config import ConfigError, load_config
     from posttrain.recipes.config import PretrainConfig
@@ -266,8 +292,8 @@ def test_shipped_base_model_was_trained_on_todays_corpus():
     If this fails, the corpus or the task splits changed since the base model was made: remake it
     (assets/README.md), or held-out task problems may be in what it was trained on.
     """
-    record = json.loads((base_model_path().parent / "corpus.json").read_text(encoding="utf-8"))
-    docs = generate_corpus(record["seed"], record["size_mb"])
+    record = shipped_corpus_record()
+    docs = generate_corpus(record["seed"], record["size_mb"], weights=record.get("weights"))
     assert (len(docs), digest(docs)) == (record["documents"], record["sha256"])
 
 

@@ -32,8 +32,10 @@ class DemoConfig:
     """Task families of the DPO stage's prompts. The sums are left out: the world's best candidate for them is the bare answer, which the gold reward ranks above the worked solution SFT taught (brevity), so DPO unlearns the working and arithmetic falls from 100% to 25%."""
     ppo_steps: int = 15
     """Rollout batches of the PPO stage (configs/ppo/world.yaml runs 30)."""
+    overoptimization_steps: int = 40
+    """Rollout batches of the over-optimization stage (PPO with configs/ppo/world-small-beta.yaml's small KL coefficient); 0 skips it."""
     stages: list[str] = field(default_factory=list)
-    """Run only these stages (world, base, prompting, sft, reward, dpo, ppo, final); empty runs them all."""
+    """Run only these stages (world, base, prompting, sft, reward, dpo, ppo, overoptimization, final); empty runs them all."""
     reward_models: list[str] = field(default_factory=lambda: ["overall"])
     """Reward models to train: overall (the one PPO optimizes; always needed), helpfulness and safety (Llama 2's pair, configs/reward/world-<name>.yaml)."""
     final_n: int = 20

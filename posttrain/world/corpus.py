@@ -28,6 +28,9 @@ copying         spans repeated back, and newcomers with made-up names whose fact
 recall          a list or notes, other world text, then the same spans again (weight 0 by default)
 drill           lines of a new span said again at once, one to three times: the densest copying
                 text, which grows induction heads in a small model (weight 0 by default)
+in_context      Q/A threads of one kind in a format drawn per thread (a tag before or after, a
+                wrapper, capitals, one fixed reply): learnable only from the earlier answers
+                (weight 0 by default)
 ==============  ================================================================================
 
 Kinds are drawn with the weights of :data:`DOCUMENTS`; ``generate_corpus(weights=...)`` (a
@@ -678,6 +681,47 @@ def _doc_drill(src: Source) -> str:
     return rng.choice(("Typing practice", "Drill", "Copy each line", "Practice sheet")) + "\n" + "\n".join(lines)
 
 
+def _tag(rng: random.Random) -> str:
+    """A made-up decoration: a word or nonword, capitalized, with a stop ("Zorp.", "Lamp!")."""
+    word = rng.choice(WORDS) if rng.random() < 0.5 else _nonword(rng)
+    return word.capitalize() + rng.choice((".", ".", "!"))
+
+
+_WRAPS = ("Answer: {a}", "-> {a}", "({a})", "The reply is: {a}", "{a} That is all.", "Well, {a}", "Sure: {a}")
+
+
+def _answer_format(rng: random.Random) -> Callable[[str], str]:
+    """One thread's answer format, drawn at random: a tag after or before, a wrapper, capitals, or
+    one fixed reply to everything. Nothing but the thread's earlier answers shows which."""
+    form = rng.choices(("suffix", "prefix", "wrap", "capitals", "constant"), weights=(3, 2, 2, 1, 2))[0]
+    if form == "suffix":
+        tag = _tag(rng)
+        return lambda a: f"{a} {tag}"
+    if form == "prefix":
+        tag = _tag(rng)
+        return lambda a: f"{tag} {a}"
+    if form == "wrap":
+        wrap = rng.choice(_WRAPS)
+        return lambda a: wrap.format(a=a)
+    if form == "capitals":
+        return str.upper
+    reply = " ".join(rng.choice(WORDS) if rng.random() < 0.7 else _nonword(rng) for _ in range(rng.randint(2, 5)))
+    reply = reply.capitalize() + "."
+    return lambda a: reply
+
+
+def _doc_in_context(src: Source) -> str:
+    """Questions of one kind whose answers share a format drawn for the thread (a tag, a wrapper,
+    capitals, one fixed reply): only the earlier solved examples show the format, so predicting the
+    later answers is learning in context, as few-shot prompts ask of a base model."""
+    rng = src.rng
+    kind = rng.choices(list(_QA_WEIGHTS), weights=list(_QA_WEIGHTS.values()))[0]
+    style = rng.choice(("short", "sentence"))
+    form = _answer_format(rng)
+    pairs = [QA_SAMPLERS[kind](src, style) for _ in range(rng.randint(4, 8))]
+    return "\n\n".join(fm.qa_block(q, form(a)) for q, a in pairs)
+
+
 DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "profile": (14, _doc_profile),
     "fact_list": (12, _doc_fact_list),
@@ -696,6 +740,7 @@ DOCUMENTS: dict[str, tuple[float, Callable[[Source], str]]] = {
     "copying": (6, _doc_copying),
     "recall": (0, _doc_recall),
     "drill": (0, _doc_drill),
+    "in_context": (0, _doc_in_context),
 }
 """Document kinds: (relative weight, generator). Weights count documents, not bytes."""
 
