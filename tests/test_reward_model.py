@@ -14,6 +14,7 @@ from posttrain.data.collate import pad_collate
 from posttrain.data.packing import pack_examples
 from posttrain.models.attention import use_packed_attention
 from posttrain.evaluation.reward import (accuracy_by_strength, calibration, gold_agreement, oracle_accuracy,
+                                         within_prompt_correlation,
                                          pairwise_accuracy)
 from posttrain.models.config import ModelConfig
 from posttrain.models.reward import (NORMALIZATION_FILE, CombinedScorer, FunctionScorer, RewardModel,
@@ -271,6 +272,19 @@ def test_evaluation_metrics_by_hand():
     # Over pairs with different gold: pair 0 agrees (2 > 1), pair 1: gold prefers rejected and so
     # does the model (1 > 0), pair 2: a model tie counts 1/2.
     assert gold_agreement(chosen, rejected, gold_c, gold_r) == {"agreement": pytest.approx(2.5 / 3), "pairs": 3}
+
+
+def test_within_prompt_correlation_by_hand():
+    # prompt a: scores follow gold exactly (r = 1); b: reversed (r = -1); c: gold all equal (tied, skipped)
+    scores = [1.0, 2.0, 3.0, 5.0, 4.0, 0.0, 7.0]
+    gold = [0.1, 0.2, 0.3, 0.0, 1.0, 0.5, 0.5]
+    groups = ["a", "a", "a", "b", "b", "c", "c"]
+    out = within_prompt_correlation(scores, gold, groups)
+    assert out["correlation"] == pytest.approx(0.0) and (out["prompts"], out["tied"]) == (2, 1)
+    assert out["se"] == pytest.approx(math.sqrt(2) / math.sqrt(2))  # std of (1, -1) over sqrt(2)
+    # a constant score over different gold ranks nothing either; a lone response is tied
+    out = within_prompt_correlation([2.0, 2.0, 1.0], [0.0, 1.0, 0.3], ["a", "a", "b"])
+    assert math.isnan(out["correlation"]) and (out["prompts"], out["tied"]) == (0, 2)
 
 
 def test_calibration_by_hand():

@@ -40,7 +40,7 @@ def world_rm(sft_final, tmp_path_factory) -> Path:
     cfg = load_config(RewardConfig, CONFIG, [
         f"model.name_or_path={sft_final}", f"train.run_dir={run_dir}", "train.progress=false",
         "train.tensorboard=false", "train.save_every=0", "train.eval_every=0", "train.epochs=1",
-        "world.examples=64", "world.eval_examples=32", "norm_prompts=48"])
+        "world.examples=64", "world.eval_examples=32", "norm_prompts=48", "agreement_prompts=12"])
     reward(cfg)
     return run_dir
 
@@ -64,6 +64,17 @@ def test_world_reward_model_learns_the_annotators_preferences(world_rm):
     # Clear preferences are learned better than near-ties (Llama 2, Table 8).
     assert strength["4"]["accuracy"] > strength["1"]["accuracy"] + 0.1, summary
     assert report["calibration"]["ece"] < 0.1, summary
+
+
+def test_world_reward_model_ranks_the_sft_models_own_samples(world_rm):
+    """Within-prompt correlation with gold of its scores of the SFT model's samples, per family."""
+    from posttrain.world.tasks import TRAIN_FAMILIES
+
+    agreement = json.loads((world_rm / "eval" / "reward.json").read_text())["sample_agreement"]
+    assert agreement["samples_per_prompt"] == 4 and set(agreement["families"]) == set(TRAIN_FAMILIES)
+    overall = agreement["all"]
+    assert overall["prompts"] + overall["tied"] == 12 * len(TRAIN_FAMILIES)
+    assert overall["correlation"] > 2 * overall["se"] > 0, agreement
 
 
 def test_world_normalization_is_saved_and_standardizes_the_sft_responses(world_rm, sft_final):

@@ -9,7 +9,10 @@
 - **agreement with gold** (the embedded world, where each record's meta holds ``gold_chosen`` and
   ``gold_rejected``): how often the model orders a pair like the gold reward (pairs of equal gold
   left out), and the **oracle accuracy**, the accuracy the gold reward itself reaches on the same
-  noisy labels: the ceiling that label noise leaves a perfect model.
+  noisy labels: the ceiling that label noise leaves a perfect model;
+- **within-prompt correlation** with gold on the policy's own samples (:func:`within_prompt_correlation`):
+  best-of-n and RL ask a reward model to rank several answers to one prompt, near misses among
+  them, which hand-made comparison pairs need not show.
 
 Scores are raw (``normalize=False``): normalization is an affine map that changes no order, but
 calibration needs the logits as trained.
@@ -79,6 +82,24 @@ def gold_agreement(chosen: torch.Tensor, rejected: torch.Tensor, gold_chosen: Se
     return {"agreement": pairwise_accuracy(better, worse), "pairs": int(differ.sum())}
 
 
+def within_prompt_correlation(scores: Sequence[float], gold: Sequence[float], groups: Sequence[Any]) -> dict[str, float]:
+    """How well a scorer ranks several responses to the same prompt: the Pearson correlation of its
+    scores with gold within each prompt (``groups`` names each response's prompt), averaged over the
+    prompts. Prompts whose responses all get the same gold, or the same score, rank nothing and are
+    counted apart ("tied"); the correlation is NaN when no prompt is left."""
+    by_group: dict[Any, list[tuple[float, float]]] = {}
+    for s, g, key in zip(scores, gold, groups, strict=True):
+        by_group.setdefault(key, []).append((float(s), float(g)))
+    rs = []
+    for pairs in by_group.values():
+        x, y = torch.tensor(pairs, dtype=torch.float64).T
+        if len(pairs) > 1 and x.std() > 1e-9 and y.std() > 1e-9:
+            rs.append(float(torch.corrcoef(torch.stack([x, y]))[0, 1]))
+    mean = sum(rs) / len(rs) if rs else math.nan
+    se = (torch.tensor(rs, dtype=torch.float64).std().item() / math.sqrt(len(rs))) if len(rs) > 1 else math.nan
+    return {"correlation": mean, "se": se, "prompts": len(rs), "tied": len(by_group) - len(rs)}
+
+
 def oracle_accuracy(gold_chosen: Sequence[float], gold_rejected: Sequence[float]) -> float:
     """Accuracy of the gold reward on the (noisy) labels: what a perfect reward model would score."""
     return pairwise_accuracy(torch.tensor(gold_chosen, dtype=torch.float64),
@@ -129,6 +150,11 @@ def summary_line(report: dict[str, Any]) -> str:
         text += (f" (gold-reward oracle {100 * report['oracle_accuracy']:.1f}%, ratio "
                  f"{report['accuracy_vs_oracle']:.3f}; agreement with gold order {100 * report['gold']['agreement']:.1f}%)")
     text += f"; calibration error {report['calibration']['ece']:.3f}"
+    if "sample_agreement" in report:
+        agreement = report["sample_agreement"]
+        text += (f"; within-prompt correlation with gold on {agreement['samples_per_prompt']} samples per prompt "
+                 f"{agreement['all']['correlation']:.2f} (" + ", ".join(
+                     f"{f} {v['correlation']:.2f}" for f, v in agreement["families"].items()) + ")")
     if "accuracy_by_strength" in report:
         text += "; by strength " + ", ".join(f"{k}: {100 * v['accuracy']:.0f}%"
                                              for k, v in report["accuracy_by_strength"].items())
@@ -142,6 +168,8 @@ def flat_metrics(report: dict[str, Any]) -> dict[str, float]:
         out.update({"eval/oracle_accuracy": report["oracle_accuracy"],
                     "eval/accuracy_vs_oracle": report["accuracy_vs_oracle"],
                     "eval/gold_agreement": report["gold"]["agreement"]})
+    if "sample_agreement" in report:
+        out["eval/sample_correlation"] = report["sample_agreement"]["all"]["correlation"]
     for level, v in report.get("accuracy_by_strength", {}).items():
         out[f"eval/accuracy_strength_{level}"] = v["accuracy"]
     return {k: v for k, v in out.items() if not math.isnan(v)}

@@ -396,6 +396,10 @@ class RewardConfig:
     """Training prompts in the normalization reference set."""
     norm_max_new_tokens: int = 64
     """Longest sampled reference response, in tokens."""
+    agreement_samples: int = 4
+    """World only: responses sampled from the starting model per held-out prompt, on which the final report measures the within-prompt correlation of the reward model's scores with gold, per family (how well it ranks the policy's own answers, as best-of-n and RL need); 0 skips it."""
+    agreement_prompts: int = 25
+    """World only: held-out prompts per family for that correlation."""
     world: WorldPreferenceConfig = field(default_factory=WorldPreferenceConfig)
     """The embedded world's preference data, used when data.train is empty."""
 

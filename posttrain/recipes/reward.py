@@ -48,7 +48,8 @@ from posttrain.data.comparisons import Comparison, collate_comparisons, comparis
 from posttrain.data.errors import location_of
 from posttrain.data.labelling import response_pools
 from posttrain.data.readers import read_from_config
-from posttrain.evaluation.reward import flat_metrics, reward_report, summary_line, write_report
+from posttrain.evaluation.reward import (flat_metrics, reward_report, summary_line, within_prompt_correlation,
+                                         write_report)
 from posttrain.generation.best_of_n import sample_responses
 from posttrain.losses.reward import RANKING_LOSSES
 from posttrain.models.attention import packing_kept
@@ -65,6 +66,7 @@ from posttrain.training.loop import (
 )
 from posttrain.training.steps import comparison_loss_fn, count_comparisons
 from posttrain.training.sampler import require_one_step
+from posttrain.scorers import world_gold_aspect
 from posttrain.world.annotators import Annotator, AnnotatorConfig, annotate
 from posttrain.world.entities import make_world
 from posttrain.world.tasks import TRAIN_FAMILIES, check_families, make_tasks
@@ -137,6 +139,10 @@ def file_records(cfg: RewardConfig, ctx: RunContext, tokenizer) -> tuple[list, l
 
 # --- the world's annotators -------------------------------------------------------------------
 
+def uses_world(cfg: RewardConfig) -> bool:
+    return cfg.data.train in ([], ["world:preferences"])
+
+
 def world_families(cfg: RewardConfig) -> list[str]:
     w = cfg.world
     families = list(w.families) or [f for f in TRAIN_FAMILIES if not (w.aspect == "helpfulness" and f == "harmful")]
@@ -168,6 +174,27 @@ def world_records(cfg: RewardConfig, tokenizer, ctx: RunContext) -> tuple[list, 
     ctx.print(f"world ({w.aspect}, {w.responses}, noise {w.noise_temperature}): {len(out[0])} training "
               f"{'rankings' if is_ranking_loss(cfg) else 'pairs'}, {len(out[1])} held-out pairs")
     return out[0], out[1]
+
+
+def sample_agreement(cfg: RewardConfig, scorer: RewardScorer, tokenizer) -> dict:
+    """Per family, the within-prompt correlation with gold of the model's scores of the starting
+    model's own samples (agreement_samples per held-out prompt, temperature 1)."""
+    w, world = cfg.world, make_world(cfg.world.seed)
+    examples = [e for f in world_families(cfg) for e in make_tasks(world, w.seed, f, "heldout", cfg.agreement_prompts)]
+    lm = load_causal_lm(cfg.model, for_training=False, tokenizer=tokenizer)
+    samples = sample_responses(lm, tokenizer, [e.messages for e in examples], cfg.agreement_samples,
+                               w.sample_max_tokens, seed=cfg.train.seed + 2)
+    repeated = [e for e in examples for _ in range(cfg.agreement_samples)]
+    responses = [r for rs in samples for r in rs]
+    scores = scorer.score([e.messages for e in repeated], responses, batch_size=32, normalize=False).tolist()
+    gold = world_gold_aspect("total" if w.aspect == "overall" else w.aspect)(None, responses, repeated).tolist()
+    families = {}
+    for family in dict.fromkeys(e.family for e in examples):
+        rows = [i for i, e in enumerate(repeated) if e.family == family]
+        families[family] = within_prompt_correlation([scores[i] for i in rows], [gold[i] for i in rows],
+                                                     [repeated[i].id for i in rows])
+    return {"samples_per_prompt": cfg.agreement_samples, "model": cfg.model.name_or_path,
+            "all": within_prompt_correlation(scores, gold, [e.id for e in repeated]), "families": families}
 
 
 # --- normalization ----------------------------------------------------------------------------
@@ -235,6 +262,8 @@ def finish(cfg: RewardConfig, ctx: RunContext, hf, tokenizer, records: list, hel
                   f"over {scorer.normalization.reference}")
         if held_out:
             report = reward_report(scorer, held_out)
+            if uses_world(cfg) and cfg.agreement_samples > 0 and not is_reward_folder(cfg.model.name_or_path):
+                report["sample_agreement"] = sample_agreement(cfg, scorer, tokenizer)
             write_report(report, ctx.run_dir / "eval" / "reward.json")
             ctx.metrics.log(step, flat_metrics(report))
             ctx.print(summary_line(report))
@@ -254,7 +283,7 @@ def reward(cfg: RewardConfig) -> Path:
         raise TrainingError(f"center_coef applies to the pairwise losses; loss={cfg.loss} has no centering term")
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)
     ensure_distinct_pad(tokenizer)  # so plain transformers scores the exported model's sequences as posttrain does
-    world_only = cfg.data.train in ([], ["world:preferences"])  # the annotators label candidates (and samples)
+    world_only = uses_world(cfg)  # the annotators label candidates (and samples)
     records, held_out = world_records(cfg, tokenizer, ctx) if world_only else file_records(cfg, ctx, tokenizer)
     train_data = tokenize_comparisons(tokenizer, comparison_records(records, is_ranking_loss(cfg)), cfg, ctx, "train")
     eval_data = tokenize_comparisons(tokenizer, held_out, dataclasses.replace(cfg, loss="bradley_terry"), ctx, "eval")
