@@ -34,12 +34,15 @@ def test_few_shot_and_cot_prompts_show_k_solved_train_examples(suite):
     assert len(shots) == 3 and all(s.meta["split"] == "train" for s in shots)
     assert shots == P.select_shots(ex, pool, 3, seed=0), "shots are deterministic"
     assert shots != P.select_shots(ex, pool, 3, seed=1)
-    few = P.plain_prompt(ex, "few_shot", shots)
-    blocks = few.split("\n\n")
-    assert len(blocks) == 4 and blocks[-1] == f"Q: {ex.question}\nA:"
-    assert [b.split("\nA: ")[1] for b in blocks[:3]] == [s.answer for s in shots]
     cot = P.plain_prompt(ex, "cot", shots)
-    assert [b.split("\nA: ")[1] for b in cot.split("\n\n")[:3]] == [s.cot for s in shots]
+    blocks = cot.split("\n\n")
+    assert len(blocks) == 4 and blocks[-1] == f"Q: {ex.question}\nA:"
+    assert [b.split("\nA: ")[1] for b in blocks[:3]] == [s.cot for s in shots]
+    assert P.plain_prompt(ex, "few_shot", shots) == cot, "a worked family's few-shot examples are worked"
+    ex, pool = suite["sorting"]["heldout"][0], suite["sorting"]["train"]
+    shots = P.select_shots(ex, pool, 3, seed=0)
+    few = P.plain_prompt(ex, "few_shot", shots)
+    assert [b.split("\nA: ")[1] for b in few.split("\n\n")[:3]] == [s.answer for s in shots] != [s.cot for s in shots]
     assert P.plain_prompt(ex, "zero_shot", shots) == P.plain_prompt(ex, "zero_shot"), "zero-shot ignores shots"
 
 

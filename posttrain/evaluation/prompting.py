@@ -3,7 +3,8 @@
 The four ways GPT-3-era papers prompt a model, built for any :class:`~posttrain.world.tasks.TaskExample`:
 
 - ``zero_shot``: the question alone (Radford et al. 2019);
-- ``few_shot``: ``k`` solved examples of the same family first (Brown et al. 2020);
+- ``few_shot``: ``k`` solved examples of the same family first (Brown et al. 2020), in the answer
+  format the family is scored in: worked for :data:`~posttrain.world.tasks.WORKED_FAMILIES`;
 - ``cot``: the same examples solved with their worked reasoning (Wei et al. 2022);
 - ``zero_shot_cot``: the question, then the answer opened with "Let's think step by step."
   (Kojima et al. 2022).
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 from posttrain.world.formats import COT_TRIGGER
-from posttrain.world.tasks import TaskExample, render_plain
+from posttrain.world.tasks import WORKED_FAMILIES, TaskExample, render_plain
 
 Strategy = Literal["zero_shot", "few_shot", "cot", "zero_shot_cot"]
 STRATEGIES: tuple[str, ...] = ("zero_shot", "few_shot", "cot", "zero_shot_cot")
@@ -49,7 +50,8 @@ def select_shots(example: TaskExample, pool: Sequence[TaskExample], k: int, seed
 
 
 def _solution(shot: TaskExample, strategy: str) -> str:
-    return shot.cot if strategy == "cot" and shot.cot else shot.answer
+    worked = strategy == "cot" or (strategy == "few_shot" and shot.family in WORKED_FAMILIES)
+    return shot.cot if worked and shot.cot else shot.answer
 
 
 def plain_prompt(example: TaskExample, strategy: str, shots: Sequence[TaskExample] = ()) -> str:

@@ -92,6 +92,10 @@ HELDOUT_FAMILIES = ("uppercase", "classification")
 
 TRAIN_FAMILIES = tuple(f for f in FAMILIES if f not in HELDOUT_FAMILIES)
 
+WORKED_FAMILIES = ("arithmetic", "multistep_arithmetic")
+"""Families answered with their working (a model of this size adds reliably only digit by digit): their
+few-shot examples are worked, as the world's SFT data (configs/sft/world.yaml) answers them."""
+
 
 def check_families(families: Iterable[str], field: str, error: type[Exception] = ValueError) -> list[str]:
     """``families`` as a list, once each is known to be a task family of the world; otherwise
