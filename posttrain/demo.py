@@ -15,8 +15,9 @@ where it stopped. The stages:
 7. ``ppo``       — PPO from the SFT model against the reward model, KL-penalized;
 8. ``overoptimization`` — PPO with a small KL coefficient: the proxy reward rises while gold
                    peaks and falls (plotted against sqrt(KL), as Gao et al. 2023);
-9. ``final``     — every model on the same held-out prompts: gold reward, exact match,
-                   gold win-rate against SFT (raw and length-controlled), KL to SFT.
+9. ``final``     — every model on the same held-out prompts, and the SFT model's best of n
+                   samples by the reward model: gold reward, exact match, gold win-rate against
+                   SFT (raw and length-controlled), KL to SFT.
 
 ``summary.json`` and ``summary.md`` in ``run_dir`` gather every stage's numbers; ``report.html``
 shows them with plots, and every exported model gets a model card.
@@ -39,8 +40,10 @@ from posttrain.evaluation.run import evaluate_suite, results_table, write_report
 from posttrain.evaluation.winrate import GoldJudge, compare_answers, generate_answers
 from posttrain.files import write_json_atomic
 from posttrain.models.card import world_data_sources, write_model_card
+from posttrain.generation.best_of_n import best_of_n
 from posttrain.models.config import ModelConfig
 from posttrain.models.loading import load_causal_lm, load_tokenizer
+from posttrain.models.reward import RewardScorer
 from posttrain.recipes.config import DPOConfig, DemoConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
 from posttrain.recipes.dpo import dpo
 from posttrain.recipes.ppo import ppo
@@ -197,21 +200,31 @@ def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, A
     tokenizer = load_tokenizer(sft_mcfg)
     sft_model = load_causal_lm(sft_mcfg, for_training=False)
     answers, gold, accuracy, kl = {}, {}, {}, {}
+
+    def measure(name: str, texts: list[str]) -> None:
+        answers[name], gold[name] = texts, gold_by_family(examples, texts)
+        accuracy[name] = {f: round(100 * fmean(solved(e, a) for e, a in zip(examples, texts) if e.family == f), 1)
+                          for f in FAMILIES}
+
     for name, path in paths.items():
         model = sft_model if name == "sft" else load_causal_lm(ModelConfig(name_or_path=path), for_training=False)
-        answers[name] = generate_answers(model, tokenizer, prompts, cfg.final_max_tokens, batch_size=64)
-        gold[name] = gold_by_family(examples, answers[name])
-        accuracy[name] = {f: round(100 * fmean(solved(e, a) for e, a in zip(examples, answers[name]) if e.family == f), 1)
-                          for f in FAMILIES}
+        measure(name, generate_answers(model, tokenizer, prompts, cfg.final_max_tokens, batch_size=64))
         if name in ("dpo", "ppo"):
             kl[name] = sampled_kl(model, sft_model, tokenizer, prompts[::cfg.kl_every], cfg.final_max_tokens, cfg.seed)
         console.print(f"  {name}: gold {gold[name]['mean']:.3f}, exact match {fmean(accuracy[name].values()):.1f}%"
                       + (f", KL to SFT {kl[name]['kl_k1']:.2f}" if name in kl else ""))
+    n = (min(cfg.best_of_n, 4) if cfg.quick else cfg.best_of_n) if "reward" in done else 0
+    if n > 0:  # inference-time RLHF: the SFT model's best of n samples by the reward model
+        scorer = RewardScorer.from_pretrained(done["reward"]["models"]["overall"]["model"], device="cpu")
+        picked = best_of_n(sft_model, tokenizer, prompts, scorer, n, cfg.final_max_tokens, seed=cfg.seed)
+        measure("best_of_n", [r.response for r in picked])
+        console.print(f"  best-of-{n} (SFT samples, reward model): gold {gold['best_of_n']['mean']:.3f}, "
+                      f"exact match {fmean(accuracy['best_of_n'].values()):.1f}%")
     judge, lengths = GoldJudge(examples), lambda a: len(tokenizer(a)["input_ids"])
     wins = {name: compare_answers(judge, prompts, answers[name], answers["sft"], length=lengths).summary()
-            for name in paths if name != "sft"}
+            for name in answers if name != "sft"}
     write_json_atomic(out / "answers.json", {"examples": [e.id for e in examples], "answers": answers})
-    return {"models": paths, "gold": {k: {"mean": v["mean"], "families": v["families"]} for k, v in gold.items()},
+    return {"models": paths, "best_of_n": n, "gold": {k: {"mean": v["mean"], "families": v["families"]} for k, v in gold.items()},
             "win_rate_vs_sft": wins, "kl_to_sft": {k: v["kl_k1"] for k, v in kl.items()}, "kl": kl,
             "mean_length": {k: fmean(map(lengths, v)) for k, v in answers.items()}, "accuracy": accuracy,
             "held_out_prompts": len(examples)}

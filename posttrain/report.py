@@ -57,8 +57,8 @@ STAGE_TITLES = {
 SETTINGS = {"zero_shot": "zero-shot", "few_shot": "few-shot", "cot": "chain of thought",
             "zero_shot_cot": "zero-shot CoT", "mc_sum": "multiple choice (sum)",
             "mc_norm": "multiple choice (norm.)", "mc": "multiple choice"}
-MODEL_LABELS = {"base": "base", "sft": "SFT", "dpo": "DPO", "ppo": "PPO"}
-COLORS = {"base": "#8c8c8c", "sft": "#4c72b0", "dpo": "#dd8452", "ppo": "#55a868"}
+MODEL_LABELS = {"base": "base", "sft": "SFT", "best_of_n": "best-of-n (SFT samples, RM)", "dpo": "DPO", "ppo": "PPO"}
+COLORS = {"base": "#8c8c8c", "sft": "#4c72b0", "best_of_n": "#8172b3", "dpo": "#dd8452", "ppo": "#55a868"}
 # Keys the PPO recipe logs (posttrain.recipes.ppo), with older/alternative names after them.
 PPO_PROXY, PPO_GOLD, PPO_KL = ("reward/score", "score", "reward"), ("reward/gold", "gold"), ("kl", "objective/kl")
 PPO_EVAL_PROXY, PPO_EVAL_GOLD = ("eval/score",), ("eval/gold",)
@@ -211,10 +211,11 @@ def report_stage_table(summary: Mapping[str, Any]) -> list[dict[str, Any]]:
             row.update(_final_numbers(final, "base"))
             row["accuracy"] = row["accuracy"] or _accuracy_column(final_accuracy.get("base"), None)
         rows.append(row)
-    others = [m for m in final_models if m not in MODEL_LABELS]
-    for model in ["sft", "dpo", "ppo", *others]:
+    measured = {**final_models, **_mapping(final.get("gold"))}  # best-of-n has answers and gold, no model folder
+    others = [m for m in measured if m not in MODEL_LABELS]
+    for model in ["sft", *(["best_of_n"] if "best_of_n" in measured else []), "dpo", "ppo", *others]:
         results = summary.get(model) if isinstance(summary.get(model), Mapping) else None
-        row = _empty_row(model, MODEL_LABELS.get(model, model), model, results is not None or model in final_models)
+        row = _empty_row(model, MODEL_LABELS.get(model, model), model, results is not None or model in measured)
         if results is not None:  # the stage's own numbers, where the final stage did not measure them
             row["gold"] = _gold_mean(results.get("gold"))
             row["kl_to_sft"] = _number(results.get("kl_to_sft", results.get("kl")))

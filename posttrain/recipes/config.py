@@ -42,6 +42,8 @@ class DemoConfig:
     """Held-out prompts per task family in the final comparison of every model."""
     final_max_tokens: int = 256
     """Longest answer in tokens in the final comparison and its KL samples (worked sums need about 200)."""
+    best_of_n: int = 16
+    """The final stage also answers with the best of this many SFT samples (temperature 1) by the reward model (inference-time RLHF); 0 leaves it out."""
     kl_every: int = 2
     """The KL to the SFT model is measured on every kl_every-th final prompt."""
 
