@@ -120,7 +120,7 @@ def _evaluate(cfg: DemoConfig, model_path: str, out: Path, chat: bool) -> dict[s
     model = load_causal_lm(mcfg, for_training=False)
     strategies = ("zero_shot",) if chat else ("zero_shot", "few_shot", "cot", "mc")
     report = evaluate_suite(model, tokenizer, strategies=strategies, n=cfg.eval_n, seed=cfg.seed, chat=chat,
-                            max_prompt_tokens=256)
+                            max_prompt_tokens=512)
     write_report(report, out)
     console.print(results_table(report))
     return {family: {column: round(100 * cell.accuracy, 1) for column, cell in cols.items()}

@@ -172,8 +172,8 @@ class EvalConfig:
     """Which split of each family to evaluate on."""
     prompt_format: Literal["plain", "chat"] = "plain"
     """plain: the corpus' "Q: ...\\nA:" text, for base models; chat: the same turns through the tokenizer's chat template."""
-    max_prompt_tokens: int = 256
-    """Longest prompt in tokens (the base model's training context); shots are dropped, farthest first, to fit."""
+    max_prompt_tokens: int = 512
+    """Longest prompt in tokens (the world base model's training context); shots are dropped, farthest first, to fit."""
     batch_size: int = 32
     """Prompts per generation / scoring batch (results do not depend on it)."""
     max_new_tokens: int = 128
