@@ -291,10 +291,6 @@ def test_copying_probe_sees_an_induction_head_and_no_gain_without_one(tiny_token
     assert abs(random_model.gain) < 0.3, random_model
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 3 open, and the cause of few-shot not helping: the shipped base model finds a random span no likelier "
-    "the second time (gain -0.28 nats/token). A 1000-step retrain with 18% of documents made of copying text "
-    "(spans said again, code tables looked up by name, letter games) reached only +0.6 and no few-shot gain"))
 def test_the_base_model_copies_from_its_context(base_model):
     from posttrain.evaluation.copying import copying_gain
 

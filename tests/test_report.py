@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from posttrain.models.card import WORLD_DATA_LICENSE, card_license, world_data_sources, write_model_card
-from posttrain.report import build_report, load_run, model_cards, report_stage_table, table_families
+from posttrain.report import STAGES, build_report, load_run, model_cards, report_stage_table, table_families
 
 FAMILIES = ["fact_lookup", "arithmetic", "reverse", "chat_rule", "harmful"]
 PLOTS = {"plot-losses", "plot-ppo", "plot-gold", "plot-win-rates", "plot-accuracy"}
@@ -277,7 +277,7 @@ def test_report_opens_in_headless_chromium(report, tmp_path, open_page):
                                                    "w: e.naturalWidth, h: e.naturalHeight}))")
     assert {i["id"] for i in images} == PLOTS
     assert all(i["complete"] and i["w"] > 100 and i["h"] > 100 for i in images), images
-    assert page.locator("#timings tbody tr").count() == 8
+    assert page.locator("#timings tbody tr").count() == len(STAGES)  # one row per demo stage, run or not
     card_links = page.eval_on_selector_all("a.model-card", "els => els.map(e => e.href)")
     assert len(card_links) == 7 and all(Path(unquote(u.removeprefix("file://"))).is_file() for u in card_links)
     # readable at laptop width: the page itself never scrolls sideways (wide tables scroll in their box)
