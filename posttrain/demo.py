@@ -178,7 +178,7 @@ def stage_overoptimization(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> 
         return {}
     rm = done["reward"]["models"]["overall"]["model"]
     overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
-                 f"critic={rm}", f"train.max_steps={4 if cfg.quick else cfg.overoptimization_steps}"]
+                 f"critic={rm}", f"train.max_steps={2 if cfg.quick else cfg.overoptimization_steps}"]
     ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides, "tiny" if cfg.quick else "world-small-beta"))
     curve = overoptimization_curve(read_metrics(out / "run" / "metrics.jsonl"))
     if not curve["step"]:
@@ -213,7 +213,7 @@ def stage_final(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, A
             kl[name] = sampled_kl(model, sft_model, tokenizer, prompts[::cfg.kl_every], cfg.final_max_tokens, cfg.seed)
         console.print(f"  {name}: gold {gold[name]['mean']:.3f}, exact match {fmean(accuracy[name].values()):.1f}%"
                       + (f", KL to SFT {kl[name]['kl_k1']:.2f}" if name in kl else ""))
-    n = (min(cfg.best_of_n, 4) if cfg.quick else cfg.best_of_n) if "reward" in done else 0
+    n = (min(cfg.best_of_n, 2) if cfg.quick else cfg.best_of_n) if "reward" in done else 0
     if n > 0:  # inference-time RLHF: the SFT model's best of n samples by the reward model
         scorer = RewardScorer.from_pretrained(done["reward"]["models"]["overall"]["model"], device="cpu")
         picked = best_of_n(sft_model, tokenizer, prompts, scorer, n, cfg.final_max_tokens, seed=cfg.seed)

@@ -38,7 +38,7 @@ def test_every_stage_ran_and_the_final_stage_compares_every_model(quick_demo):
     assert list(summary) == STAGES
     final = summary["final"]
     assert set(final["models"]) == {"base", "sft", "dpo", "ppo"}
-    assert set(final["gold"]) == {"base", "sft", "best_of_n", "dpo", "ppo"} and final["best_of_n"] == 4
+    assert set(final["gold"]) == {"base", "sft", "best_of_n", "dpo", "ppo"} and final["best_of_n"] == 2
     assert all(0.0 <= g["mean"] <= 1.0 for g in final["gold"].values())
     assert set(final["win_rate_vs_sft"]) == {"base", "best_of_n", "dpo", "ppo"} and set(final["kl_to_sft"]) == {"dpo", "ppo"}
     for name in ("sft", "dpo", "ppo"):
