@@ -161,11 +161,15 @@ def stage_dpo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any
     return {"model": str(final), **{k: v for k, v in summary.items() if isinstance(v, (int, float))}}
 
 
-def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+def _rlhf_overrides(out: Path, done: dict[str, Any], steps: int) -> list[str]:
+    """PPO from the SFT model against the overall reward model (also its critic's start) for ``steps``."""
     rm = done["reward"]["models"]["overall"]["model"]
-    overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
-                 f"critic={rm}"]
-    final = ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides + [f"train.max_steps={4 if cfg.quick else cfg.ppo_steps}"]))
+    return [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
+            f"critic={rm}", f"train.max_steps={steps}"]
+
+
+def stage_ppo(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> dict[str, Any]:
+    final = ppo(_recipe_config(cfg, PPOConfig, "ppo", _rlhf_overrides(out, done, 4 if cfg.quick else cfg.ppo_steps)))
     hacking = out / "run" / "reward_hacking.json"
     return {"model": str(final), **(json.loads(hacking.read_text(encoding="utf-8")) if hacking.exists() else {})}
 
@@ -176,9 +180,7 @@ def stage_overoptimization(cfg: DemoConfig, out: Path, done: dict[str, Any]) -> 
     if cfg.overoptimization_steps <= 0:
         console.print("  skipped (demo.overoptimization_steps=0)")
         return {}
-    rm = done["reward"]["models"]["overall"]["model"]
-    overrides = [f"train.run_dir={out / 'run'}", f"model.name_or_path={done['sft']['model']}", f"rewards=[{rm}]",
-                 f"critic={rm}", f"train.max_steps={2 if cfg.quick else cfg.overoptimization_steps}"]
+    overrides = _rlhf_overrides(out, done, 2 if cfg.quick else cfg.overoptimization_steps)
     ppo(_recipe_config(cfg, PPOConfig, "ppo", overrides, "tiny" if cfg.quick else "world-small-beta"))
     curve = overoptimization_curve(read_metrics(out / "run" / "metrics.jsonl"))
     if not curve["step"]:
