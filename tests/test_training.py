@@ -65,6 +65,26 @@ def test_optimizer_skips_decay_on_biases_norms_and_frozen_params():
     assert set(grouped) == trainable
 
 
+def test_optimizer_is_fused_on_cpu_and_steps_as_the_plain_adamw():
+    from posttrain.models.tiny import tiny_llama
+
+    cfg = TrainConfig(weight_decay=0.1, lr=1e-2)
+    models = [tiny_llama(64, hidden_size=16, num_layers=1, num_heads=2, seed=0) for _ in range(2)]
+    fused = build_optimizer(models[0], cfg)
+    names, twins = {id(p): n for n, p in models[0].named_parameters()}, dict(models[1].named_parameters())
+    plain = torch.optim.AdamW([{**g, "params": [twins[names[id(p)]] for p in g["params"]], "fused": False}
+                               for g in fused.param_groups])  # the same groups and settings, not fused
+    assert fused.defaults["fused"] and not plain.param_groups[0]["fused"]
+    for step in range(3):
+        for model, opt in zip(models, (fused, plain)):
+            torch.manual_seed(step)
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+            opt.step()
+    for (name, a), (_, b) in zip(models[0].named_parameters(), models[1].named_parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+
+
 # --- data order ----------------------------------------------------------------------------
 
 def test_sampler_shards_are_disjoint_and_match_one_process():
