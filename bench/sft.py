@@ -13,49 +13,64 @@ What is compared
 - Optimizer: AdamW (betas 0.9/0.95, no weight decay), warmup then cosine, clipping at 1.0, the same
   global batch (``--batch-size`` x ``--grad-accum``, default 8 x 1), no gradient checkpointing, fp32 (TRL defaults to
   bf16, many times slower on most CPUs, so it is set to fp32).
-- Batching settings, each trained in its own forked process, alternating posttrain / TRL, in rounds:
-  posttrain: padded, padded grouped by length, packed (``posttrain.data.packing``: one row per
-  micro-batch, no padding, causal attention computed per example);
-  TRL: padded, padded grouped by length (``train_sampling_strategy="group_by_length"``),
-  ``padding_free=True`` (all examples of a micro-batch flattened into one row) when it is correct here:
-  TRL documents padding-free for flash attention only, so before it is timed the bench checks that
-  its loss on the CPU attention equals its padded loss on the same examples; if not, it is left out.
+- Batching settings, the same for both sides, each trained in its own forked process: padded micro-batches;
+  the same over the data grouped by length; one row per micro-batch without padding (posttrain packed,
+  attention per example; TRL ``padding_free=True``, whose loss is checked equal to its padded loss); and
+  micro-batch 1 with the global batch accumulated (``one``). The fastest of each side is its best.
+- One order of examples: the data are given in the order they are trained on, and both sides read them
+  in that order (TRL ``train_sampling_strategy="sequential"``); the grouped order is computed once and
+  given to both. Every timed step holds the same tokens on both sides.
+- Cross-checks, before timing: every layout of both sides gives the same loss on the first global batch
+  (same weights, fp32, 1e-5); after timing, every trial's first-step loss agrees (1e-4). ``--perturb``
+  gives TRL labels on the user turns too, and the bench must then stop with a non-zero exit.
+- Rounds alternate the frameworks and reverse the order every other round; medians over >= 3 rounds.
 - Measured: non-padding tokens per second from the end of the first optimizer step to the end of the
-  last (the first step's one-time allocations excluded), the best of the rounds; and peak memory:
-  the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident
-  size just before the trainer is built, in the same forked process, so neither pays for the other's
-  leftovers. The model's weights and the tokenized data exist before that point for both.
-- Reported: every setting, padded vs packed for posttrain alone, the *matched* ratio (same batching:
-  padded against padded, and packed against padding-free when TRL's is correct) and the
-  *best-vs-best* ratio (each at its fastest correct setting). The last line is one JSON object:
-  ``{"bench": "sft", "speed_ratio": ..., "memory_ratio": ...}`` (best-vs-best: posttrain / TRL).
+  last (the first step's one-time allocations excluded), with the rate's relative standard error from
+  the spread of the steps; peak memory: the peak resident set size (``VmHWM``, reset through
+  ``/proc/self/clear_refs``) minus the resident size just before the trainer is built, in the trial's
+  own process; and model FLOP utilisation against this CPU's fp32 matmul peak measured in the same run
+  (bench/common.py says which FLOPs count).
+- Reported: every setting, the *matched* ratios (same layout and micro-batch) and the *best-vs-best*
+  ratio, which is the one in the last line, one JSON object:
+  ``{"bench": "sft", "speed_ratio": ..., "memory_ratio": ..., "mfu": ..., "peer_mfu": ...}``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import sys
 import tempfile
-import time
-import traceback
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.common import (  # noqa: E402
+    Shape,
+    causal_pairs,
+    check,
+    in_child,
+    matmul_peak,
+    medians,
+    mfu_line,
+    peak_mb,
+    rates,
+    reset_peak,
+    schedule,
+    step_clock,
+    torch_threads,
+)
 
 VOCAB = 8192
 SPECIALS = ["<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>", "user", "assistant", "\n"]
 EOS, PAD, IM_START, IM_END, USER, ASSISTANT, NEWLINE = range(len(SPECIALS))
 ARCH = dict(hidden_size=384, num_layers=10, num_heads=6, intermediate_size=1024)
-
-
+SETTINGS = {"posttrain": ["padded", "grouped", "packed", "one"], "trl": ["padded", "grouped", "padding_free", "one"]}
+"""Batching settings: padded micro-batches of ``--batch-size``; the same, over the data grouped by length; one
+packed row per micro-batch (posttrain) or TRL's padding-free flattened row; and micro-batch 1 with the global
+batch accumulated (``one``: no padding for anyone, smaller matrices)."""
 # --------------------------------------------------------------------------- data and model
 
 
@@ -107,104 +122,91 @@ def make_tokenizer():
     return tok
 
 
-# --------------------------------------------------------------------------- memory and processes
+def micro_shape(setting: str, opts) -> tuple[int, int]:
+    """(micro-batch size, micro-batches per step) of a setting; the global batch is the same for all."""
+    global_batch = opts.batch_size * opts.grad_accum
+    return (1, global_batch) if setting == "one" else (opts.batch_size, opts.grad_accum)
 
 
-def _status(field: str) -> int:
-    """A ``/proc/self/status`` field in bytes (VmRSS, VmHWM)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
+def grouped_order(data, opts) -> list[int]:
+    """One order of the examples grouped by length (posttrain's sampler's), given to both sides."""
+    from posttrain.training.sampler import LengthGroupedSampler
 
-
-def reset_peak() -> int:
-    """Reset the peak RSS to the current RSS (Linux >= 4.0) and return the current RSS in bytes."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
-
-
-def in_child(fn, *args):
-    """Run ``fn(*args)`` in a forked process and return its result (or raise its error)."""
-    ctx = mp.get_context("fork")
-    queue = ctx.Queue()
-
-    def target():
-        try:
-            queue.put(("ok", fn(*args)))
-        except BaseException:  # noqa: BLE001 - the parent re-raises it with the traceback
-            queue.put(("error", traceback.format_exc()))
-
-    proc = ctx.Process(target=target)
-    proc.start()
-    status, value = queue.get()
-    proc.join()
-    if status == "error":
-        raise RuntimeError(f"{fn.__name__}{args[:1]} failed in its process:\n{value}")
-    return value
-
-
-def throughput(step_ends: list[float], step_tokens: list[int], start: float) -> float:
-    """Tokens per second from the end of step 1 to the end of the last step."""
-    if len(step_ends) < 2:
-        return sum(step_tokens) / (step_ends[-1] - start)
-    return sum(step_tokens[1:]) / (step_ends[-1] - step_ends[0])
+    sampler = LengthGroupedSampler(len(data), opts.batch_size, opts.grad_accum, 1, 0, 0,
+                                   lengths=tuple(len(ids) for ids, _ in data))
+    return [i for _, (_, _, micro) in zip(range(opts.steps), sampler.iterate()) for ids in micro for i in ids]
 
 
 # --------------------------------------------------------------------------- posttrain
 
 
-def run_posttrain(setting: str, data, opts) -> dict:
-    from posttrain.config import load_config
-    from posttrain.data.chat import Example
+def posttrain_collate(setting: str):
     from posttrain.data.collate import pad_collate
     from posttrain.data.packing import pack_examples
+
+    if setting == "packed":  # as the recipe does: the micro-batch in one row, attention per example
+        return lambda batch: pack_examples(batch, PAD, None)
+    return lambda batch: pad_collate(batch, PAD)
+
+
+def run_posttrain(setting: str, data, opts) -> dict:
+    """One epoch over ``data`` in its order; the step ends, losses and peak memory."""
+    from posttrain.config import load_config
+    from posttrain.data.chat import Example
+    from posttrain.models.attention import packing_kept
     from posttrain.models.logps import TargetNLL
     from posttrain.recipes.config import SFTConfig
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
-    from posttrain.models.attention import packing_kept
-    from posttrain.training.sampler import LengthGroupedSampler, StepSampler
-    from posttrain.training.steps import count_targets, nll_sum, packed_row_length, real_tokens
+    from posttrain.training.steps import count_targets, nll_sum
 
     examples = [Example(ids, mask) for ids, mask in data]
+    micro_size, accum = micro_shape(setting, opts)
     lm = make_model()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(SFTConfig, None, [
-            f"train.run_dir={run_dir}", f"train.batch_size={opts.batch_size}", f"train.grad_accum={opts.grad_accum}",
+            f"train.run_dir={run_dir}", f"train.batch_size={micro_size}", f"train.grad_accum={accum}",
             f"train.max_steps={opts.steps}", "train.lr=3e-4", "train.warmup_steps=2", "train.weight_decay=0.0",
             "train.tensorboard=false", "train.progress=false", "model.device=cpu",
-            f"packing={str(setting == 'packed').lower()}", f"group_by_length={str(setting == 'grouped').lower()}"])
-        if cfg.packing and not cfg.pack_length:  # as the recipe does: per-example attention when packing
+            f"packing={str(setting == 'packed').lower()}"])
+        if cfg.packing:
             packing_kept(lm, shared_prefix=False)
         base = reset_peak()
         ctx = setup_run(cfg)
-        tc = cfg.train
-        args = (len(examples), tc.batch_size, tc.grad_accum, 1, 0, tc.seed)
-        sampler = LengthGroupedSampler(*args, lengths=tuple(len(e) for e in examples)) if setting == "grouped" \
-            else StepSampler(*args)
         model = TargetNLL(lm)
-        optimizer = build_optimizer(model, tc)
-        scheduler = build_scheduler(optimizer, tc, opts.steps)
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train, opts.steps)
         model, optimizer = ctx.accelerator.prepare(model, optimizer)
-
-        def collate(batch):
-            if setting == "packed":
-                return pack_examples(batch, PAD, packed_row_length(cfg.pack_length, batch))  # as the recipe does
-            return pad_collate(batch, PAD)
-
-        ends, tokens, losses = [], [], []
-        start = time.perf_counter()
-        for step, (_, _, micro) in zip(range(opts.steps), sampler.iterate()):
-            batches = [collate([examples[i] for i in ids]) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, nll_sum, count_targets, step + 1)
-            ends.append(time.perf_counter())
-            tokens.append(sum(real_tokens(b) for b in batches))
-            losses.append(result.loss)
-        peak = _status("VmHWM") - base
+        collate = posttrain_collate(setting)
+        ends, losses = [], []
+        for step in range(opts.steps):
+            first = step * micro_size * accum
+            batches = [collate(examples[first + m * micro_size:first + (m + 1) * micro_size]) for m in range(accum)]
+            losses.append(train_step(ctx, model, optimizer, scheduler, batches, nll_sum, count_targets, step + 1).loss)
+            ends.append(step_clock())
+        peak = peak_mb(base)
         ctx.metrics.close()
-    return {"tokens_per_s": throughput(ends, tokens, start), "peak_mb": peak / 2**20, "tokens": sum(tokens),
-            "first_loss": losses[0], "last_loss": losses[-1]}
+    return {"ends": ends, "peak_mb": peak, "first_loss": losses[0], "last_loss": losses[-1]}
+
+
+def posttrain_first_loss(setting: str, data, opts) -> float:
+    """posttrain's loss on the first global batch, before any update (as step 1 computes it)."""
+    import torch
+
+    from posttrain.data.chat import Example
+    from posttrain.models.attention import packing_kept
+    from posttrain.models.logps import TargetNLL
+
+    micro_size, accum = micro_shape(setting, opts)
+    lm = make_model()
+    if setting == "packed":
+        packing_kept(lm, shared_prefix=False)
+    collate, model = posttrain_collate(setting), TargetNLL(lm)
+    batches = [collate([Example(ids, mask) for ids, mask in data[m * micro_size:(m + 1) * micro_size]])
+               for m in range(accum)]
+    with torch.no_grad():
+        total = sum(float(model(labels=b.labels, **b.model_inputs())) for b in batches)
+    return total / sum(b.num_target_tokens for b in batches)
 
 
 # --------------------------------------------------------------------------- TRL
@@ -213,87 +215,97 @@ def run_posttrain(setting: str, data, opts) -> dict:
 def trl_config(setting: str, out_dir: str, opts):
     from trl import SFTConfig
 
+    micro_size, accum = micro_shape(setting, opts)
     return SFTConfig(
-        output_dir=out_dir, per_device_train_batch_size=opts.batch_size, gradient_accumulation_steps=opts.grad_accum,
+        output_dir=out_dir, per_device_train_batch_size=micro_size, gradient_accumulation_steps=accum,
         num_train_epochs=1, learning_rate=3e-4, warmup_steps=2, lr_scheduler_type="cosine_with_min_lr",
         lr_scheduler_kwargs={"min_lr_rate": 0.1}, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
         max_grad_norm=1.0, bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
         padding_free=setting == "padding_free", max_length=None, packing=False,
-        train_sampling_strategy="group_by_length" if setting == "grouped" else "random",
-        logging_steps=10**6, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
+        train_sampling_strategy="sequential",  # the order of ``data``, the same as posttrain's
+        logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0, seed=0, dataset_num_proc=None,
     )
 
 
-def trl_dataset(data):
+def trl_dataset(data, perturb: bool = False):
+    """TRL's tokenized layout; ``perturb`` (for showing the cross-check fails) also trains on the user turns."""
     from datasets import Dataset
 
     return Dataset.from_dict({"input_ids": [ids for ids, _ in data],
-                              "labels": [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in data]})
+                              "labels": [[t if m or perturb else -100 for t, m in zip(ids, mask)] for ids, mask in data]})
 
 
 def run_trl(setting: str, data, opts) -> dict:
-    from transformers import TrainerCallback
+    from transformers import PrinterCallback, TrainerCallback
     from trl import SFTTrainer
 
     model, tokenizer, dataset = make_model(), make_tokenizer(), trl_dataset(data)
-    ends: list[float] = []
-    tokens: list[int] = []
+    ends, losses = [], []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
+            ends.append(step_clock())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
 
     with tempfile.TemporaryDirectory() as out_dir:
         base = reset_peak()
         trainer = SFTTrainer(model=model, args=trl_config(setting, out_dir, opts), train_dataset=dataset,
                              processing_class=tokenizer, callbacks=[StepTimes()])
-        collator = trainer.data_collator
-
-        def counting(features):
-            batch = collator(features)
-            # Non-padding tokens: the attention mask when padded, the single row when padding-free.
-            tokens.append(int(batch["attention_mask"].sum()) if "attention_mask" in batch
-                          else int(batch["input_ids"].numel()))
-            return batch
-
-        trainer.data_collator = counting
-        start = time.perf_counter()
-        output = trainer.train()
-        peak = _status("VmHWM") - base
-    per_step = [sum(tokens[i:i + opts.grad_accum]) for i in range(0, len(tokens), opts.grad_accum)]
-    return {"tokens_per_s": throughput(ends, per_step, start), "peak_mb": peak / 2**20, "tokens": sum(tokens),
-            "first_loss": None, "last_loss": output.training_loss}
+        trainer.remove_callback(PrinterCallback)  # logging_steps=1 is for the losses, not for printing
+        trainer.train()
+        peak = peak_mb(base)
+    return {"ends": ends, "peak_mb": peak, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def trl_padding_free_is_correct(data, opts) -> tuple[bool, float, float]:
-    """TRL's loss on the same examples, padding-free against padded (its fused head, its collators)."""
+def trl_first_loss(setting: str, data, opts) -> float:
+    """TRL's loss on the first global batch before any update: its collator, its loss, its normalisation."""
     import torch
     from trl import SFTTrainer
 
-    sample = data[: opts.batch_size]
-    losses = []
+    micro_size, accum = micro_shape(setting, opts)
+    sample = data[:micro_size * accum]
     with tempfile.TemporaryDirectory() as out_dir:
-        for setting in ("padded", "padding_free"):
-            trainer = SFTTrainer(model=make_model(), args=trl_config(setting, out_dir, opts),
-                                 train_dataset=trl_dataset(sample), processing_class=make_tokenizer())
-            batch = trainer.data_collator([trainer.train_dataset[i] for i in range(len(sample))])
-            with torch.no_grad():
-                losses.append(float(trainer.compute_loss(trainer.model, dict(batch))))
-    return abs(losses[0] - losses[1]) < 1e-4, losses[0], losses[1]
+        trainer = SFTTrainer(model=make_model(), args=trl_config(setting, out_dir, opts),
+                             train_dataset=trl_dataset(sample, opts.perturb), processing_class=make_tokenizer())
+        rows = [trainer.train_dataset[i] for i in range(len(sample))]
+        batches = [trainer.data_collator(rows[m * micro_size:(m + 1) * micro_size]) for m in range(accum)]
+        items = sum(int((b["labels"][..., 1:] != -100).sum()) for b in batches)
+        with torch.no_grad():
+            return sum(float(trainer.compute_loss(trainer.model, dict(b), num_items_in_batch=torch.tensor(items)))
+                       for b in batches)
 
 
 # --------------------------------------------------------------------------- main
 
 
+def step_work(data, opts) -> tuple[list[int], list[float]]:
+    """Non-padding tokens and model FLOPs of each step over ``data`` in its order."""
+    shape = in_child(lambda: Shape.of(make_model()))  # torch ops stay out of the parent (see bench.common)
+    per = opts.batch_size * opts.grad_accum
+    tokens, flops = [], []
+    for step in range(opts.steps):
+        batch = data[step * per:(step + 1) * per]
+        tokens.append(sum(len(ids) for ids, _ in batch))
+        # A target is predicted from the position before it: the first token is never one.
+        flops.append(sum(shape.train_flops(len(ids), sum(mask[1:]), causal_pairs(len(ids))) for ids, mask in batch))
+    return tokens, flops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps of 4 conversations, 1 round")
-    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per trial (one epoch)")
+    parser.add_argument("--steps", type=int, default=10, help="optimizer steps per trial (one epoch)")
     parser.add_argument("--batch-size", type=int, default=8, help="conversations per micro-batch")
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the best of them is kept")
-    parser.add_argument("--max-len", type=int, default=512, help="longest conversation and packed row, in tokens")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    parser.add_argument("--max-len", type=int, default=512, help="longest conversation, in tokens")
+    parser.add_argument("--check-only", action="store_true", help="run the cross-checks and stop")
+    parser.add_argument("--perturb", action="store_true",
+                        help="give TRL labels on the user turns too: the cross-check must then fail")
     opts = parser.parse_args()
     if opts.quick:
         opts.steps, opts.rounds, opts.batch_size = 3, 1, 4
@@ -301,52 +313,70 @@ def main() -> None:
     import torch  # noqa: F401 - imported before forking so children start warm
     import trl  # noqa: F401
 
+    threads = torch_threads()
     n = opts.steps * opts.batch_size * opts.grad_accum
     data = make_conversations(n, seed=0, max_len=opts.max_len)
+    orders = {"in order": data, "grouped": [data[i] for i in grouped_order(data, opts)]}
     lengths = [len(ids) for ids, _ in data]
     print(f"{n} conversations of {min(lengths)}-{max(lengths)} tokens (mean {np.mean(lengths):.0f}); "
-          f"global batch {opts.batch_size} x {opts.grad_accum}; {opts.steps} steps per trial; "
-          f"model {ARCH} vocab {VOCAB}, fp32, {os.cpu_count()} CPUs", flush=True)
-    correct, padded_loss, free_loss = in_child(trl_padding_free_is_correct, data, opts)
-    print(f"TRL padding_free loss {free_loss:.6f} vs padded {padded_loss:.6f}: "
-          f"{'correct' if correct else 'WRONG (attention crosses examples); left out'}", flush=True)
-    settings = {"posttrain": ["padded", "grouped", "packed"],
-                "trl": ["padded", "grouped"] + (["padding_free"] if correct else [])}
+          f"global batch {opts.batch_size * opts.grad_accum}; {opts.steps} steps per trial, {opts.rounds} rounds; "
+          f"model {ARCH} vocab {VOCAB}, fp32, {os.cpu_count()} CPUs, {threads} torch threads, "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
+
+    # Cross-check: every setting of both sides gives the same loss on the first global batch.
+    first = {(who, s): in_child(posttrain_first_loss if who == "posttrain" else trl_first_loss, s, data, opts)
+             for who in SETTINGS for s in SETTINGS[who] if s != "grouped"}
+    spread = max(first.values()) - min(first.values())
+    check(spread < 1e-5, "loss on the first global batch, same weights, every layout of both sides: "
+          + ", ".join(f"{who} {s} {v:.7f}" for (who, s), v in first.items()) + f" (spread {spread:.1e}, 1e-5 allowed)")
+    if opts.check_only:
+        return
+
+    peak = matmul_peak(threads)
+    print(f"fp32 matmul peak at {threads} threads: {peak / 1e9:.0f} GFLOP/s", flush=True)
+    work = {order: step_work(d, opts) for order, d in orders.items()}
+    trials = [(who, SETTINGS[who][i]) for i in range(4) for who in SETTINGS]
     runners = {"posttrain": run_posttrain, "trl": run_trl}
-    results: dict[tuple[str, str], dict] = {}
-    for r in range(opts.rounds):
-        for i in range(max(len(s) for s in settings.values())):
-            for who in ("posttrain", "trl") if r % 2 == 0 else ("trl", "posttrain"):
-                if i >= len(settings[who]):
-                    continue
-                setting = settings[who][i]
-                res = in_child(runners[who], setting, data, opts)
-                print(f"round {r + 1} {who:9s} {setting:12s} {res['tokens_per_s']:8.0f} tok/s  "
-                      f"peak +{res['peak_mb']:6.0f} MB  loss {res['last_loss']:.4f}", flush=True)
-                best = results.get((who, setting))
-                results[(who, setting)] = {**res, "tokens_per_s": max(res["tokens_per_s"], best["tokens_per_s"]),
-                                           "peak_mb": min(res["peak_mb"], best["peak_mb"])} if best else res
-    report(results, settings)
+    results: dict[tuple[str, str], list[dict]] = {}
+    for r, (who, setting) in schedule(trials, opts.rounds):
+        order = "grouped" if setting == "grouped" else "in order"
+        res = in_child(runners[who], setting, orders[order], opts)
+        tokens, flops = work[order]
+        res.update({f"tokens_{k}": v for k, v in rates(res["ends"], tokens).items()})
+        res["flops_per_s"] = rates(res["ends"], flops)["per_s"]
+        del res["ends"]
+        results.setdefault((who, setting), []).append(res)
+        print(f"round {r + 1} {who:9s} {setting:12s} {res['tokens_per_s']:7.0f} tok/s (noise {res['tokens_noise']:.1%})  "
+              f"peak +{res['peak_mb']:5.0f} MB  loss {res['first_loss']:.5f} -> {res['last_loss']:.5f}  "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
+    report({k: medians(v) for k, v in results.items()}, peak)
 
 
-def report(results: dict, settings: dict) -> None:
-    print("\nbest of rounds: non-padding tokens/s, peak memory over the start of training")
+def report(results: dict, peak: float) -> None:
+    print("\nmedians over the rounds: non-padding tokens/s, peak memory over the start of training, MFU")
     for (who, setting), res in results.items():
-        print(f"  {who:9s} {setting:12s} {res['tokens_per_s']:8.0f} tok/s  {res['peak_mb']:6.0f} MB")
-    pt = {s: results[("posttrain", s)] for s in settings["posttrain"]}
-    tr = {s: results[("trl", s)] for s in settings["trl"]}
-    print(f"posttrain packed vs padded: {pt['packed']['tokens_per_s'] / pt['padded']['tokens_per_s']:.2f}x "
-          f"tokens/s, {pt['packed']['peak_mb'] / pt['padded']['peak_mb']:.2f}x memory")
-    pairs = [("padded", "padded"), ("grouped", "grouped")] + ([("packed", "padding_free")] if "padding_free" in tr else [])
-    for ours, theirs in pairs:
-        print(f"matched {ours}/{theirs}: speed {pt[ours]['tokens_per_s'] / tr[theirs]['tokens_per_s']:.2f}x, "
-              f"memory {pt[ours]['peak_mb'] / tr[theirs]['peak_mb']:.2f}x")
+        print(f"  {who:9s} {setting:12s} {res['tokens_per_s']:7.0f} tok/s  {res['peak_mb']:5.0f} MB  "
+              f"MFU {res['flops_per_s'] / peak:5.1%}")
+    for grouped in (False, True):  # the grouped order starts with another batch
+        firsts = [res["first_loss"] for (_, s), res in results.items() if (s == "grouped") == grouped]
+        check(max(firsts) - min(firsts) < 1e-4, f"the first step's loss of every trial {'over the grouped order' if grouped else 'in order'}"
+              f" (spread {max(firsts) - min(firsts):.1e})")
+    pt = {s: results[("posttrain", s)] for s in SETTINGS["posttrain"]}
+    tr = {s: results[("trl", s)] for s in SETTINGS["trl"]}
+    ratio = lambda a, b, k: a[k] / b[k]  # noqa: E731
+    for ours, theirs in zip(SETTINGS["posttrain"], SETTINGS["trl"]):
+        print(f"matched {ours}/{theirs}: speed {ratio(pt[ours], tr[theirs], 'tokens_per_s'):.2f}x, "
+              f"memory {ratio(pt[ours], tr[theirs], 'peak_mb'):.2f}x")
     best_ours = max(pt, key=lambda s: pt[s]["tokens_per_s"])
     best_theirs = max(tr, key=lambda s: tr[s]["tokens_per_s"])
-    speed = pt[best_ours]["tokens_per_s"] / tr[best_theirs]["tokens_per_s"]
-    memory = pt[best_ours]["peak_mb"] / tr[best_theirs]["peak_mb"]
+    speed = ratio(pt[best_ours], tr[best_theirs], "tokens_per_s")
+    memory = ratio(pt[best_ours], tr[best_theirs], "peak_mb")
     print(f"best vs best: posttrain {best_ours} / TRL {best_theirs}: speed {speed:.2f}x, memory {memory:.2f}x")
-    print(json.dumps({"bench": "sft", "speed_ratio": round(speed, 3), "memory_ratio": round(memory, 3)}))
+    print(mfu_line(f"posttrain {best_ours}", pt[best_ours]["flops_per_s"], peak))
+    print(mfu_line(f"TRL {best_theirs}", tr[best_theirs]["flops_per_s"], peak))
+    print(json.dumps({"bench": "sft", "speed_ratio": round(speed, 3), "memory_ratio": round(memory, 3),
+                      "mfu": round(pt[best_ours]["flops_per_s"] / peak, 3),
+                      "peer_mfu": round(tr[best_theirs]["flops_per_s"] / peak, 3)}))
 
 
 if __name__ == "__main__":
