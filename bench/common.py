@@ -115,6 +115,13 @@ def medians(runs: list[dict]) -> dict:
     return out
 
 
+def best(results: dict[str, dict], speed: str, within: float = 0.05) -> str:
+    """A side's best setting: the least memory among those within ``within`` of its fastest (settings
+    closer than that are not told apart by these measurements; a user would take the smaller one)."""
+    fastest = max(r[speed] for r in results.values())
+    return min((s for s, r in results.items() if r[speed] >= (1 - within) * fastest), key=lambda s: results[s]["peak_mb"])
+
+
 def check(ok: bool, what: str) -> None:
     """A cross-check's verdict: printed either way; on disagreement the bench stops with a non-zero exit."""
     print(f"cross-check {'ok' if ok else 'FAILED'}: {what}", flush=True)
@@ -125,25 +132,27 @@ def check(ok: bool, what: str) -> None:
 # --------------------------------------------------------------------------- the machine's limit
 
 
-def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> float:
-    """This CPU's fp32 matmul rate at ``threads`` torch threads, FLOP/s: the best of ``repeats``
-    products of two ``size`` x ``size`` matrices (``2 * size**3`` FLOPs each), in a forked process
-    (torch's OpenMP pool must not start in the parent of the trials: forked children would hang in it)."""
+def matmul_peak(threads: int, size: int = 2048, repeats: int = 7) -> dict:
+    """This CPU's fp32 matmul rate at ``threads`` torch threads: the best of ``repeats`` products of two
+    ``size`` x ``size`` matrices (``2 * size**3`` FLOPs each), per wall second (``per_s``) and per CPU
+    second of the process (``per_cpu_s``, for benches that count CPU time), in a forked process (torch's
+    OpenMP pool must not start in the parent of the trials: forked children would hang in it)."""
     return in_child(_matmul_peak, threads, size, repeats)
 
 
-def _matmul_peak(threads: int, size: int, repeats: int) -> float:
+def _matmul_peak(threads: int, size: int, repeats: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     a, b = torch.randn(size, size), torch.randn(size, size)
     torch.mm(a, b)
-    best = float("inf")
+    wall = cpu = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = step_clock()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best
+        end = step_clock()
+        wall, cpu = min(wall, end[0] - start[0]), min(cpu, end[1] - start[1])
+    return {"per_s": 2 * size**3 / wall, "per_cpu_s": 2 * size**3 / cpu}
 
 
 def torch_threads() -> int:

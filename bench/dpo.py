@@ -112,10 +112,10 @@ def run_posttrain(setting: str, pairs, opts, folder: str) -> dict:
     from posttrain.models.logps import SequenceLogps
     from posttrain.recipes.config import DPOConfig
     from posttrain.training.loop import setup_run, train_step
-    from posttrain.training.steps import Micro, count_units, preference_loss_fn
-    from posttrain.training.reference import ReferencePolicy, column_logps, score_examples
     from posttrain.training.optim import build_optimizer, build_scheduler
+    from posttrain.training.reference import ReferencePolicy, column_logps, score_examples
     from posttrain.training.sampler import StepSampler
+    from posttrain.training.steps import Micro, count_units, preference_loss_fn
 
     def seq(prompt, response):
         return PromptResponse(prompt + response, [False] * len(prompt) + [True] * len(response), len(prompt))

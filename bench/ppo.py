@@ -53,6 +53,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from bench.sft import _status, reset_peak  # noqa: E402  (memory probes shared by every bench)
+
 TRL112_PYTHON = ROOT / "bench" / ".venv-trl112" / "bin" / "python"
 
 PROMPTS_PER_FAMILY = 64

@@ -13,22 +13,29 @@ What is compared
 - Training: the pairwise Bradley-Terry loss, AdamW (0.9, 0.95), no weight decay, warmup then cosine,
   clipping at 1.0, ``--batch-size`` pairs per step (chosen and rejected scored in one forward by both),
   fp32 (TRL defaults to bf16, many times slower on most CPUs), no gradient checkpointing, no dropout.
-- posttrain: ``posttrain.recipes.reward`` with its defaults: the batch packed in one row, each pair's
-  prompt once and both responses continuing from it (``SharedPrefixBatch``: no padding, no repeated
-  prompt, attention per response), the head applied at each response's last token only.
-  TRL: its collator pads the 2 x batch sequences to the longest, the model scores every position and
-  pools at the last non-pad token.
+- Settings, the same choice for both, each trial in its own forked process: padded micro-batches of the
+  step's pairs (TRL's collator; posttrain ``packing=false``); the same over the pairs grouped by length;
+  micro-batch 1 pair with the step accumulated (``one``); and posttrain's default, the micro-batch packed
+  in one row with each pair's prompt once and both responses continuing from it (``SharedPrefixBatch``:
+  no padding, no repeated prompt, attention per response, the head at each response's last token only).
+  TRL's reward trainer has no padding-free mode. Each side's best is the one with the least memory
+  among its settings within 5% of its fastest (``bench.common.best``).
+- One order: the pairs are given in the order they are trained on and both read them so (TRL
+  ``train_sampling_strategy="sequential"``); the grouped order is computed once and given to both.
+- Cross-checks: before timing, both give the same rewards for the same pairs and weights (1e-4);
+  after, every trial's first-step loss agrees (1e-4). ``--perturb`` drops the last token of TRL's
+  chosen responses (a different template): the bench must then stop with a non-zero exit.
 - Threads: ``--threads`` torch threads per trial (default 1: on a shared 2-core machine, 2 threads per
   process mostly spin waiting for a core, which inflates both CPU time and wall time at random).
-- Measured, each trial in its own forked process, posttrain and TRL alternating, ``--rounds`` rounds:
+- Measured, alternating the frameworks and reversing the order every other round, ``--rounds`` rounds:
   pairs per CPU-second of the process (all its threads; ``time.process_time``) from the end of the
-  first optimizer step to the end of the last (one-time allocations excluded), and wall-clock pairs
-  per second beside it; peak memory: the peak resident set size (``VmHWM``, reset through
-  ``/proc/self/clear_refs``) minus the resident size just before the trainer is built. CPU time is
-  the speed measure because on a shared machine wall time swings with other users' load from one
-  trial to the next (we saw 3x), while the work a trial needs does not; on a quiet machine the two
-  ratios agree. The reported numbers are medians over rounds; the last line is one JSON object:
-  ``{"bench": "reward", "speed_ratio": posttrain / TRL pairs per CPU-s, "memory_ratio": posttrain / TRL peak}``.
+  first optimizer step to the end of the last (one-time allocations excluded), wall-clock pairs per
+  second beside it, the rate's relative standard error from the spread of the steps; peak memory:
+  the peak resident set size (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident
+  size just before the trainer is built; and MFU against this CPU's matmul peak at the same threads
+  (bench/common.py). CPU time is the speed measure because on a shared machine wall time swings with
+  other users' load, while the work a trial needs does not. Medians over rounds; the last line is
+  ``{"bench": "reward", "speed_ratio": ..., "memory_ratio": ..., "mfu": ..., "peer_mfu": ...}``, best vs best.
 """
 
 from __future__ import annotations
@@ -36,22 +43,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench.common import (  # noqa: E402
+    Shape,
+    best,
+    check,
+    in_child,
+    matmul_peak,
+    medians,
+    mfu_line,
+    peak_mb,
+    prefix_pairs,
+    rates,
+    reset_peak,
+    schedule,
+    step_clock,
+)
+from bench.sft import ARCH, ASSISTANT, EOS, IM_END, IM_START, NEWLINE, PAD, SPECIALS, USER, VOCAB, make_tokenizer  # noqa: E402
 
-from sft import (ARCH, ASSISTANT, EOS, IM_END, IM_START, NEWLINE, PAD, SPECIALS, USER, VOCAB,  # noqa: E402
-                 _status, in_child, make_tokenizer, reset_peak, throughput)
+SETTINGS = {"posttrain": ["padded", "grouped", "packed", "one"], "trl": ["padded", "grouped", "one"]}
 
 
 # --------------------------------------------------------------------------- data and model
@@ -69,6 +85,18 @@ def make_pairs(n: int, seed: int) -> list[tuple[list[int], list[int]]]:
     return pairs
 
 
+def shared_prompt(chosen: list[int], rejected: list[int]) -> int:
+    return next(i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b)
+
+
+def grouped_order(pairs, batch: int) -> list[int]:
+    """One order of the pairs grouped by length (posttrain's sampler's), given to both sides."""
+    from posttrain.training.sampler import LengthGroupedSampler
+
+    sampler = LengthGroupedSampler(len(pairs), batch, 1, 1, 0, 0, lengths=tuple(len(c) + len(r) for c, r in pairs))
+    return [i for _, (_, _, micro) in zip(range(len(pairs) // batch), sampler.iterate()) for ids in micro for i in ids]
+
+
 def make_model():
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
@@ -81,10 +109,15 @@ def make_model():
     return LlamaForSequenceClassification(config).float()
 
 
+def micro_shape(setting: str, opts) -> tuple[int, int]:
+    """(pairs per micro-batch, micro-batches per step)."""
+    return (1, opts.batch_size) if setting == "one" else (opts.batch_size, 1)
+
+
 # --------------------------------------------------------------------------- posttrain
 
 
-def run_posttrain(pairs, opts) -> dict:
+def run_posttrain(setting: str, pairs, opts) -> dict:
     from posttrain.config import load_config
     from posttrain.data.comparisons import Comparison, collate_comparisons
     from posttrain.models.attention import use_shared_prefix_attention
@@ -92,112 +125,138 @@ def run_posttrain(pairs, opts) -> dict:
     from posttrain.recipes.config import RewardConfig
     from posttrain.training.loop import setup_run, train_step
     from posttrain.training.optim import build_optimizer, build_scheduler
-    from posttrain.training.sampler import StepSampler
     from posttrain.training.steps import comparison_loss_fn, count_comparisons
 
     comparisons = [Comparison([c, r]) for c, r in pairs]
+    packing = setting in ("packed", "one")
+    micro_size, accum = micro_shape(setting, opts)
     hf = make_model()
     with tempfile.TemporaryDirectory() as run_dir:
         cfg = load_config(RewardConfig, None, [
-            f"train.run_dir={run_dir}", f"train.batch_size={opts.batch_size}", "train.grad_accum=1",
+            f"train.run_dir={run_dir}", f"train.batch_size={micro_size}", f"train.grad_accum={accum}",
             f"train.max_steps={opts.steps}", "train.lr=3e-4", "train.warmup_steps=2", "train.weight_decay=0.0",
-            "train.tensorboard=false", "train.progress=false", "model.device=cpu", "packing=true"])
-        use_shared_prefix_attention(hf)  # as the recipe does when packing
+            "train.tensorboard=false", "train.progress=false", "model.device=cpu", f"packing={str(packing).lower()}"])
+        if packing:
+            use_shared_prefix_attention(hf)  # as the recipe does when packing
         base = reset_peak()
         ctx = setup_run(cfg)
-        tc = cfg.train
-        sampler = StepSampler(len(comparisons), tc.batch_size, 1, 1, 0, tc.seed)
         model = RewardModel(hf)
-        optimizer = build_optimizer(model, tc)
-        scheduler = build_scheduler(optimizer, tc, opts.steps)
+        optimizer = build_optimizer(model, cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train, opts.steps)
         model, optimizer = ctx.accelerator.prepare(model, optimizer)
         loss_fn = comparison_loss_fn(cfg.loss, cfg.margin_table, cfg.center_coef)
-        ends, cpu_ends, losses = [], [], []
-        start, cpu_start = time.perf_counter(), time.process_time()
-        for step, (_, _, micro) in zip(range(opts.steps), sampler.iterate()):
-            batches = [collate_comparisons([comparisons[i] for i in ids], PAD, packing=True) for ids in micro]
-            result = train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_comparisons, step + 1)
-            ends.append(time.perf_counter())
-            cpu_ends.append(time.process_time())
-            losses.append(result.loss)
-        peak = _status("VmHWM") - base
+        ends, losses = [], []
+        for step in range(opts.steps):
+            first = step * opts.batch_size
+            batches = [collate_comparisons(comparisons[first + m * micro_size:first + (m + 1) * micro_size], PAD, packing)
+                       for m in range(accum)]
+            losses.append(train_step(ctx, model, optimizer, scheduler, batches, loss_fn, count_comparisons, step + 1).loss)
+            ends.append(step_clock())
+        peak = peak_mb(base)
         ctx.metrics.close()
-    pairs = [opts.batch_size] * len(ends)
-    return {"pairs_per_s": throughput(ends, pairs, start), "pairs_per_cpu_s": throughput(cpu_ends, pairs, cpu_start),
-            "peak_mb": peak / 2**20, "mean_loss": sum(losses) / len(losses)}
+    return {"ends": ends, "peak_mb": peak, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
 # --------------------------------------------------------------------------- TRL
 
 
-def run_trl(pairs, opts) -> dict:
+def trl_args(setting: str, out_dir: str, opts):
+    from trl import RewardConfig
+
+    micro_size, accum = micro_shape(setting, opts)
+    return RewardConfig(
+        output_dir=out_dir, per_device_train_batch_size=micro_size, gradient_accumulation_steps=accum,
+        num_train_epochs=1, learning_rate=3e-4, warmup_steps=2, lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": 0.1}, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
+        max_grad_norm=1.0, bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
+        max_length=None, disable_dropout=True, center_rewards_coefficient=None, logging_steps=1,
+        train_sampling_strategy="sequential", save_strategy="no", eval_strategy="no", report_to=[],
+        disable_tqdm=True, dataloader_num_workers=0, seed=0, dataset_num_proc=None)
+
+
+def trl_dataset(pairs):
     from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import RewardConfig, RewardTrainer
+
+    return Dataset.from_dict({"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]})
+
+
+def run_trl(setting: str, pairs, opts) -> dict:
+    from transformers import PrinterCallback, TrainerCallback
+    from trl import RewardTrainer
 
     model, tokenizer = make_model(), make_tokenizer()
-    dataset = Dataset.from_dict({"chosen_ids": [c for c, _ in pairs], "rejected_ids": [r for _, r in pairs]})
-    ends: list[float] = []
-    cpu_ends: list[float] = []
-    losses: list[float] = []
+    ends, losses = [], []
 
     class StepTimes(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
-            ends.append(time.perf_counter())
-            cpu_ends.append(time.process_time())
+            ends.append(step_clock())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(logs["loss"])
 
     with tempfile.TemporaryDirectory() as out_dir:
-        args = RewardConfig(
-            output_dir=out_dir, per_device_train_batch_size=opts.batch_size, gradient_accumulation_steps=1,
-            num_train_epochs=1, learning_rate=3e-4, warmup_steps=2, lr_scheduler_type="cosine_with_min_lr",
-            lr_scheduler_kwargs={"min_lr_rate": 0.1}, adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.0,
-            max_grad_norm=1.0, bf16=False, fp16=False, use_cpu=True, gradient_checkpointing=False,
-            max_length=None, disable_dropout=True, center_rewards_coefficient=None, logging_steps=10**6,
-            save_strategy="no", eval_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-            seed=0, dataset_num_proc=None)
         base = reset_peak()
-        trainer = RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                callbacks=[StepTimes()])
-        start, cpu_start = time.perf_counter(), time.process_time()
-        output = trainer.train()
-        peak = _status("VmHWM") - base
-        losses.append(output.training_loss)  # the mean over the run's steps
-    pairs = [opts.batch_size] * len(ends)
-    return {"pairs_per_s": throughput(ends, pairs, start), "pairs_per_cpu_s": throughput(cpu_ends, pairs, cpu_start),
-            "peak_mb": peak / 2**20, "mean_loss": losses[-1]}
+        trainer = RewardTrainer(model=model, args=trl_args(setting, out_dir, opts), train_dataset=trl_dataset(pairs),
+                                processing_class=tokenizer, callbacks=[StepTimes()])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+        peak = peak_mb(base)
+    return {"ends": ends, "peak_mb": peak, "first_loss": losses[0], "last_loss": losses[-1]}
 
 
-def same_scores(pairs, opts) -> float:
-    """Largest |posttrain - TRL| reward of the same pairs with the same weights (both before training)."""
+def largest_reward_difference(pairs, opts) -> float:
+    """Largest |posttrain - TRL| reward of the same pairs with the same weights (both before training),
+    posttrain packed with shared prompts and padded, TRL through its own collator."""
     import torch
+    from trl.trainer.reward_trainer import DataCollatorForPreference
 
     from posttrain.data.comparisons import Comparison, collate_comparisons
     from posttrain.models.attention import use_shared_prefix_attention
     from posttrain.models.reward import RewardModel
-    from trl.trainer.reward_trainer import DataCollatorForPreference
 
     sample = pairs[:opts.batch_size]
-    theirs_model, ours_model = make_model(), make_model()
-    use_shared_prefix_attention(ours_model)
+    theirs_pairs = [(c[:-1], r) for c, r in sample] if opts.perturb else sample
     with torch.no_grad():
-        batch = DataCollatorForPreference(pad_token_id=PAD)([{"chosen_ids": c, "rejected_ids": r} for c, r in sample])
-        theirs = theirs_model(**batch).logits.squeeze(-1)  # chosen first, then rejected
-        flat = collate_comparisons([Comparison([c, r]) for c, r in sample], PAD, packing=True)
-        ours = RewardModel(ours_model)(flat.sequences).reshape(-1, 2).T.reshape(-1)
-    return float((ours - theirs).abs().max())
+        batch = DataCollatorForPreference(pad_token_id=PAD)([{"chosen_ids": c, "rejected_ids": r} for c, r in theirs_pairs])
+        theirs = make_model()(**batch).logits.squeeze(-1)  # chosen first, then rejected
+        comparisons = [Comparison([c, r]) for c, r in sample]
+        ours = []
+        for packing in (True, False):
+            hf = make_model()
+            if packing:
+                use_shared_prefix_attention(hf)
+            rewards = RewardModel(hf)(collate_comparisons(comparisons, PAD, packing).sequences)
+            ours.append(rewards.reshape(-1, 2).T.reshape(-1))
+    return max(float((o - theirs).abs().max()) for o in ours)
 
 
 # --------------------------------------------------------------------------- main
 
 
+def step_work(pairs, opts) -> tuple[list[int], list[float]]:
+    """Pairs and model FLOPs of each step over ``pairs`` in their order (each prompt counted once)."""
+    shape = in_child(lambda: Shape.of(make_model()))
+    flops = []
+    for step in range(opts.steps):
+        total = 0.0
+        for c, r in pairs[step * opts.batch_size:(step + 1) * opts.batch_size]:
+            p = shared_prompt(c, r)
+            total += shape.train_flops(p + len(c) - p + len(r) - p, 0, prefix_pairs(p, [len(c) - p, len(r) - p]))
+        flops.append(total)
+    return [opts.batch_size] * opts.steps, flops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 steps of 4 pairs, 1 round")
-    parser.add_argument("--steps", type=int, default=4, help="optimizer steps per trial (one epoch)")
+    parser.add_argument("--steps", type=int, default=8, help="optimizer steps per trial (one epoch)")
     parser.add_argument("--batch-size", type=int, default=4, help="pairs per step")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per trial (1: on a shared machine more threads mostly wait for cores)")
+    parser.add_argument("--check-only", action="store_true", help="run the cross-check and stop")
+    parser.add_argument("--perturb", action="store_true", help="change TRL's template: the cross-check must fail")
     opts = parser.parse_args()
     if opts.quick:
         opts.steps, opts.rounds, opts.batch_size = 3, 1, 4
@@ -208,36 +267,61 @@ def main() -> None:
     torch.set_num_threads(opts.threads)  # inherited by the forked trials
 
     pairs = make_pairs(opts.steps * opts.batch_size, seed=0)
+    orders = {"in order": pairs, "grouped": [pairs[i] for i in grouped_order(pairs, opts.batch_size)]}
     lengths = [len(c) + len(r) for c, r in pairs]
     print(f"{len(pairs)} pairs of {min(lengths)}-{max(lengths)} tokens (chosen + rejected, mean {np.mean(lengths):.0f}); "
-          f"{opts.batch_size} pairs per step, {opts.steps} steps per trial; model {ARCH} vocab {VOCAB}, fp32, "
-          f"{os.cpu_count()} CPUs, {torch.get_num_threads()} torch threads", flush=True)
-    print(f"same weights, same pairs: largest reward difference posttrain vs TRL {in_child(same_scores, pairs, opts):.2e}",
-          flush=True)
+          f"{opts.batch_size} pairs per step, {opts.steps} steps per trial, {opts.rounds} rounds; model {ARCH} vocab "
+          f"{VOCAB}, fp32, {os.cpu_count()} CPUs, {opts.threads} torch threads, load {os.getloadavg()[0]:.1f}", flush=True)
+    difference = in_child(largest_reward_difference, pairs, opts)
+    check(difference < 1e-4, f"rewards of the same pairs and weights before training, posttrain packed and padded vs "
+          f"TRL: largest difference {difference:.1e} (1e-4 allowed)")
+    if opts.check_only:
+        return
+    peak = matmul_peak(opts.threads)["per_cpu_s"]
+    print(f"fp32 matmul peak at {opts.threads} threads: {peak / 1e9:.0f} GFLOP per CPU-s", flush=True)
+    work = {order: step_work(p, opts) for order, p in orders.items()}
+    trials = [(who, s) for i in range(4) for who in SETTINGS if i < len(SETTINGS[who]) for s in [SETTINGS[who][i]]]
     runners = {"posttrain": run_posttrain, "trl": run_trl}
-    results: dict[str, list[dict]] = {"posttrain": [], "trl": []}
-    for r in range(opts.rounds):
-        for who in ("posttrain", "trl") if r % 2 == 0 else ("trl", "posttrain"):
-            res = in_child(runners[who], pairs, opts)
-            results[who].append(res)
-            print(f"round {r + 1} {who:9s} {res['pairs_per_s']:6.3f} pairs/s  {res['pairs_per_cpu_s']:6.3f} pairs/cpu-s  "
-                  f"peak +{res['peak_mb']:6.0f} MB  mean loss {res['mean_loss']:.4f}", flush=True)
-    report(results)
+    results: dict[tuple[str, str], list[dict]] = {}
+    for r, (who, setting) in schedule(trials, opts.rounds):
+        order = "grouped" if setting == "grouped" else "in order"
+        res = in_child(runners[who], setting, orders[order], opts)
+        done, flops = work[order]
+        res.update({f"pairs_{k}": v for k, v in rates(res["ends"], done).items()})
+        res["flops_per_cpu_s"] = rates(res["ends"], flops)["per_cpu_s"]
+        del res["ends"]
+        results.setdefault((who, setting), []).append(res)
+        print(f"round {r + 1} {who:9s} {setting:7s} {res['pairs_per_cpu_s']:6.3f} pairs/cpu-s ({res['pairs_per_s']:6.3f} wall, "
+              f"noise {res['pairs_noise']:.1%})  peak +{res['peak_mb']:5.0f} MB  loss {res['first_loss']:.5f} -> "
+              f"{res['last_loss']:.5f}  load {os.getloadavg()[0]:.1f}", flush=True)
+    report({k: medians(v) for k, v in results.items()}, peak)
 
 
-def report(results: dict[str, list[dict]]) -> None:
-    keys = ("pairs_per_s", "pairs_per_cpu_s", "peak_mb")
-    med = {who: {k: statistics.median(x[k] for x in runs) for k in keys} for who, runs in results.items()}
-    for who, m in med.items():
-        print(f"median {who:9s} {m['pairs_per_s']:6.3f} pairs/s  {m['pairs_per_cpu_s']:6.3f} pairs/cpu-s  "
-              f"peak +{m['peak_mb']:6.0f} MB")
-    # Throughput per CPU-second of the process (all its threads): on a shared machine, wall time swings with
-    # other users' load from one trial to the next, while the work a trial needs does not.
-    ratio = lambda k: med["posttrain"][k] / med["trl"][k]  # noqa: E731
-    print(f"posttrain / TRL: speed {ratio('pairs_per_cpu_s'):.2f}x per CPU-second ({ratio('pairs_per_s'):.2f}x wall "
-          f"clock), memory {ratio('peak_mb'):.2f}x")
-    print(json.dumps({"bench": "reward", "speed_ratio": round(ratio("pairs_per_cpu_s"), 3),
-                      "memory_ratio": round(ratio("peak_mb"), 3)}))
+def report(results: dict, peak: float) -> None:
+    print("\nmedians over the rounds: pairs per CPU-s (per wall-s), peak memory over the start of training, MFU")
+    for (who, setting), res in results.items():
+        print(f"  {who:9s} {setting:7s} {res['pairs_per_cpu_s']:6.3f} ({res['pairs_per_s']:6.3f})  {res['peak_mb']:5.0f} MB  "
+              f"MFU {res['flops_per_cpu_s'] / peak:5.1%}")
+    for grouped in (False, True):
+        firsts = [res["first_loss"] for (_, s), res in results.items() if (s == "grouped") == grouped]
+        check(max(firsts) - min(firsts) < 1e-4, f"the first step's loss of every trial {'over the grouped order' if grouped else 'in order'}"
+              f" (spread {max(firsts) - min(firsts):.1e})")
+    pt = {s: results[("posttrain", s)] for s in SETTINGS["posttrain"]}
+    tr = {s: results[("trl", s)] for s in SETTINGS["trl"]}
+    ratio = lambda a, b, k: a[k] / b[k]  # noqa: E731
+    for s in SETTINGS["trl"]:
+        print(f"matched {s}/{s}: speed {ratio(pt[s], tr[s], 'pairs_per_cpu_s'):.2f}x per CPU-s "
+              f"({ratio(pt[s], tr[s], 'pairs_per_s'):.2f}x wall), memory {ratio(pt[s], tr[s], 'peak_mb'):.2f}x")
+    best_ours, best_theirs = best(pt, "pairs_per_cpu_s"), best(tr, "pairs_per_cpu_s")
+    speed = ratio(pt[best_ours], tr[best_theirs], "pairs_per_cpu_s")
+    memory = ratio(pt[best_ours], tr[best_theirs], "peak_mb")
+    print(f"best vs best: posttrain {best_ours} / TRL {best_theirs}: speed {speed:.2f}x per CPU-s "
+          f"({ratio(pt[best_ours], tr[best_theirs], 'pairs_per_s'):.2f}x wall), memory {memory:.2f}x")
+    print(mfu_line(f"posttrain {best_ours}", pt[best_ours]["flops_per_cpu_s"], peak))
+    print(mfu_line(f"TRL {best_theirs}", tr[best_theirs]["flops_per_cpu_s"], peak))
+    print(json.dumps({"bench": "reward", "speed_ratio": round(speed, 3), "memory_ratio": round(memory, 3),
+                      "mfu": round(pt[best_ours]["flops_per_cpu_s"] / peak, 3),
+                      "peer_mfu": round(tr[best_theirs]["flops_per_cpu_s"] / peak, 3)}))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,8 @@ What is compared
 - Batching settings, the same for both sides, each trained in its own forked process: padded micro-batches;
   the same over the data grouped by length; one row per micro-batch without padding (posttrain packed,
   attention per example; TRL ``padding_free=True``, whose loss is checked equal to its padded loss); and
-  micro-batch 1 with the global batch accumulated (``one``). The fastest of each side is its best.
+  micro-batch 1 with the global batch accumulated (``one``). Each side's best is the one with the least
+  memory among its settings within 5% of its fastest (``bench.common.best``).
 - One order of examples: the data are given in the order they are trained on, and both sides read them
   in that order (TRL ``train_sampling_strategy="sequential"``); the grouped order is computed once and
   given to both. Every timed step holds the same tokens on both sides.
@@ -49,6 +50,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.common import (  # noqa: E402
     Shape,
+    best,
     causal_pairs,
     check,
     in_child,
@@ -332,7 +334,7 @@ def main() -> None:
     if opts.check_only:
         return
 
-    peak = matmul_peak(threads)
+    peak = matmul_peak(threads)["per_s"]
     print(f"fp32 matmul peak at {threads} threads: {peak / 1e9:.0f} GFLOP/s", flush=True)
     work = {order: step_work(d, opts) for order, d in orders.items()}
     trials = [(who, SETTINGS[who][i]) for i in range(4) for who in SETTINGS]
@@ -367,8 +369,7 @@ def report(results: dict, peak: float) -> None:
     for ours, theirs in zip(SETTINGS["posttrain"], SETTINGS["trl"]):
         print(f"matched {ours}/{theirs}: speed {ratio(pt[ours], tr[theirs], 'tokens_per_s'):.2f}x, "
               f"memory {ratio(pt[ours], tr[theirs], 'peak_mb'):.2f}x")
-    best_ours = max(pt, key=lambda s: pt[s]["tokens_per_s"])
-    best_theirs = max(tr, key=lambda s: tr[s]["tokens_per_s"])
+    best_ours, best_theirs = best(pt, "tokens_per_s"), best(tr, "tokens_per_s")
     speed = ratio(pt[best_ours], tr[best_theirs], "tokens_per_s")
     memory = ratio(pt[best_ours], tr[best_theirs], "peak_mb")
     print(f"best vs best: posttrain {best_ours} / TRL {best_theirs}: speed {speed:.2f}x, memory {memory:.2f}x")
