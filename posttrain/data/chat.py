@@ -199,13 +199,16 @@ def end_of_turn_id(tokenizer) -> int | None:
     return None
 
 
-def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices: Iterable[int]) -> list[tuple[int, int]]:
+def assistant_char_spans(tokenizer, messages: list[Message], text: str, indices: Iterable[int],
+                         render=None) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` in ``text`` (the rendered conversation) of the assistant
-    messages at ``indices``: each covers the rendered content and the end-of-turn marker."""
+    messages at ``indices``: each covers the rendered content and the end-of-turn marker. ``render``:
+    ``(messages) -> text`` in place of :func:`render_text` (a memo of it, see :class:`_Renders`)."""
+    render = render or (lambda m: render_text(tokenizer, m))
     spans = []
     for i in indices:
-        probe = render_text(tokenizer, messages[:i] + [{**messages[i], "content": _PLACEHOLDER}])
-        real = render_text(tokenizer, messages[: i + 1])
+        probe = render(messages[:i] + [{**messages[i], "content": _PLACEHOLDER}])
+        real = text if i == len(messages) - 1 else render(messages[: i + 1])
         if probe.count(_PLACEHOLDER) != 1:
             raise ChatTemplateError(
                 f"message {i}: the chat template writes an assistant message's content "
@@ -310,19 +313,62 @@ def render_prompt_response(tokenizer, prompt_messages: list[Message], response_m
     unless the tokenizer fuses the prompt's last characters with a response's first, which the
     straddling rule then gives to the response.
     """
-    if not response_messages:
-        raise ValueError("render_prompt_response: response_messages is empty; give at least one message")
-    messages = list(prompt_messages) + list(response_messages)
-    prompt_text = render_text(tokenizer, list(prompt_messages), add_generation_prompt=True) if prompt_messages else ""
-    text, input_ids, offsets, loss_mask = _render_with_offsets(tokenizer, messages, "assistant", False)
-    if not text.startswith(prompt_text):
-        raise ChatTemplateError(
-            "the chat template renders the prompt differently once a response follows it, so the response "
-            "cannot be located. Set model.chat_template to a template without that behaviour (e.g. chatml)."
-        )
-    response_start = next((t for t, (_, end) in enumerate(offsets) if end > len(prompt_text)), len(offsets))
-    loss_mask = [m and t >= response_start for t, m in enumerate(loss_mask)]
-    return PromptResponse(input_ids, loss_mask, response_start)
+    return render_prompt_responses(tokenizer, [(prompt_messages, response_messages)])[0]
+
+
+class _Renders:
+    """:func:`render_text` remembered per conversation: in preference data a prompt is rendered for its
+    chosen and its rejected response, and often for several pairs (the template is deterministic)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer, self.seen = tokenizer, {}
+
+    def __call__(self, messages: list[Message], add_generation_prompt: bool = False) -> str:
+        key = (repr(messages), add_generation_prompt)
+        text = self.seen.get(key)
+        if text is None:
+            text = self.seen[key] = render_text(self.tokenizer, messages, add_generation_prompt)
+        return text
+
+
+def render_prompt_responses(tokenizer, items: Iterable[tuple[list[Message], list[Message]]]) -> list[PromptResponse]:
+    """:func:`render_prompt_response` of every (prompt messages, response messages), in one pass: each
+    distinct conversation rendered once, every text tokenized by one batch call of the fast tokenizer."""
+    render, items = _Renders(tokenizer), list(items)
+    texts, prompt_texts = [], []
+    for prompt_messages, response_messages in items:
+        if not response_messages:
+            raise ValueError("render_prompt_response: response_messages is empty; give at least one message")
+        prompt_texts.append(render(list(prompt_messages), True) if prompt_messages else "")
+        texts.append(render(list(prompt_messages) + list(response_messages)))
+    encoded = _tokenize_many(tokenizer, texts)
+    out = []
+    for (prompt_messages, response_messages), text, prompt_text, (input_ids, offsets) in zip(
+            items, texts, prompt_texts, encoded):
+        messages = list(prompt_messages) + list(response_messages)
+        indices = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+        spans = assistant_char_spans(tokenizer, messages, text, indices, render)
+        loss_mask = token_mask_from_char_spans(offsets, spans)
+        if not text.startswith(prompt_text):
+            raise ChatTemplateError(
+                "the chat template renders the prompt differently once a response follows it, so the response "
+                "cannot be located. Set model.chat_template to a template without that behaviour (e.g. chatml)."
+            )
+        response_start = next((t for t, (_, end) in enumerate(offsets) if end > len(prompt_text)), len(offsets))
+        loss_mask = [m and t >= response_start for t, m in enumerate(loss_mask)]
+        out.append(PromptResponse(input_ids, loss_mask, response_start))
+    return out
+
+
+def _tokenize_many(tokenizer, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    """:func:`_tokenize_with_offsets` of every text, by one batch call."""
+    if not texts:
+        return []
+    if len(texts) == 1:
+        return [_tokenize_with_offsets(tokenizer, texts[0])]
+    _tokenize_with_offsets(tokenizer, "")  # the slow-tokenizer check
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)
+    return [(list(ids), [tuple(o) for o in offsets]) for ids, offsets in zip(enc["input_ids"], enc["offset_mapping"])]
 
 
 # --------------------------------------------------------------------------------- datasets

@@ -36,7 +36,7 @@ from typing import Iterable, Literal, Sequence
 
 import torch
 
-from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response
+from posttrain.data.chat import ExampleTooLongError, PromptResponse, render_prompt_response, render_prompt_responses
 from posttrain.data.packing import pack_shared_prefix, packed_model_inputs
 from posttrain.data.errors import DataError, location_of
 from posttrain.data.records import Preference, Unpaired, messages_to_dicts
@@ -142,10 +142,15 @@ def tokenize_preferences(tokenizer, records: Iterable[Preference], max_length: i
 
     A pair is dropped whole when either of its sequences is (the other alone carries no preference).
     """
-    report, out = PreferenceReport(max_length), []
+    report, out, records = PreferenceReport(max_length), [], list(records)
+    items = []
+    for record in records:
+        prompt = messages_to_dicts(record.prompt)
+        items += [(prompt, messages_to_dicts(record.chosen)), (prompt, messages_to_dicts(record.rejected))]
+    rendered = render_prompt_responses(tokenizer, items)  # every distinct text rendered once, tokenized in one call
     for index, record in enumerate(records):
         report.seen += 1
-        pair = tokenize_preference(tokenizer, record)
+        pair = PreferenceExample(rendered[2 * index], rendered[2 * index + 1], record.strength)
         where = location_of(record, index)
         chosen, rejected = (_fit(s, where, max_length, overflow) for s in (pair.chosen, pair.rejected))
         reason = next((r for r in (chosen, rejected) if isinstance(r, str)), None)

@@ -122,28 +122,119 @@ def segment_attention(module, query, key, value, attention_mask, dropout: float 
         return _model_attention(module, query, key, value, attention_mask, softcap, dropout=dropout,
                                 scaling=scaling, sliding_window=sliding_window, **kwargs)
     rows = []
+    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
+        positions = position_ids[b if position_ids.shape[0] > 1 else 0]
+        segments = _segments_of(positions)
+        groups = _groups_of(segments)
+        if _grouped_is_cheaper(segments, groups):
+            rows.append(_attend_grouped(module, q, k, v, segments, groups, positions, dropout, scaling,
+                                        sliding_window, softcap))
+        else:
+            rows.append(_attend_by_segment(module, q, k, v, segments, dropout, scaling, sliding_window, softcap))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+_CALL_COST = 2 ** 13
+"""Attention scores that one segment's own call costs in time (launches, Python), roughly: rows of many
+short segments (small models, one-word answers) run faster as one masked call over all of them."""
+
+
+def _groups_of(segments: list[tuple[int, int, int, int]]) -> list[tuple[int, int]]:
+    """(start, end) of each root segment with the continuations that follow it (a pair's prompt, chosen
+    and rejected): nothing outside a group attends into it."""
+    groups: list[list[int]] = []
+    for start, end, root, _ in segments:
+        if root == start:
+            groups.append([start, end])
+        else:
+            groups[-1][1] = end
+    return [(s, e) for s, e in groups]
+
+
+def _grouped_is_cheaper(segments: list[tuple[int, int, int, int]], groups: list[tuple[int, int]]) -> bool:
+    """Whether one masked call over the groups, each padded to the longest, costs less than a call per segment."""
+    if len(segments) == 1:
+        return False
+    width = max(end - start for start, end in groups)
+    scores = sum((end - start) * (prefix + end - start) for start, end, _, prefix in segments)
+    return len(groups) * width * width <= scores + _CALL_COST * len(segments)
+
+
+_last_segments: tuple = (None, None)
+
+
+def _segments_of(positions: torch.Tensor) -> list[tuple[int, int, int, int]]:
+    """:func:`prefix_segments` of a row, remembered for the next call (every layer reads the same row)."""
+    global _last_segments
+    seen, segments = _last_segments
+    if seen is not None and seen.shape == positions.shape and seen.device == positions.device \
+            and torch.equal(seen, positions):
+        return segments
+    segments = prefix_segments(positions)
+    _last_segments = (positions.clone(), segments)
+    return segments
+
+
+def segment_mask(segments: list[tuple[int, int, int, int]], positions: torch.Tensor,
+                 sliding_window: int | None = None, columns: torch.Tensor | None = None) -> torch.Tensor:
+    """(T, T) bool, or (..., n, n) for the row's ``columns`` (..., n): which keys each query of a packed
+    or shared-prefix row sees, as :func:`segment_attention` attends segment by segment: its own segment's
+    tokens up to itself, and for a continuation its root's first ``prefix`` tokens; within
+    ``sliding_window`` positions when set."""
+    device = positions.device
+    sizes = torch.tensor([end - start for start, end, _, _ in segments], device=device)
+    own, root, prefix = (torch.repeat_interleave(torch.tensor([s[i] for s in segments], device=device), sizes)
+                         for i in (0, 2, 3))
+    column = torch.arange(len(positions), device=device) if columns is None else columns
+    own, root, prefix, position = own[column], root[column], prefix[column], positions[column]
+    query, key = (lambda x: x[..., :, None]), (lambda x: x[..., None, :])
+    causal = (query(own) == key(own)) & (key(column) <= query(column))
+    in_prefix = (query(root) == key(own)) & (key(position) < query(prefix)) & (query(prefix) > 0)
+    visible = causal | in_prefix
+    if sliding_window:
+        visible &= key(position) > query(position) - sliding_window
+    return visible
+
+
+def _attend_grouped(module, q, k, v, segments, groups, positions, dropout, scaling, sliding_window,
+                    softcap) -> torch.Tensor:
+    """One row (1, H, T, D) as one masked call over its groups (G, H, W, D), each padded to the longest W."""
+    device, width = q.device, max(end - start for start, end in groups)
+    starts = torch.tensor([start for start, _ in groups], device=device)
+    lengths = torch.tensor([end - start for start, end in groups], device=device)
+    offset = torch.arange(width, device=device)
+    real = offset[None, :] < lengths[:, None]  # (G, W)
+    columns = torch.where(real, starts[:, None] + offset[None, :], starts[:, None])  # padding repeats the first
+    visible = segment_mask(segments, positions, sliding_window, columns) & real[:, None, :]  # (G, W, W)
+
+    def grouped(x):  # (1, H, T, D) -> (G, H, W, D)
+        return x[0][:, columns.flatten()].unflatten(1, columns.shape).transpose(0, 1)
+
+    out = attend(module, grouped(q), grouped(k), grouped(v), visible[:, None], dropout, scaling, softcap)
+    return out.transpose(0, 1).flatten(1, 2)[:, real.flatten()][None]  # the real tokens, in row order
+
+
+def _attend_by_segment(module, q, k, v, segments, dropout, scaling, sliding_window, softcap) -> torch.Tensor:
+    """One row (1, H, T, D), one attention call per segment."""
     # split, not slicing: the backward of a slice makes a zero tensor as large as the whole row for each
     # segment (quadratic in the row), that of a split concatenates the segments' gradients once.
-    for b, (q, k, v) in enumerate(zip(query.split(1), key.split(1), value.split(1))):
-        segments = prefix_segments(position_ids[b if position_ids.shape[0] > 1 else 0])
-        sizes = [end - start for start, end, _, _ in segments]
-        qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
-        where = {start: i for i, (start, _, _, _) in enumerate(segments)}
-        parts = []
-        for i, (start, end, root, prefix) in enumerate(segments):
-            own = torch.arange(prefix, prefix + end - start, device=q.device)
-            if prefix == 0:
-                keys, values = ks[i], vs[i]
-                visible = None if not sliding_window or end - start <= sliding_window \
-                    else visible_keys(own, own, sliding_window)
-            else:  # query j (position prefix + j) sees the prefix and its own tokens up to itself
-                r = where[root]
-                keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
-                values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
-                visible = visible_keys(own, torch.arange(prefix + end - start, device=q.device), sliding_window)
-            parts.append(attend(module, qs[i], keys, values, visible, dropout, scaling, softcap))
-        rows.append(torch.cat(parts, dim=2))
-    return torch.cat(rows).transpose(1, 2).contiguous(), None
+    sizes = [end - start for start, end, _, _ in segments]
+    qs, ks, vs = q.split(sizes, dim=2), k.split(sizes, dim=2), v.split(sizes, dim=2)
+    where = {start: i for i, (start, _, _, _) in enumerate(segments)}
+    parts = []
+    for i, (start, end, root, prefix) in enumerate(segments):
+        own = torch.arange(prefix, prefix + end - start, device=q.device)
+        if prefix == 0:
+            keys, values = ks[i], vs[i]
+            visible = None if not sliding_window or end - start <= sliding_window \
+                else visible_keys(own, own, sliding_window)
+        else:  # query j (position prefix + j) sees the prefix and its own tokens up to itself
+            r = where[root]
+            keys = torch.cat([ks[r][:, :, :prefix], ks[i]], dim=2)
+            values = torch.cat([vs[r][:, :, :prefix], vs[i]], dim=2)
+            visible = visible_keys(own, torch.arange(prefix + end - start, device=q.device), sliding_window)
+        parts.append(attend(module, qs[i], keys, values, visible, dropout, scaling, softcap))
+    return torch.cat(parts, dim=2)
 
 
 def _segment_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, attention_mask=None, config=None,

@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from huggingface_hub import constants, try_to_load_from_cache
-from peft import PeftModel
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from posttrain.config import ConfigError
@@ -365,5 +364,7 @@ def _load_adapter_folder(cfg: "ModelConfig", path: Path, dtype: "torch.dtype", f
     check_safetensors_folder(path)
     base = _load_base(cfg, resolve_model_path(_adapter_base(path)), dtype)
     keep_adapter = for_training and cfg.lora.enabled
+    from peft import PeftModel  # deferred: light imports for runs without LoRA
+
     model = PeftModel.from_pretrained(base, str(path), is_trainable=keep_adapter)
     return model if keep_adapter else model.merge_and_unload()

@@ -8,9 +8,8 @@ reference policy of PPO and DPO: no second copy of the weights is needed.
 from __future__ import annotations
 
 import contextlib
+import sys
 from typing import TYPE_CHECKING, Iterator
-
-from peft import LoraConfig as PeftLoraConfig, PeftModel, get_peft_model
 
 from posttrain.models.wrappers import unwrap_model
 
@@ -22,6 +21,10 @@ ALL_LINEAR = "all-linear"
 
 def is_peft_model(model) -> bool:
     """True when ``model`` (or the model inside a DDP/compile wrapper) carries a peft adapter."""
+    if "peft" not in sys.modules:  # no adapter was made or loaded (peft is imported where one is: ~3 s)
+        return False
+    from peft import PeftModel
+
     return isinstance(unwrap_model(model), PeftModel)
 
 
@@ -34,6 +37,8 @@ def apply_lora(model, lora_cfg: "LoraConfig", trainable_token_ids: list[int] | N
     for tokens just added to the vocabulary, and the same rows of an untied LM head (GPT-NeoX): the
     model must learn to read and to write them; they are merged on export like the adapter.
     """
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model
+
     targets = list(lora_cfg.target_modules)
     if not targets:
         raise ValueError("model.lora.target_modules is empty; list module names or use [all-linear]")

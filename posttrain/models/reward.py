@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
-from peft import LoraConfig as PeftLoraConfig, get_peft_model
 from transformers import AutoModelForSequenceClassification
 
 from posttrain.data.chat import end_of_turn_id, render_prompt_response
@@ -314,6 +313,8 @@ def ensure_distinct_pad(tokenizer) -> None:
 
 def _apply_seq_cls_lora(model, lora_cfg):
     targets = list(lora_cfg.target_modules)
+    from peft import LoraConfig as PeftLoraConfig, get_peft_model  # deferred, as in posttrain.models.lora
+
     peft_cfg = PeftLoraConfig(r=lora_cfg.r, lora_alpha=lora_cfg.alpha, lora_dropout=lora_cfg.dropout,
                               target_modules="all-linear" if targets == ["all-linear"] else targets,
                               task_type="SEQ_CLS", bias="none")  # SEQ_CLS trains the `score` head in full
