@@ -62,7 +62,6 @@ from bench.common import (  # noqa: E402
     reset_peak,
     schedule,
     step_clock,
-    torch_threads,
 )
 
 VOCAB = 8192
@@ -305,6 +304,8 @@ def main() -> None:
     parser.add_argument("--grad-accum", type=int, default=1, help="micro-batches per step")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     parser.add_argument("--max-len", type=int, default=512, help="longest conversation, in tokens")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads per trial (1: on a shared machine more threads mostly wait for cores)")
     parser.add_argument("--check-only", action="store_true", help="run the cross-checks and stop")
     parser.add_argument("--perturb", action="store_true",
                         help="give TRL labels on the user turns too: the cross-check must then fail")
@@ -312,10 +313,11 @@ def main() -> None:
     if opts.quick:
         opts.steps, opts.rounds, opts.batch_size = 3, 1, 4
 
-    import torch  # noqa: F401 - imported before forking so children start warm
-    import trl  # noqa: F401
+    import torch
+    import trl  # noqa: F401 - imported before forking so children start warm
 
-    threads = torch_threads()
+    threads = opts.threads
+    torch.set_num_threads(threads)  # inherited by the forked trials
     n = opts.steps * opts.batch_size * opts.grad_accum
     data = make_conversations(n, seed=0, max_len=opts.max_len)
     orders = {"in order": data, "grouped": [data[i] for i in grouped_order(data, opts)]}
@@ -334,8 +336,8 @@ def main() -> None:
     if opts.check_only:
         return
 
-    peak = matmul_peak(threads)["per_s"]
-    print(f"fp32 matmul peak at {threads} threads: {peak / 1e9:.0f} GFLOP/s", flush=True)
+    peak = matmul_peak(threads)["per_cpu_s"]
+    print(f"fp32 matmul peak at {threads} threads: {peak / 1e9:.0f} GFLOP per CPU-s", flush=True)
     work = {order: step_work(d, opts) for order, d in orders.items()}
     trials = [(who, SETTINGS[who][i]) for i in range(4) for who in SETTINGS]
     runners = {"posttrain": run_posttrain, "trl": run_trl}
@@ -345,20 +347,22 @@ def main() -> None:
         res = in_child(runners[who], setting, orders[order], opts)
         tokens, flops = work[order]
         res.update({f"tokens_{k}": v for k, v in rates(res["ends"], tokens).items()})
-        res["flops_per_s"] = rates(res["ends"], flops)["per_s"]
+        res["flops_per_cpu_s"] = rates(res["ends"], flops)["per_cpu_s"]
         del res["ends"]
         results.setdefault((who, setting), []).append(res)
-        print(f"round {r + 1} {who:9s} {setting:12s} {res['tokens_per_s']:7.0f} tok/s (noise {res['tokens_noise']:.1%})  "
+        print(f"round {r + 1} {who:9s} {setting:12s} {res['tokens_per_cpu_s']:7.0f} tok/cpu-s ({res['tokens_per_s']:5.0f} wall, noise "
+              f"{res['tokens_noise']:.1%})  "
               f"peak +{res['peak_mb']:5.0f} MB  loss {res['first_loss']:.5f} -> {res['last_loss']:.5f}  "
               f"load {os.getloadavg()[0]:.1f}", flush=True)
     report({k: medians(v) for k, v in results.items()}, peak)
 
 
 def report(results: dict, peak: float) -> None:
-    print("\nmedians over the rounds: non-padding tokens/s, peak memory over the start of training, MFU")
+    print("\nmedians over the rounds: non-padding tokens per CPU-s (per wall-s), peak memory over the start of "
+          "training, MFU")
     for (who, setting), res in results.items():
-        print(f"  {who:9s} {setting:12s} {res['tokens_per_s']:7.0f} tok/s  {res['peak_mb']:5.0f} MB  "
-              f"MFU {res['flops_per_s'] / peak:5.1%}")
+        print(f"  {who:9s} {setting:12s} {res['tokens_per_cpu_s']:7.0f} tok/cpu-s ({res['tokens_per_s']:5.0f} wall)  {res['peak_mb']:5.0f} MB  "
+              f"MFU {res['flops_per_cpu_s'] / peak:5.1%}")
     for grouped in (False, True):  # the grouped order starts with another batch
         firsts = [res["first_loss"] for (_, s), res in results.items() if (s == "grouped") == grouped]
         check(max(firsts) - min(firsts) < 1e-4, f"the first step's loss of every trial {'over the grouped order' if grouped else 'in order'}"
@@ -367,17 +371,17 @@ def report(results: dict, peak: float) -> None:
     tr = {s: results[("trl", s)] for s in SETTINGS["trl"]}
     ratio = lambda a, b, k: a[k] / b[k]  # noqa: E731
     for ours, theirs in zip(SETTINGS["posttrain"], SETTINGS["trl"]):
-        print(f"matched {ours}/{theirs}: speed {ratio(pt[ours], tr[theirs], 'tokens_per_s'):.2f}x, "
+        print(f"matched {ours}/{theirs}: speed {ratio(pt[ours], tr[theirs], 'tokens_per_cpu_s'):.2f}x, "
               f"memory {ratio(pt[ours], tr[theirs], 'peak_mb'):.2f}x")
-    best_ours, best_theirs = best(pt, "tokens_per_s"), best(tr, "tokens_per_s")
-    speed = ratio(pt[best_ours], tr[best_theirs], "tokens_per_s")
+    best_ours, best_theirs = best(pt, "tokens_per_cpu_s"), best(tr, "tokens_per_cpu_s")
+    speed = ratio(pt[best_ours], tr[best_theirs], "tokens_per_cpu_s")
     memory = ratio(pt[best_ours], tr[best_theirs], "peak_mb")
     print(f"best vs best: posttrain {best_ours} / TRL {best_theirs}: speed {speed:.2f}x, memory {memory:.2f}x")
-    print(mfu_line(f"posttrain {best_ours}", pt[best_ours]["flops_per_s"], peak))
-    print(mfu_line(f"TRL {best_theirs}", tr[best_theirs]["flops_per_s"], peak))
+    print(mfu_line(f"posttrain {best_ours}", pt[best_ours]["flops_per_cpu_s"], peak))
+    print(mfu_line(f"TRL {best_theirs}", tr[best_theirs]["flops_per_cpu_s"], peak))
     print(json.dumps({"bench": "sft", "speed_ratio": round(speed, 3), "memory_ratio": round(memory, 3),
-                      "mfu": round(pt[best_ours]["flops_per_s"] / peak, 3),
-                      "peer_mfu": round(tr[best_theirs]["flops_per_s"] / peak, 3)}))
+                      "mfu": round(pt[best_ours]["flops_per_cpu_s"] / peak, 3),
+                      "peer_mfu": round(tr[best_theirs]["flops_per_cpu_s"] / peak, 3)}))
 
 
 if __name__ == "__main__":
