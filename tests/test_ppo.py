@@ -243,18 +243,18 @@ def test_critic_starts_from_a_reward_model_folder(tiny_model_dir, tmp_path):
     critic = load_critic(str(tmp_path / "rm"), torch.float32, torch.device("cpu"))
     ids = torch.tensor([[5, 6, 7, 8, 9], [9, 8, 7, 6, 5]])
     mask = torch.ones_like(ids, dtype=torch.bool)
-    positions = torch.arange(5).expand(2, 5)
     with torch.no_grad():
-        values = critic(ids, mask, positions)  # (B, T): the reward model's score at every position
-        scores = rm(input_ids=ids).logits.squeeze(-1)
+        # Responses in columns 1..4: values at columns 0..3, the reward model's score of each prefix.
+        values = critic(ids, mask, response_start=1, response_length=4)
+        scores = rm(input_ids=ids[:, :4]).logits.squeeze(-1)
     torch.testing.assert_close(values[:, -1], scores, atol=1e-5, rtol=0)
     # With a saved normalization the critic predicts normalized scores, as the rewards PPO sees are.
     RewardNormalization(mean=0.7, std=2.5, count=10).save(tmp_path / "rm")
     normalized = load_critic(str(tmp_path / "rm"), torch.float32, torch.device("cpu"))
     with torch.no_grad():
-        torch.testing.assert_close(normalized(ids, mask, positions)[:, -1], (scores - 0.7) / 2.5, atol=1e-5, rtol=0)
+        torch.testing.assert_close(normalized(ids, mask, 1, 4)[:, -1], (scores - 0.7) / 2.5, atol=1e-5, rtol=0)
     from_lm = load_critic(str(tiny_model_dir), torch.float32, torch.device("cpu"))  # a causal LM: head at zero
-    assert torch.all(from_lm(ids, mask, positions) == 0)
+    assert torch.all(from_lm(ids, mask, 1, 4) == 0)
 
 
 def test_world_prompts_log_gold_and_plot_proxy_vs_gold(tiny_model_dir, tmp_path):

@@ -115,3 +115,30 @@ def test_token_logps_is_log_softmax_at_temperature():
     ids = torch.randint(0, 5, (2, 3))
     expected = torch.log_softmax(logits / 0.5, dim=-1).gather(-1, ids[..., None]).squeeze(-1)
     torch.testing.assert_close(token_logps(logits, ids, 0.5), expected)
+
+
+def test_separate_critic_values_are_those_of_each_row_alone(model, tiny_tokenizer):
+    """The policy and a separate critic run each row without its left padding and without an
+    attention mask (``drop_left_padding``): the values at the response positions are the critic's
+    on the row alone, unpadded, and the logits the policy's."""
+    from posttrain.models.tiny import tiny_llama
+    from posttrain.models.value import Critic
+
+    rollout = sample_rollouts(model, tiny_tokenizer, _ids(tiny_tokenizer), samples_per_prompt=2, max_new_tokens=10,
+                              seed=2)
+    backbone = tiny_llama(len(tiny_tokenizer), hidden_size=32, num_layers=2, num_heads=4, seed=7).model.eval()
+    head = ValueHead(32)
+    torch.nn.init.normal_(head.summary.weight)
+    actor = ActorCritic(model, critic=Critic(backbone, head))
+    with torch.no_grad():
+        out = actor(**rollout.model_inputs())
+    assert out.values.shape == rollout.response_mask.shape
+    for row in range(len(rollout)):
+        n = int(rollout.response_lengths[row])
+        ids = rollout.input_ids[row][rollout.attention_mask[row]].unsqueeze(0)
+        with torch.no_grad():
+            alone = head(backbone(input_ids=ids).last_hidden_state)[0, -n - 1:-1]
+            logits = model(ids).logits[0, -n - 1:-1]
+        torch.testing.assert_close(out.values[row, :n], alone, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.logits[row, :n], logits, atol=1e-5, rtol=0)
+    assert torch.isfinite(out.values).all() and torch.isfinite(out.logits).all()  # padding gives finite numbers

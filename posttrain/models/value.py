@@ -55,11 +55,12 @@ class Critic(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, input_ids, attention_mask, position_ids) -> torch.Tensor:
-        """Values at every position, (B, T)."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
-        return self.head(hidden)
+    def forward(self, input_ids, attention_mask, response_start: int, response_length: int) -> torch.Tensor:
+        """(B, R) values at the positions that predict the response tokens in columns
+        ``response_start .. response_start + R - 1`` (the state before each one)."""
+        ids, span = drop_left_padding(input_ids, attention_mask, response_start, response_length)
+        hidden = self.backbone(input_ids=ids, use_cache=False).last_hidden_state  # (B, T', H)
+        return self.head(at_columns(hidden, span))
 
 
 def load_critic(path: str, dtype: torch.dtype, device: torch.device) -> Critic:
@@ -117,36 +118,61 @@ class ActorCritic(nn.Module):
     def has_values(self) -> bool:
         return self.value_head is not None or self.critic is not None
 
-    def forward(self, input_ids, attention_mask, position_ids, response_start: int, response_length: int,
+    def forward(self, input_ids, attention_mask, response_start: int, response_length: int,
                 with_values: bool = True) -> ResponseOutput:
         """Logits (and values) for the responses, which occupy columns
         ``response_start .. response_start + response_length - 1`` of the (B, T) inputs."""
         head_values = with_values and self.value_head is not None
-        logits, hidden = response_logits(self.policy, input_ids, attention_mask, position_ids, response_start,
-                                         response_length, return_hidden=head_values)
+        logits, hidden = response_logits(self.policy, input_ids, attention_mask, response_start, response_length,
+                                         return_hidden=head_values)
         values = None
         if head_values:
             values = self.value_head(hidden)
         elif with_values and self.critic is not None:
-            span = slice(response_start - 1, response_start - 1 + response_length)
-            values = self.critic(input_ids, attention_mask, position_ids)[:, span]
+            values = self.critic(input_ids, attention_mask, response_start, response_length)
         return ResponseOutput(logits=logits, values=values)
 
 
-def response_logits(lm: nn.Module, input_ids, attention_mask, position_ids, response_start: int,
-                    response_length: int, return_hidden: bool = False):
+def drop_left_padding(input_ids: torch.Tensor, attention_mask: torch.Tensor, response_start: int,
+                      response_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of a ``[left padding | prompt | response | right padding]`` batch moved left to start at
+    column 0: (ids (B, T'), span (B, R)), ``span[b, t]`` being the column of row b that predicts its
+    response token t (clamped into the batch where the row has no token t).
+
+    Each row's padding is then all after its last real token, which causal attention never lets a
+    real token see: the forward takes no attention mask (sdpa runs its causal kernel, skipping the
+    masked half) and no position ids (each row's are 0, 1, ..., as in generation), padding tokens
+    give outputs that are never read, and the batch is as wide as its longest row rather than its
+    longest prompt plus its longest response.
+    """
+    T = input_ids.shape[1]
+    real = attention_mask.bool()
+    shift = response_start - real[:, :response_start].sum(dim=1)  # (B,) left padding of each row
+    width = int(real.sum(dim=1).max())
+    columns = torch.arange(width, device=input_ids.device) + shift[:, None]  # (B, T')
+    ids = input_ids.gather(1, columns.clamp(max=T - 1))
+    span = torch.arange(response_length, device=input_ids.device) + (response_start - 1 - shift)[:, None]
+    return ids, span.clamp(max=width - 1)
+
+
+def at_columns(hidden: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, H) at each row's own ``columns`` (B, R) -> (B, R, H)."""
+    return hidden.gather(1, columns.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+
+
+def response_logits(lm: nn.Module, input_ids, attention_mask, response_start: int, response_length: int,
+                    return_hidden: bool = False):
     """(logits (B, R, V), last hidden states (B, R, H) or None) of causal LM ``lm`` at the positions
     that predict the response tokens in columns ``response_start .. response_start + R - 1``.
 
-    Position p predicts token p + 1, so these are the R columns just before the response. The LM
-    head runs on them only, unless the architecture transforms its logits (soft-capping...).
+    Position p predicts token p + 1, so these are the R columns just before the response. The rows
+    are run without their left padding (:func:`drop_left_padding`), and the LM head on these
+    positions only, unless the architecture transforms its logits (soft-capping...).
     """
-    span = slice(response_start - 1, response_start - 1 + response_length)
+    ids, span = drop_left_padding(input_ids, attention_mask, response_start, response_length)
     hf = transformers_model(lm)
     if plain_lm_head(lm):
-        hidden = hf.get_decoder()(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                                  use_cache=False).last_hidden_state[:, span]
+        hidden = at_columns(hf.get_decoder()(input_ids=ids, use_cache=False).last_hidden_state, span)
         return hf.get_output_embeddings()(hidden), (hidden if return_hidden else None)
-    out = lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False,
-             output_hidden_states=return_hidden)
-    return out.logits[:, span], (out.hidden_states[-1][:, span] if return_hidden else None)
+    out = lm(input_ids=ids, use_cache=False, output_hidden_states=return_hidden)
+    return at_columns(out.logits, span), (at_columns(out.hidden_states[-1], span) if return_hidden else None)

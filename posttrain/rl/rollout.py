@@ -9,8 +9,9 @@ temperature; its padded tensors, on the model's device, become one :class:`Rollo
 so the prompts end, and the responses start, at the same column ``P`` (as in generation, where
 every row continues from the last column), and every response-level tensor of
 ``posttrain.rl.math`` is the (B, R) slice from column P on. Position ids count real tokens from
-each row's first one (:attr:`Rollout.position_ids`), as ``generate`` numbers them, so a forward
-pass of the trainer over the rollout sees what the sampler saw; their log-probs differ only by
+each row's first one (:attr:`Rollout.position_ids`), as ``generate`` numbers them; the trainer's
+forward (``posttrain.models.value``) runs each row from column 0 without its left padding, which
+numbers the tokens the same way, so it sees what the sampler saw; their log-probs differ only by
 float rounding (KV-cached incremental decoding vs one full pass), and that difference is what
 RL recipes log as ``rollout/logp_diff``.
 
@@ -78,8 +79,7 @@ class Rollout:
     def model_inputs(self) -> dict:
         """Keyword arguments for ``ActorCritic.forward`` (and any model that takes the same)."""
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask,
-                "position_ids": self.position_ids, "response_start": self.prompt_width,
-                "response_length": self.response_length}
+                "response_start": self.prompt_width, "response_length": self.response_length}
 
     def select(self, rows: Sequence[int] | torch.Tensor) -> "Rollout":
         """The rollout of ``rows`` only, with columns that are padding in every kept row removed."""
