@@ -226,6 +226,7 @@ def _generated_batches(model, tokenizer, prompt_ids: list[list[int]], max_new_to
         top_p=top_p if sampling and not per_row else None,
         top_k=0 if sampling and not per_row else None,
         use_cache=True,
+        cache_implementation="static",  # preallocated: the default cache grows by copying itself at every token
         return_dict_in_generate=True,
         output_logits=return_logps,
     )
