@@ -298,3 +298,11 @@ def test_calibration_by_hand():
     assert bins[(0.5, 0.75)]["observed"] == 0.5
     assert bins[(0.75, 1.0)]["predicted"] == pytest.approx(0.8) and bins[(0.75, 1.0)]["observed"] == 1.0
     assert report["ece"] == pytest.approx((0.2 + 0 + 0 + 0.2) / 4)
+
+
+def test_scorer_batches_cut_by_rows_and_by_tokens():
+    from posttrain.models.reward import _length_batches
+
+    # Mean length 4, so a batch of at most 2 rows holds at most 8 tokens, padding included.
+    assert _length_batches([2, 10, 2, 2], batch_size=2) == [[1], [0, 2], [3]]
+    assert _length_batches([3, 3, 3, 3], batch_size=4) == [[0, 1, 2, 3]]  # no padding: one full batch

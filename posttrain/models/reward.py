@@ -478,13 +478,11 @@ class RewardScorer(ScoreMethod):
         device = next(self.model.parameters()).device
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         out = torch.empty(len(sequences), dtype=torch.float32)
-        order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))  # little padding per batch
         was_training = self.model.training
         self.model.eval()
         try:
-            for start in range(0, len(order), batch_size):
-                rows = order[start:start + batch_size]
-                width = max(len(sequences[i]) for i in rows)
+            for rows in _length_batches([len(s) for s in sequences], batch_size):
+                width = len(sequences[rows[0]])
                 input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
                 mask = torch.zeros((len(rows), width), dtype=torch.bool)
                 response = torch.zeros((len(rows), width), dtype=torch.bool)
@@ -506,6 +504,21 @@ class RewardScorer(ScoreMethod):
         logger.warning("reward scorer: sequence %d has %d tokens, cut from the left to max_length=%d "
                        "(%d cut so far)", index, len(ids), self.max_length, self.truncated)
         return ids[-self.max_length:]
+
+
+def _length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` longest first, cut into batches of at most ``batch_size`` rows and at most
+    ``batch_size`` x the mean length in tokens, padding included: a few long sequences get a batch of
+    their own instead of padding ``batch_size - 1`` short ones to their length."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    budget = batch_size * sum(lengths) / max(len(lengths), 1)
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
 
 
 class CombinedScorer(ScoreMethod):
