@@ -306,3 +306,24 @@ def test_scorer_batches_cut_by_rows_and_by_tokens():
     # Mean length 4, so a batch of at most 2 rows holds at most 8 tokens, padding included.
     assert _length_batches([2, 10, 2, 2], batch_size=2) == [[1], [0, 2], [3]]
     assert _length_batches([3, 3, 3, 3], batch_size=4) == [[0, 1, 2, 3]]  # no padding: one full batch
+
+
+def test_reward_input_ids_scores_each_rollout_row_as_sampled(reward_lm, tiny_tokenizer):
+    from types import SimpleNamespace
+
+    from posttrain.errors import TrainingError
+    from posttrain.rl.prompts import PromptSet, reward_function
+    from posttrain.rl.rollout import collate_rollout
+
+    scorer = RewardScorer(reward_lm, tiny_tokenizer)
+    prompt_ids = [_ids(tiny_tokenizer, 0)[:5], _ids(tiny_tokenizer, 1)[:9], _ids(tiny_tokenizer, 2)[:3]]
+    completions = [[7, 8, 9], [10], [11, 12, 13, 14, 15]]  # rows of other lengths: left and right padding
+    rollout = collate_rollout(prompt_ids, completions, [[0.0] * len(c) for c in completions], [True] * 3,
+                              ["a", "b", "c"], [0, 1, 2], tiny_tokenizer.pad_token_id)
+    prompts = PromptSet(prompt_ids, PROMPTS[:3], [None] * 3)
+    scores = reward_function([("rm", 1.0, scorer)], prompts, ids_from=tiny_tokenizer)([0, 1, 2], rollout)["score"]
+    alone = [scorer.score_ids([p + c], normalize=True) for p, c in zip(prompt_ids, completions)]
+    torch.testing.assert_close(scores, torch.cat(alone))  # each row's own tokens, without the padding
+    other = SimpleNamespace(get_vocab=lambda: {"x": 0})
+    with pytest.raises(TrainingError, match="another vocabulary than the policy"):
+        reward_function([("rm", 1.0, scorer)], prompts, ids_from=other)

@@ -421,6 +421,8 @@ class PPOConfig:
     """Reward sources, summed with reward_weights: reward-model folders (scored with their saved normalization), Python functions 'module:function' (imported from the working directory first, as python -m does) called as fn(prompts, responses) -> list of floats, where prompts[i] is a list of {"role", "content"} messages and responses[i] the response text (or fn(prompts, responses, records) to see the prompt records), or world_gold, the embedded world's gold reward."""
     reward_weights: list[float] = field(default_factory=list)
     """Weight of each entry of rewards; empty: 1 for each."""
+    reward_input: Literal["text", "ids"] = "text"
+    """What a reward model reads: text (the prompt messages and the response text, rendered through its own chat template, as it was trained) or ids (the rollout's own tokens, prompt and response as sampled up to the stop token, as TRL's PPO scores them: no decoding and re-tokenizing; the reward model must share the policy's vocabulary). Python functions always get the text."""
     prompts_per_step: int = 16
     """Prompts sampled per rollout batch on each process."""
     samples_per_prompt: int = 1

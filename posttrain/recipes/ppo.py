@@ -104,8 +104,9 @@ def ppo(cfg: PPOConfig) -> Path:
     ctx.print(f"{len(prompts)} training prompts" + (f", {len(heldout)} held-out" if heldout else ""))
     model, reference = build_models(cfg, tokenizer, ctx)
     sources = reward_sources(cfg.rewards, cfg.reward_weights, str(ctx.device))
-    model = train(ctx, cfg, model, reference, tokenizer, prompts, reward_function(sources, prompts),
-                  (heldout, reward_function(sources, heldout)) if heldout is not None else None)
+    ids_from = tokenizer if cfg.reward_input == "ids" else None
+    model = train(ctx, cfg, model, reference, tokenizer, prompts, reward_function(sources, prompts, ids_from),
+                  (heldout, reward_function(sources, heldout, ids_from)) if heldout is not None else None)
     if ctx.is_main:
         records = read_metrics(ctx.run_dir / "metrics.jsonl")
         plot = plot_proxy_vs_gold(records, ctx.run_dir / "proxy_vs_gold.png", f"{cfg.algorithm}, beta={cfg.kl_coef}")

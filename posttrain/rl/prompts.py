@@ -66,16 +66,38 @@ def reward_sources(specs: Sequence[str], weights: Sequence[float], device: str) 
     return [(name, w, load_scorer(spec, device)) for name, spec, w in zip(names, specs, weights)]
 
 
-def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptSet) -> RewardFn:
-    """The weighted sum of the sources on ``prompts``, plus the gold reward where they are the world's."""
+def reward_function(sources: list[tuple[str, float, Callable]], prompts: PromptSet, ids_from=None) -> RewardFn:
+    """The weighted sum of the sources on ``prompts``, plus the gold reward where they are the world's.
+
+    ``ids_from`` (the policy's tokenizer): reward models score each rollout row's own tokens, the prompt
+    and the response as sampled up to its stop token (TRL's PPO does so), not the response text re-rendered
+    through their chat template; Python functions still get the text. The reward models must then share
+    the policy's vocabulary (checked here)."""
     has_gold = bool(prompts.records) and all(getattr(r, "kind", None) == "task" for r in prompts.records)  # world tasks
+    if ids_from is not None:
+        for name, _, fn in sources:
+            if hasattr(fn, "score_ids") and fn.tokenizer.get_vocab() != ids_from.get_vocab():
+                raise TrainingError(f"reward_input=ids: the reward model {name} has another vocabulary than the policy, "
+                                    f"so the policy's token ids mean other text to it; use reward_input=text")
 
     def reward(rows: Sequence[int], rollout: Rollout) -> dict[str, torch.Tensor]:
         p, rec = [prompts.messages[i] for i in rows], [prompts.records[i] for i in rows]
-        out = {f"reward/{name}": fn(p, rollout.texts, rec).float() for name, _, fn in sources}
+        if ids_from is not None:
+            sequences, masks = rollout_sequences(rollout)
+        out = {f"reward/{name}": (fn.score_ids(sequences, response_masks=masks) if ids_from is not None
+                                  and hasattr(fn, "score_ids") else fn(p, rollout.texts, rec)).float()
+               for name, _, fn in sources}
         out["score"] = sum(w * s for (_, w, _), s in zip(sources, out.values()))
         if has_gold:
             out["gold"] = world_gold(p, rollout.texts, rec).float()
         return out
 
     return reward
+
+
+def rollout_sequences(rollout: Rollout) -> tuple[list[list[int]], list[list[bool]]]:
+    """Each row's real tokens (prompt, then response up to its stop token; no padding) and its response mask."""
+    ids, keep = rollout.input_ids.cpu(), rollout.attention_mask.cpu().bool()
+    width = rollout.prompt_width
+    return ([row[m].tolist() for row, m in zip(ids, keep)],
+            [[False] * int(m[:width].sum()) + [True] * int(m[width:].sum()) for m in keep])
