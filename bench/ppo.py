@@ -394,10 +394,11 @@ def trial(python: Path, who: str, algorithm: str, assets: Path, steps: int, crit
     return json.loads(lines[-1][len("RESULT "):])
 
 
-RUNS = {"ppo": [("posttrain-critic", "rm"), ("trl", "head"), ("posttrain-head", "head")],
+RUNS = {"ppo": [("posttrain-critic", "rm"), ("trl", "rm"), ("posttrain-head", "head")],
         "rloo": [("posttrain", "head"), ("trl", "head")], "grpo": [("posttrain", "head"), ("trl", "head")]}
-"""The trials of each algorithm: (name, posttrain's critic). PPO's posttrain-critic is the same algorithm
-as TRL's; posttrain-head (a value head on the policy) is posttrain's default and a different algorithm."""
+"""The trials of each algorithm: (name, critic). PPO's posttrain-critic is the same algorithm as TRL's (a
+separate value model from the reward model, whatever the critic argument says for TRL: it has no other);
+posttrain-head (a value head on the policy) is posttrain's default and a different algorithm."""
 
 
 def main() -> None:
