@@ -106,6 +106,24 @@ def rates(ends: list[tuple[float, float]], work: list[float]) -> dict:
             "noise": noise, "steps": n}
 
 
+def with_rates(res: dict, unit: str, done: list[float], flops: list[float]) -> dict:
+    """A trial's result with its step clock (``ends``) turned into rates: ``<unit>_per_s``, ``<unit>_per_cpu_s``,
+    ``<unit>_noise`` from the work done each step, and ``flops_per_cpu_s`` from each step's model FLOPs."""
+    ends = res.pop("ends")
+    res.update({f"{unit}_{k}": v for k, v in rates(ends, done).items()})
+    res["flops_per_cpu_s"] = rates(ends, flops)["per_cpu_s"]
+    return res
+
+
+def grouped_order(lengths: list[int], batch: int, accum: int = 1) -> list[int]:
+    """One order of the examples grouped by length (posttrain's sampler's, seed 0), to give both sides."""
+    from posttrain.training.sampler import LengthGroupedSampler
+
+    sampler = LengthGroupedSampler(len(lengths), batch, accum, 1, 0, 0, lengths=tuple(lengths))
+    steps = len(lengths) // (batch * accum)
+    return [i for _, (_, _, micro) in zip(range(steps), sampler.iterate()) for ids in micro for i in ids]
+
+
 def medians(runs: list[dict]) -> dict:
     """Each numeric field's median over the rounds (other fields from the first run)."""
     out = dict(runs[0])

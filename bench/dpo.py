@@ -61,16 +61,17 @@ from bench.common import (  # noqa: E402
     Shape,
     best,
     check,
+    grouped_order,
     in_child,
     matmul_peak,
     medians,
     mfu_line,
     peak_mb,
     prefix_pairs,
-    rates,
     reset_peak,
     schedule,
     step_clock,
+    with_rates,
 )
 from bench.sft import ARCH, EOS, PAD, SPECIALS, VOCAB, make_model  # noqa: E402
 
@@ -85,15 +86,6 @@ def make_pairs(n: int, seed: int) -> list[tuple[list[int], list[int], list[int]]
     rng = np.random.default_rng(seed)
     draw = lambda lo, hi: rng.integers(len(SPECIALS), VOCAB, size=int(rng.integers(lo, hi + 1))).tolist()  # noqa: E731
     return [(draw(32, 256), draw(16, 256) + [EOS], draw(16, 256) + [EOS]) for _ in range(n)]
-
-
-def grouped_order(pairs, batch: int) -> list[int]:
-    """One order of the pairs grouped by length (posttrain's sampler's), given to both sides."""
-    from posttrain.training.sampler import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(len(pairs), batch, 1, 1, 0, 0,
-                                   lengths=tuple(len(p) + max(len(c), len(r)) for p, c, r in pairs))
-    return [i for _, (_, _, micro) in zip(range(len(pairs) // batch), sampler.iterate()) for ids in micro for i in ids]
 
 
 def make_tokenizer():
@@ -344,7 +336,7 @@ def main() -> None:
     threads = opts.threads
     torch.set_num_threads(threads)  # inherited by the forked trials
     pairs = make_pairs(opts.steps * opts.batch_size, seed=0)
-    orders = {"in order": pairs, "grouped": [pairs[i] for i in grouped_order(pairs, opts.batch_size)]}
+    orders = {"in order": pairs, "grouped": [pairs[i] for i in grouped_order([len(p) + max(len(c), len(r)) for p, c, r in pairs], opts.batch_size)]}
     lengths = [len(p) + max(len(c), len(r)) for p, c, r in pairs]
     with tempfile.TemporaryDirectory() as root:
         folder = in_child(model_folder, root)
@@ -366,9 +358,7 @@ def main() -> None:
         for r, (who, setting) in runs:
             order = "grouped" if setting == "grouped" else "in order"
             res = in_child(runners[who], setting, orders[order], opts, folder)
-            done, flops = work[order]
-            res.update({f"pairs_{k}": v for k, v in rates(res.pop("ends"), done).items()} | {"order": order})
-            res["flops_per_cpu_s"] = res["pairs_per_cpu_s"] * sum(flops[1:]) / sum(done[1:])
+            res = with_rates(res, "pairs", *work[order]) | {"order": order}
             results.setdefault((who, setting), []).append(res)
             print(f"round {r + 1} {who:9s} {setting:7s} {res['pairs_per_cpu_s']:6.2f} pairs/cpu-s ({res['pairs_per_s']:5.2f} wall, "
                   f"noise {res['pairs_noise']:.1%})  "

@@ -54,16 +54,17 @@ from bench.common import (  # noqa: E402
     Shape,
     best,
     check,
+    grouped_order,
     in_child,
     matmul_peak,
     medians,
     mfu_line,
     peak_mb,
     prefix_pairs,
-    rates,
     reset_peak,
     schedule,
     step_clock,
+    with_rates,
 )
 from bench.sft import ARCH, ASSISTANT, EOS, IM_END, IM_START, NEWLINE, PAD, SPECIALS, USER, VOCAB, make_tokenizer  # noqa: E402
 
@@ -87,14 +88,6 @@ def make_pairs(n: int, seed: int) -> list[tuple[list[int], list[int]]]:
 
 def shared_prompt(chosen: list[int], rejected: list[int]) -> int:
     return next(i for i, (a, b) in enumerate(zip(chosen, rejected)) if a != b)
-
-
-def grouped_order(pairs, batch: int) -> list[int]:
-    """One order of the pairs grouped by length (posttrain's sampler's), given to both sides."""
-    from posttrain.training.sampler import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(len(pairs), batch, 1, 1, 0, 0, lengths=tuple(len(c) + len(r) for c, r in pairs))
-    return [i for _, (_, _, micro) in zip(range(len(pairs) // batch), sampler.iterate()) for ids in micro for i in ids]
 
 
 def make_model():
@@ -267,7 +260,7 @@ def main() -> None:
     torch.set_num_threads(opts.threads)  # inherited by the forked trials
 
     pairs = make_pairs(opts.steps * opts.batch_size, seed=0)
-    orders = {"in order": pairs, "grouped": [pairs[i] for i in grouped_order(pairs, opts.batch_size)]}
+    orders = {"in order": pairs, "grouped": [pairs[i] for i in grouped_order([len(c) + len(r) for c, r in pairs], opts.batch_size)]}
     lengths = [len(c) + len(r) for c, r in pairs]
     print(f"{len(pairs)} pairs of {min(lengths)}-{max(lengths)} tokens (chosen + rejected, mean {np.mean(lengths):.0f}); "
           f"{opts.batch_size} pairs per step, {opts.steps} steps per trial, {opts.rounds} rounds; model {ARCH} vocab "
@@ -286,10 +279,7 @@ def main() -> None:
     for r, (who, setting) in schedule(trials, opts.rounds):
         order = "grouped" if setting == "grouped" else "in order"
         res = in_child(runners[who], setting, orders[order], opts)
-        done, flops = work[order]
-        res.update({f"pairs_{k}": v for k, v in rates(res["ends"], done).items()})
-        res["flops_per_cpu_s"] = rates(res["ends"], flops)["per_cpu_s"]
-        del res["ends"]
+        res = with_rates(res, "pairs", *work[order])
         results.setdefault((who, setting), []).append(res)
         print(f"round {r + 1} {who:9s} {setting:7s} {res['pairs_per_cpu_s']:6.3f} pairs/cpu-s ({res['pairs_per_s']:6.3f} wall, "
               f"noise {res['pairs_noise']:.1%})  peak +{res['peak_mb']:5.0f} MB  loss {res['first_loss']:.5f} -> "

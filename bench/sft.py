@@ -53,15 +53,16 @@ from bench.common import (  # noqa: E402
     best,
     causal_pairs,
     check,
+    grouped_order,
     in_child,
     matmul_peak,
     medians,
     mfu_line,
     peak_mb,
-    rates,
     reset_peak,
     schedule,
     step_clock,
+    with_rates,
 )
 
 VOCAB = 8192
@@ -127,15 +128,6 @@ def micro_shape(setting: str, opts) -> tuple[int, int]:
     """(micro-batch size, micro-batches per step) of a setting; the global batch is the same for all."""
     global_batch = opts.batch_size * opts.grad_accum
     return (1, global_batch) if setting == "one" else (opts.batch_size, opts.grad_accum)
-
-
-def grouped_order(data, opts) -> list[int]:
-    """One order of the examples grouped by length (posttrain's sampler's), given to both sides."""
-    from posttrain.training.sampler import LengthGroupedSampler
-
-    sampler = LengthGroupedSampler(len(data), opts.batch_size, opts.grad_accum, 1, 0, 0,
-                                   lengths=tuple(len(ids) for ids, _ in data))
-    return [i for _, (_, _, micro) in zip(range(opts.steps), sampler.iterate()) for ids in micro for i in ids]
 
 
 # --------------------------------------------------------------------------- posttrain
@@ -320,7 +312,8 @@ def main() -> None:
     torch.set_num_threads(threads)  # inherited by the forked trials
     n = opts.steps * opts.batch_size * opts.grad_accum
     data = make_conversations(n, seed=0, max_len=opts.max_len)
-    orders = {"in order": data, "grouped": [data[i] for i in grouped_order(data, opts)]}
+    order = grouped_order([len(ids) for ids, _ in data], opts.batch_size, opts.grad_accum)
+    orders = {"in order": data, "grouped": [data[i] for i in order]}
     lengths = [len(ids) for ids, _ in data]
     print(f"{n} conversations of {min(lengths)}-{max(lengths)} tokens (mean {np.mean(lengths):.0f}); "
           f"global batch {opts.batch_size * opts.grad_accum}; {opts.steps} steps per trial, {opts.rounds} rounds; "
@@ -345,10 +338,7 @@ def main() -> None:
     for r, (who, setting) in schedule(trials, opts.rounds):
         order = "grouped" if setting == "grouped" else "in order"
         res = in_child(runners[who], setting, orders[order], opts)
-        tokens, flops = work[order]
-        res.update({f"tokens_{k}": v for k, v in rates(res["ends"], tokens).items()})
-        res["flops_per_cpu_s"] = rates(res["ends"], flops)["per_cpu_s"]
-        del res["ends"]
+        res = with_rates(res, "tokens", *work[order])
         results.setdefault((who, setting), []).append(res)
         print(f"round {r + 1} {who:9s} {setting:12s} {res['tokens_per_cpu_s']:7.0f} tok/cpu-s ({res['tokens_per_s']:5.0f} wall, noise "
               f"{res['tokens_noise']:.1%})  "
