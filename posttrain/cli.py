@@ -70,11 +70,12 @@ def _user_error(kind: str, error: Exception) -> None:
     raise typer.Exit(USER_ERROR_EXIT)
 
 
-def recipe_command(name: str, config_cls: type, target: str, summary: str) -> None:
+def recipe_command(name: str, config_cls: type, target: str, summary: str, positional: str | None = None) -> None:
     """Register `posttrain <name>`: load ``config_cls`` from --config + overrides, call ``target``.
 
     ``target`` is "module:function", imported only when the command runs, so that
-    `posttrain --help` stays fast.
+    `posttrain --help` stays fast. ``positional``: a config field that a first argument without
+    "=" sets (`posttrain synth distill ...` is `posttrain synth method=distill ...`).
     """
 
     CONFIGS[name] = config_cls
@@ -83,8 +84,11 @@ def recipe_command(name: str, config_cls: type, target: str, summary: str) -> No
         ctx: typer.Context,
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file."),
     ) -> None:
+        args = list(ctx.args)
+        if positional and args and "=" not in args[0]:
+            args[0] = f"{positional}={args[0]}"
         try:
-            cfg = load_config(config_cls, config, ctx.args)
+            cfg = load_config(config_cls, config, args)
         except ConfigError as e:
             _user_error("config error", e)
         module, func = target.split(":")
@@ -142,17 +146,24 @@ COMMANDS = (
      "RLHF against reward models or functions with a KL penalty: PPO, RLOO or GRPO, with reward-hacking diagnostics."),
     ("dpo", "DPOConfig", "posttrain.recipes.dpo:dpo",
      "Preference optimization without a reward model: DPO, cDPO, IPO, SimPO, ORPO, KTO; iterative rounds."),
+    ("synth", "SynthConfig", "posttrain.synth.run:synth",
+     "Make instruction data with a teacher: posttrain synth <self-instruct|evol-instruct|self-chat|distill|gatt> "
+     "[key=value ...]; the teacher is the world's simulated one, a local model, or any OpenAI-compatible server."),
 )
 """Every command: (name, config class in ``posttrain.recipes.config``, "module:function" it runs, summary).
 Config classes live in a light module (no torch import), so `posttrain --help` is instant; the
 function's module is imported only when its command runs."""
 
 
+POSITIONAL = {"synth": "method"}
+"""Commands whose first argument sets a config field."""
+
+
 def _register() -> None:
     """Register every command of :data:`COMMANDS` with typer (once)."""
     for name, config, target, summary in COMMANDS:
         if name not in CONFIGS:
-            recipe_command(name, getattr(rc, config), target, summary)
+            recipe_command(name, getattr(rc, config), target, summary, POSITIONAL.get(name))
 
 
 def main() -> None:

@@ -15,6 +15,8 @@ The docstrings are read from the source with ``ast``, so they are written once a
 
 from __future__ import annotations
 
+import datetime
+
 import ast
 import dataclasses
 import difflib
@@ -127,6 +129,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, (datetime.date, datetime.datetime)):  # YAML reads 2026-12-07 as a date
+            return value.isoformat()
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value

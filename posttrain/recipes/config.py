@@ -11,6 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from posttrain.data.config import DataConfig
 from posttrain.models.config import ModelConfig
+from posttrain.synth.config import SynthConfig  # noqa: F401  (the synth command's config, registered by the CLI)
 from posttrain.training.config import TrainConfig
 
 
