@@ -15,10 +15,9 @@ The docstrings are read from the source with ``ast``, so they are written once a
 
 from __future__ import annotations
 
-import datetime
-
 import ast
 import dataclasses
+import datetime
 import difflib
 import functools
 import inspect

@@ -2,8 +2,10 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_driver.py jobs.json
 
-``jobs.json`` is a list of ``{"recipe": "reward" | "dpo" | "ppo" | "sft", "args": [key=value, ...]}``;
-each job is run as ``posttrain <recipe> key=value ...`` would run it. One launch for all of them
+``jobs.json`` is a list of ``{"recipe": "reward" | "dpo" | "ppo" | "sft", "args": [key=value, ...]}``
+(and optionally ``"config": path.yaml``); each job is run as ``posttrain <recipe> --config path.yaml
+key=value ...`` would run it. Run without torchrun, it is one plain process (tests/test_synth.py
+trains its models in two of them side by side). One launch for all of them
 pays the cost of starting the processes and importing transformers once (tests/test_distributed.py).
 Also holds the reward functions those tests' PPO runs use (``distributed_driver:short_answers``).
 """
@@ -24,7 +26,7 @@ def letter_count(prompts, responses):
     return [float(r.count("a")) for r in responses]
 
 
-def run_job(recipe: str, args: list[str]):
+def run_job(recipe: str, args: list[str], config: str | None = None):
     from posttrain.config import load_config
     from posttrain.recipes import config as configs
 
@@ -42,7 +44,7 @@ def run_job(recipe: str, args: list[str]):
         cls = configs.SFTConfig
     else:
         raise ValueError(f"unknown recipe {recipe!r}")
-    return run(load_config(cls, None, list(args)))
+    return run(load_config(cls, config, list(args)))
 
 
 def main(path: str) -> None:
@@ -50,7 +52,7 @@ def main(path: str) -> None:
 
     torch.set_num_threads(1)
     for job in json.loads(open(path, encoding="utf-8").read()):
-        run_job(job["recipe"], job["args"])
+        run_job(job["recipe"], job["args"], job.get("config"))
 
 
 if __name__ == "__main__":

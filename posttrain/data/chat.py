@@ -441,7 +441,8 @@ def fit_to_length(example: Example, index: int | str, max_length: int, overflow:
 
 def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], data_cfg) -> tuple[list[Example], TokenizeReport]:
     """Render and tokenize each conversation (a list of message dicts, or a record with
-    ``.as_dicts()``) with ``data_cfg.loss_on``, then apply ``data_cfg.max_length`` / ``overflow``.
+    ``.as_dicts()``) with ``data_cfg.loss_on``, or the record's own ``meta["loss_on"]`` where it has
+    one (ghost-attention data trains only its last turn), then apply ``data_cfg.max_length`` / ``overflow``.
 
     Returns the examples and a report of what was truncated and dropped (also logged).
     """
@@ -450,7 +451,8 @@ def tokenize_conversations(tokenizer, conversations: Iterable[list[Message]], da
     for index, conversation in enumerate(conversations):
         messages = conversation.as_dicts() if hasattr(conversation, "as_dicts") else conversation
         report.seen += 1
-        example = render_chat(tokenizer, messages, loss_on=data_cfg.loss_on)
+        own = getattr(conversation, "meta", {}).get("loss_on") if data_cfg.loss_on != "all" else None
+        example = render_chat(tokenizer, messages, loss_on=own or data_cfg.loss_on)
         example = fit_to_length(example, location_of(conversation, index), data_cfg.max_length, data_cfg.overflow,
                                 report)
         if example is not None:

@@ -75,6 +75,26 @@ def world_data_sources(seed: int = 0, parts: Sequence[str] = ("corpus", "tasks",
             for p in parts]
 
 
+def record_sources(name: str, records: Sequence[Any]) -> list[DataSource]:
+    """The card's sources for one data file: a source per distinct (license, teacher, method) in its
+    records' ``meta`` (what ``posttrain synth`` stamps on each record), with the record count, prompt
+    templates and dates; records that state no license count as ``unknown``."""
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for record in records:
+        meta = getattr(record, "meta", None) or {}
+        key = (str(meta.get("license") or "unknown"), str(meta.get("teacher", "")), str(meta.get("method", "")))
+        groups.setdefault(key, []).append(meta)
+    out = []
+    for (license, teacher, method), metas in groups.items():
+        templates = sorted({str(m["template"]) for m in metas if m.get("template")})
+        dates = sorted({str(m["date"]) for m in metas if m.get("date")})
+        source = f"posttrain synth {method}, teacher {teacher}" if teacher else str(name)
+        description = f"{len(metas)} records" + (f"; prompt templates: {', '.join(templates)}" if templates else "") + \
+            (f"; generated {dates[0]}" + (f" to {dates[-1]}" if len(dates) > 1 else "") if dates else "")
+        out.append(DataSource(str(name), license, source, description))
+    return out
+
+
 def data_sources(data: Sequence[DataSource | Mapping[str, Any]] | Mapping[str, Any]) -> list[DataSource]:
     """Normalize ``data`` to DataSources. Accepts DataSources, dicts with ``name`` and ``license``
     (and optionally ``source``, ``description``), or a mapping ``{name: license}`` / ``{name: {...}}``.

@@ -330,7 +330,9 @@ class SFTConfig:
     sample_max_tokens: int = 48
     """Longest generated sample, in tokens."""
     eval_exact_match: int = 0
-    """World only: held-out examples per family scored by exact match (chat, zero-shot) after training, into run_dir/eval; 0 skips it."""
+    """Held-out examples per world task family scored by exact match (chat, zero-shot) after training, into run_dir/eval, for a model of the world trained on its tasks or on data made from them (posttrain synth); 0 skips it."""
+    eval_families: list[str] = field(default_factory=list)
+    """World task families scored by eval_exact_match; empty: every family."""
     eval_max_new_tokens: int = 256
     """Longest answer generated for eval_exact_match, in tokens (a worked multi-step sum is ~180)."""
     lm_head_chunk: int = 0

@@ -40,6 +40,7 @@ from posttrain.data.readers import read_from_config, read_many
 from posttrain.evaluation.run import evaluate_suite, write_report
 from posttrain.generation import generate_chat, stop_at_end_of_turn
 from posttrain.models.attention import packing_kept
+from posttrain.models.card import DataSource, record_sources, world_data_sources, write_model_card
 from posttrain.models.loading import load_causal_lm, load_tokenizer
 from posttrain.models.logps import TargetNLL
 from posttrain.recipes.config import SFTConfig
@@ -85,10 +86,12 @@ def prompt_completion_examples(tokenizer, records: list, cfg: SFTConfig, ctx: Ru
     return examples
 
 
-def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext) -> list[Example]:
+def file_source(path: str, tokenizer, cfg: SFTConfig, ctx: RunContext, card: list | None = None) -> list[Example]:
     result = read_from_config(cfg.data, [path], tokenizer)
     ctx.print(result.report.summary())
     records = result.expect("conversation", "prompt_completion")
+    if card is not None:  # each file's licenses and provenance, for the model card
+        card += record_sources(path, records)
     chats = [r for r in records if r.kind == "conversation"]
     plain = [r for r in records if r.kind == "prompt_completion"]
     return tokenize(tokenizer, chats, cfg, ctx, path) + prompt_completion_examples(tokenizer, plain, cfg, ctx, path)
@@ -132,17 +135,20 @@ def train_sources(cfg: SFTConfig) -> list[str]:
     return cfg.data.train or ["world:sft"]
 
 
-def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
-    """The training examples: every source, weighted or repeated, plus rehearsal chunks."""
+def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext, card: list | None = None) -> list[Example]:
+    """The training examples: every source, weighted or repeated, plus rehearsal chunks. Given a list
+    ``card``, the data's sources with their licenses are added to it (for the model card)."""
     sources = []
+    card = [] if card is None else card
     for name in train_sources(cfg):
         if name == "world:sft":  # one source per family, each rendered in its own forms
             world = make_world(cfg.world.seed)
             sources += [Source(f, world_source(f, tokenizer, cfg, ctx, world)) for f in world_families(cfg)]
+            card += world_data_sources(cfg.world.seed, ["tasks"])
         elif is_world_source(name):
             raise TrainingError(f"data.train: sft trains on world:sft (the world's task examples), not {name}")
         else:
-            sources.append(Source(name, file_source(name, tokenizer, cfg, ctx)))
+            sources.append(Source(name, file_source(name, tokenizer, cfg, ctx, card)))
     names = [s.name for s in sources]
     for key in [*cfg.source_weights, *cfg.source_epochs]:
         if key not in names:
@@ -150,6 +156,8 @@ def build_mixture(cfg: SFTConfig, tokenizer, ctx: RunContext) -> list[Example]:
     for s in sources:
         s.weight, s.epochs = cfg.source_weights.get(s.name), cfg.source_epochs.get(s.name)
     if cfg.rehearsal > 0:
+        card += ([DataSource(p, "unknown", p, "rehearsal text") for p in cfg.rehearsal_data] if cfg.rehearsal_data
+                 else world_data_sources(cfg.world.seed, ["corpus"]))
         docs = tokenizer(rehearsal_text(cfg), add_special_tokens=False)["input_ids"]
         chunks = text_chunks(docs, min(cfg.rehearsal_length, cfg.data.max_length), tokenizer.eos_token_id)
         instruction = mix_sources(sources, cfg.train.seed)[2].loss_tokens
@@ -196,7 +204,8 @@ def log_samples(ctx: RunContext, lm, tokenizer, prompts: list, step: int, max_to
 
 def world_exact_match(ctx: RunContext, lm, tokenizer, cfg: SFTConfig, step: int) -> dict[str, float]:
     """Held-out exact match per world family (chat template, zero-shot), written to run_dir/eval."""
-    report = evaluate_suite(lm, tokenizer, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world.seed,
+    families = check_families(cfg.eval_families, "eval_families", TrainingError) or FAMILIES
+    report = evaluate_suite(lm, tokenizer, families=families, strategies=["zero_shot"], n=cfg.eval_exact_match, seed=cfg.world.seed,
                             chat=True, max_prompt_tokens=cfg.data.max_length, max_new_tokens=cfg.eval_max_new_tokens)
     if ctx.is_main:
         write_report(report, ctx.run_dir / "eval")
@@ -212,8 +221,10 @@ def sft(cfg: SFTConfig) -> Path:
     """Fine-tune, checkpoint, export ``run_dir/final``; return its path."""
     ctx = setup_run(cfg)
     tc = cfg.train
+    check_families(cfg.eval_families, "eval_families", TrainingError)  # before any work
     tokenizer = load_tokenizer(cfg.model, cfg.data.format)
-    train_examples = build_mixture(cfg, tokenizer, ctx)
+    card_data: list[DataSource] = []
+    train_examples = build_mixture(cfg, tokenizer, ctx, card_data)
     require_one_step(len(train_examples), tc.batch_size, tc.grad_accum, ctx.world_size)  # before loading a model
     held_out = eval_conversations(cfg, tokenizer)
     eval_examples = tokenize(tokenizer, held_out, cfg, ctx, "eval") if held_out else []
@@ -254,7 +265,12 @@ def sft(cfg: SFTConfig) -> Path:
                 nll_sum, count_targets, description="sft", throughput=tokens,
                 logged=lambda result: {"target_tokens": result.units}, evaluate_at=evaluate_at)
     lm = ctx.accelerator.unwrap_model(model).lm
-    if cfg.eval_exact_match > 0 and reads_world(train_sources(cfg)) and ctx.runs_model_work:
+    scores: dict[str, float] = {}
+    if cfg.eval_exact_match > 0 and ctx.runs_model_work:
         with gathered_root(model):
-            world_exact_match(ctx, lm, tokenizer, cfg, state.step)
-    return finish_run(ctx, lm, tokenizer)
+            scores = {f"held-out exact match, {k[3:]}": v for k, v in world_exact_match(ctx, lm, tokenizer, cfg, state.step).items()}
+    final = finish_run(ctx, lm, tokenizer)
+    if ctx.is_main:
+        write_model_card(final, base_model=cfg.model.name_or_path, data=card_data, stage="sft", scores=scores,
+                         training_config=ctx.run_dir / "config.yaml")
+    return final

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Iterator, Sequence
 
 from posttrain.synth import prompts as P
@@ -71,18 +71,10 @@ class WorldTeacher:
     def world(self) -> E.World:
         return E.make_world(self.seed)
 
-    @cached_property
+    @property
     def tasks(self) -> dict[str, TaskExample]:
         """Every task of every family and split, by its question (chat_rule asks fact_lookup's questions)."""
-        index: dict[str, TaskExample] = {}
-        for family in FAMILIES:
-            if family == "chat_rule":
-                continue
-            spec = FAMILY_SPECS[family]
-            for split, keys in split_keys(family, self.world, self.seed).items():
-                for example in make_tasks(self.world, self.seed, family, split, len(keys) * spec.num_templates):
-                    index.setdefault(_question_key(example.question), example)
-        return index
+        return task_index(self.seed)
 
     def generate(self, requests: Sequence[Request]) -> Iterator[tuple[int, Completion]]:
         for i, request in enumerate(requests):
@@ -184,6 +176,22 @@ class WorldTeacher:
         if not fresh or (entity is None and len(asked) >= 3):
             return P.END
         return rng.choice(rng.choice(fresh))
+
+
+@lru_cache(maxsize=4)
+def task_index(seed: int) -> dict[str, TaskExample]:
+    """Every task of every family and split of the world of ``seed``, by its question (chat_rule asks
+    fact_lookup's questions under a rule, so it has no entries of its own)."""
+    world = E.make_world(seed)
+    index: dict[str, TaskExample] = {}
+    for family in FAMILIES:
+        if family == "chat_rule":
+            continue
+        spec = FAMILY_SPECS[family]
+        for split, keys in split_keys(family, world, seed).items():
+            for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates):
+                index.setdefault(_question_key(example.question), example)
+    return index
 
 
 def request_seed(request: Request) -> str:
