@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import background  # tests/background.py: fixtures made by a background process
 import pytest
 
 TINY_TEXT = [
@@ -57,38 +61,63 @@ def tiny_model_dir(tmp_path_factory, tiny_tokenizer):
     return save_tiny_llama(tmp_path_factory.mktemp("tiny_model"), tiny_tokenizer)
 
 
-WORLD_SFT_EVAL_N = 100
-"""Held-out examples per family scored at the end of the shared world SFT run (``world_sft``)."""
+@pytest.fixture(scope="session")
+def world_sft(request, tmp_path_factory):
+    """configs/sft/world.yaml trained once per session on the shipped base model, in the background
+    (tests/background.py) while other tests run.
+
+    Returns the run directory: ``final/`` is the exported chat model (the starting point of the
+    reward-model, DPO, PPO and live-server tests) and ``eval/results.json`` its held-out exact match
+    per family. Skips when the world's base model is not shipped. Development: set
+    ``POSTTRAIN_DEV_SFT`` to a finished ``posttrain sft --config configs/sft/world.yaml`` run folder
+    (one holding ``final/``) to use it instead.
+    """
+    if os.environ.get("POSTTRAIN_DEV_SFT"):
+        return Path(os.environ["POSTTRAIN_DEV_SFT"])
+    return background_result(request, tmp_path_factory, "world_sft")
 
 
 @pytest.fixture(scope="session")
-def world_sft(tmp_path_factory):
-    """configs/sft/world.yaml trained once per session on the shipped base model (a few minutes).
+def synth_world(request, tmp_path_factory):
+    """tests/test_synth.py's world data sets and the six SFT runs on them, made in the background."""
+    return background_result(request, tmp_path_factory, "synth_world")
 
-    Returns the run directory: ``final/`` is the exported chat model (the starting point of the
-    reward-model, DPO and PPO world tests) and ``eval/results.json`` its held-out exact match per
-    family. Skips when the world's base model is not shipped.
-    """
-    from pathlib import Path
 
-    from posttrain.config import load_config
-    from posttrain.recipes.config import SFTConfig
+def background_result(request, tmp_path_factory, job: str) -> Path:
+    """The folder of a background job: from the session's background process, else made here."""
+    why = background.needs_base_model()
+    if why:
+        pytest.skip(why)
+    runner = getattr(request.config, "_posttrain_background", None)
+    if runner is not None and job in runner.jobs:
+        return runner.result(job)
+    out = tmp_path_factory.mktemp(job)
+    background.JOBS[job](out)
+    return out
 
-    try:
-        from posttrain.world import base_model_path
 
-        base_model_path()
-    except (ImportError, FileNotFoundError) as e:
-        pytest.skip(f"the world's base model is not shipped: {e}")
-    from posttrain.recipes.sft import sft
+def pytest_collection_modifyitems(session, config, items):
+    """When selected tests need background jobs (tests/background.py): start them, run those tests
+    last, and give this process's torch one thread, so the two cores serve two lanes."""
+    def needs(item):
+        return [job for job in background.JOBS if job in item.fixturenames
+                and not (job == "world_sft" and os.environ.get("POSTTRAIN_DEV_SFT"))]
 
-    run_dir = tmp_path_factory.mktemp("world") / "sft"
-    config = Path(__file__).resolve().parents[1] / "configs" / "sft" / "world.yaml"
-    cfg = load_config(SFTConfig, config, [f"train.run_dir={run_dir}", "train.progress=false",
-                                          "train.tensorboard=false", "samples=0", "train.eval_every=0",
-                                          "train.save_every=0", f"eval_exact_match={WORLD_SFT_EVAL_N}"])
-    sft(cfg)
-    return run_dir
+    jobs = [job for job in background.JOBS if any(job in needs(item) for item in items)]
+    if not jobs or config.option.collectonly or background.needs_base_model():
+        return
+    items.sort(key=lambda item: bool(needs(item)))  # stable: the others keep their order
+    import torch
+
+    torch.set_num_threads(1)
+    config._posttrain_background = background.Background(Path(tempfile.mkdtemp(prefix="posttrain-bg-")), jobs)
+
+
+def pytest_unconfigure(config):
+    runner = getattr(config, "_posttrain_background", None)
+    if runner is not None:
+        runner.stop()
+        shutil.rmtree(runner.root, ignore_errors=True)
 
 
 CHROMIUM = "/usr/bin/chromium"

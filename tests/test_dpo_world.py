@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -26,25 +25,17 @@ from posttrain.config import load_config
 from posttrain.recipes.config import DPOConfig
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dpo" / "world.yaml"
-DEV_SFT = os.environ.get("POSTTRAIN_DEV_SFT")
 
 
 @pytest.fixture(scope="module")
-def sft_run(request) -> Path:
-    if DEV_SFT:
-        return Path(DEV_SFT)
-    return request.getfixturevalue("world_sft")
-
-
-@pytest.fixture(scope="module")
-def world_dpo(sft_run, tmp_path_factory) -> dict:
+def world_dpo(world_sft, tmp_path_factory) -> dict:
     from posttrain.recipes.dpo import dpo
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("world-dpo") / "run"
     cfg = load_config(DPOConfig, CONFIG, [
-        f"model.name_or_path={sft_run / 'final'}", f"train.run_dir={run_dir}", "train.progress=false",
+        f"model.name_or_path={world_sft / 'final'}", f"train.run_dir={run_dir}", "train.progress=false",
         "train.tensorboard=false", "train.save_every=0", "train.eval_every=0", "world.families=[uppercase,classification]",
         "world.examples=150", "world.eval_examples=40", "train.epochs=4", "kl_prompts=32"])
     try:

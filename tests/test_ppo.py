@@ -293,17 +293,14 @@ WORLD_KL_TARGET = 1.0
 
 
 @pytest.fixture(scope="module")
-def world_ppo(request, tmp_path_factory) -> Path:
+def world_ppo(world_sft, tmp_path_factory) -> Path:
     """configs/ppo/world.yaml at test size against the world's gold reward, for now (the learned
     reward model costs its own minutes of training here, and PPO against it raises the proxy, not
     gold: see the note on the gold test), with a value head on whitened scores, KL steered to 1 nat."""
-    import os
-
     from posttrain.recipes.ppo import ppo
 
     torch.set_num_threads(1)
-    dev = os.environ.get("POSTTRAIN_DEV_SFT")
-    sft_final = Path(dev) / "final" if dev else request.getfixturevalue("world_sft") / "final"
+    sft_final = world_sft / "final"
     run_dir = tmp_path_factory.mktemp("ppo-world") / "run"
     config = Path(__file__).resolve().parents[1] / "configs" / "ppo" / "world.yaml"
     ppo(load_config(PPOConfig, config, [

@@ -9,7 +9,6 @@ module use that run's ``final/`` instead of training one.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,8 @@ BEST_OF_PROMPTS = 6
 
 
 @pytest.fixture(scope="module")
-def sft_final(request) -> Path:
-    dev = os.environ.get("POSTTRAIN_DEV_SFT")
-    return Path(dev) / "final" if dev else request.getfixturevalue("world_sft") / "final"
+def sft_final(world_sft) -> Path:
+    return world_sft / "final"
 
 
 @pytest.fixture(scope="module")

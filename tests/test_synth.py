@@ -15,27 +15,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from background import DATE, EVAL_N, SINGLE_TURN, SUMS, run_synth  # tests/background.py
 
 from posttrain.config import load_config
 from posttrain.synth.config import METHODS, SynthConfig
-from posttrain.synth.run import output_paths, synth
-
-DATE = "2026-12-07"
-SINGLE_TURN = ("fact_lookup", "arithmetic", "multistep_arithmetic", "reverse", "sorting", "summarization", "harmful")
-"""The trained families whose prompts are one instruction: self-instruct's (chat_rule is multi-turn, GAtt's)."""
-SUMS = ("arithmetic", "multistep_arithmetic")
-EVAL_N = 200
-"""Held-out examples per family in every world evaluation here."""
-
-
-def run_synth(tmp: Path, method: str, *overrides: str, cache: Path | None = None) -> tuple[list[dict], dict]:
-    """Run a method with the world's teacher; (records as written, report)."""
-    cfg = load_config(SynthConfig, None, [f"method={method}", f"output={tmp / method}.jsonl",
-                                          f"cache_dir={cache or tmp / 'cache'}", "progress=false", f"date={DATE}",
-                                          *overrides])
-    data, report = output_paths(cfg)
-    assert synth(cfg) == data
-    return [json.loads(line) for line in data.read_text().splitlines()], json.loads(report.read_text())
 
 
 def difference_se(p: float, n: int, q: float, m: int) -> float:
@@ -302,80 +285,20 @@ def test_live_server_killed_mid_run_resumes_from_the_cache_and_loses_nothing(wor
     assert sum(r["messages"][-1]["content"].endswith(".") for r in rows) > n // 2  # real answers of the model
 
 
-# --- what the data teaches, in the world --------------------------------------------------------------
-
-WORLD_SFT = Path(__file__).resolve().parents[1] / "configs" / "sft" / "world.yaml"
-
-
-def sft_job(data: Path, run: Path, steps: int, families=()) -> dict:
-    """configs/sft/world.yaml from the base model on ``data`` only; run/eval holds held-out exact
-    match of ``families`` when given."""
-    return {"recipe": "sft", "config": str(WORLD_SFT), "args": [
-        f"data.train=[{data}]", f"train.run_dir={run}", "train.progress=false", "train.tensorboard=false",
-        "samples=0", "train.eval_every=0", "train.save_every=0", f"train.max_steps={steps}", "train.batch_size=16",
-        "train.warmup_steps=10", "rehearsal=0", "source_epochs={}", "world.eval_examples=0",
-        f"eval_exact_match={EVAL_N if families else 0}", f"eval_families=[{','.join(families)}]"]}
-
-
-@pytest.fixture(scope="module")
-def world_data(tmp_path_factory):
-    """Every data set the world comparisons train on, from the simulated teacher, and the six SFT runs
-    on them, trained three after three in two processes of one thread side by side (as fast as the
-    suite's two cores allow). Returns the folder: <name>/ holds each data set and its report,
-    runs/<name>/ each run (final/ and eval/)."""
-    from posttrain.files import write_jsonl_atomic
-    from posttrain.world.tasks import task_examples
-
-    root = tmp_path_factory.mktemp("synth-world")
-    cache = root / "cache"
-    # self-instruct: 10 seed tasks per family, the paper's ROUGE-L filter at 0.7; as many gold demonstrations
-    rows, _ = run_synth(root / "si", "self-instruct", "world.examples=10", f"world.families=[{','.join(SINGLE_TURN)}]",
-                        "self_instruct.instructions=420", cache=cache)
-    gold = task_examples(0, SINGLE_TURN, "train", len(rows) // len(SINGLE_TURN))
-    write_jsonl_atomic(root / "gold" / "gold.jsonl", ({"messages": [*e.as_dicts(), {"role": "assistant", "content": e.answer}]}
-                                                      for e in gold))
-    # GAtt against plain multi-turn data: the same dialogues, the same teacher
-    chats = ["world.examples=300", "world.families=[chat_rule]"]
-    run_synth(root / "ghost", "gatt", *chats, cache=cache)
-    run_synth(root / "plain", "gatt", *chats, "gatt.attach=false", cache=cache)
-    # Orca 2: a step-by-step strategy prompt, erased from the records, against no strategy prompt
-    sums = ["world.examples=150", f"world.families=[{','.join(SUMS)}]"]
-    run_synth(root / "erased", "distill", *sums, "distill.strategy=step_by_step", cache=cache)
-    run_synth(root / "direct", "distill", *sums, cache=cache)
-    runs = root / "runs"
-    workers = [
-        [sft_job(root / "si" / "self-instruct.jsonl", runs / "si", 150, SINGLE_TURN),
-         sft_job(root / "ghost" / "gatt.jsonl", runs / "ghost", 100),
-         sft_job(root / "erased" / "distill.jsonl", runs / "erased", 100, SUMS)],
-        [sft_job(root / "gold" / "gold.jsonl", runs / "gold", 150, SINGLE_TURN),
-         sft_job(root / "plain" / "gatt.jsonl", runs / "plain", 100),
-         sft_job(root / "direct" / "distill.jsonl", runs / "direct", 100, SUMS)],
-    ]
-    driver = Path(__file__).with_name("distributed_driver.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    procs = []
-    for k, jobs in enumerate(workers):
-        (root / f"jobs{k}.json").write_text(json.dumps(jobs))
-        procs.append(subprocess.Popen([sys.executable, str(driver), str(root / f"jobs{k}.json")], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    for proc in procs:
-        output = proc.communicate(timeout=900)[0]
-        assert proc.returncode == 0, output[-4000:]
-    return root
-
+# --- what the data teaches, in the world (data and models: the synth_world fixture, tests/background.py) ---
 
 def exact_match(run: Path) -> dict[str, float]:
     results = json.loads((run / "eval" / "results.json").read_text())["results"]
     return {f: cell["zero_shot"]["accuracy"] for f, cell in results.items()}
 
 
-def test_sft_on_self_instruct_data_reaches_80_percent_of_gold_demonstrations(world_data):
+def test_sft_on_self_instruct_data_reaches_80_percent_of_gold_demonstrations(synth_world):
     """10 seed tasks per family, the simulated teacher, the paper's ROUGE-L filter at 0.7; against the
     same number of gold demonstrations of the same families, trained and scored the same way."""
-    report = json.loads((world_data / "si" / "self-instruct.report.json").read_text())
+    report = json.loads((synth_world / "si" / "self-instruct.report.json").read_text())
     assert report["records"] == 420 and report["seed_tasks"] == 70
     assert report["stages"]["instructions"]["dropped"]["ROUGE-L >= 0.7 with a kept instruction"] > 0
-    synthetic, demonstrated = exact_match(world_data / "runs" / "si"), exact_match(world_data / "runs" / "gold")
+    synthetic, demonstrated = exact_match(synth_world / "runs" / "si"), exact_match(synth_world / "runs" / "gold")
     mean = lambda scores: sum(scores[f] for f in SINGLE_TURN) / len(SINGLE_TURN)  # noqa: E731
     table = "\n".join(f"{f:22s} self-instruct {synthetic[f]:.3f}  gold {demonstrated[f]:.3f}" for f in SINGLE_TURN)
     print(f"\n{table}\nmean: self-instruct {mean(synthetic):.3f}, gold {mean(demonstrated):.3f}")
@@ -400,30 +323,30 @@ def compliance(model: Path, n: int = 250) -> float:
     return sum(follows_rule(c, o.text) for c, o in zip(chats, outputs)) / n
 
 
-def test_ghost_attention_data_keep_the_system_rule_on_later_turns(world_data):
+def test_ghost_attention_data_keep_the_system_rule_on_later_turns(synth_world):
     """GAtt data against plain multi-turn data of the same size and dialogues, from the same teacher."""
     from posttrain.data.readers import read_records
 
-    ghost, plain = (read_records(world_data / name / "gatt.jsonl").records for name in ("ghost", "plain"))
+    ghost, plain = (read_records(synth_world / name / "gatt.jsonl").records for name in ("ghost", "plain"))
     assert len(ghost) == len(plain) == 300
     assert [r.messages[1::2] for r in ghost] == [r.messages[1::2] for r in plain]  # same instruction and user turns
     n = 250
-    g, p = (compliance(world_data / "runs" / name / "final", n) for name in ("ghost", "plain"))
+    g, p = (compliance(synth_world / "runs" / name / "final", n) for name in ("ghost", "plain"))
     print(f"\nsystem rule kept on turns 2 and 3 of {n} held-out chats: gatt {g:.3f}, plain {p:.3f} "
           f"(difference {g - p:.3f}, se {difference_se(g, n, p, n):.3f})")
     assert g - p > 2 * difference_se(g, n, p, n), f"rule kept on later turns: gatt {g:.3f}, plain {p:.3f}"
-    card = (world_data / "runs" / "ghost" / "final" / "README.md").read_text()  # provenance reaches the model card
+    card = (synth_world / "runs" / "ghost" / "final" / "README.md").read_text()  # provenance reaches the model card
     assert "license: apache-2.0" in card and "| Apache-2.0 | posttrain synth gatt, teacher world-teacher" in card
     assert "prompt templates: gatt/attached" in card and f"generated {DATE}" in card
 
 
-def test_distillation_with_prompt_erasure_beats_plain_answers_on_sums(world_data):
+def test_distillation_with_prompt_erasure_beats_plain_answers_on_sums(synth_world):
     """Orca 2: the teacher answers under a step-by-step strategy prompt that the record then drops,
     against the same teacher's answers without a strategy prompt; the student is asked bare questions."""
-    erased, direct = ([json.loads(line) for line in (world_data / name / "distill.jsonl").read_text().splitlines()]
+    erased, direct = ([json.loads(line) for line in (synth_world / name / "distill.jsonl").read_text().splitlines()]
                       for name in ("erased", "direct"))
     assert [r["messages"][:-1] for r in erased] == [r["messages"][:-1] for r in direct]  # the same bare prompts
-    with_erasure, without = exact_match(world_data / "runs" / "erased"), exact_match(world_data / "runs" / "direct")
+    with_erasure, without = exact_match(synth_world / "runs" / "erased"), exact_match(synth_world / "runs" / "direct")
     print("\n" + ", ".join(f"{f}: erased {with_erasure[f]:.3f}, plain {without[f]:.3f}" for f in SUMS))
     for f in SUMS:
         assert with_erasure[f] - without[f] > 2 * difference_se(with_erasure[f], EVAL_N, without[f], EVAL_N), \
