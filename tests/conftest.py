@@ -96,6 +96,7 @@ def background_result(request, tmp_path_factory, job: str) -> Path:
     return out
 
 
+@pytest.hookimpl(trylast=True)  # after -k and -m have deselected what will not run
 def pytest_collection_modifyitems(session, config, items):
     """When selected tests need background jobs (tests/background.py): start them, run those tests
     last, and give this process's torch one thread, so the two cores serve two lanes."""
