@@ -42,6 +42,8 @@ from posttrain.world.tasks import FAMILIES, FAMILY_SPECS, REFUSAL, RULES, TaskEx
 UNKNOWN = "I am not sure what you are asking."
 """The teacher's reply to a question that is no task of the world."""
 REASONING_ASK = "Explain your reasoning step by step."
+NEAR_COPY_PREFIXES = ("Please, ", "Now: ")
+"""What the teacher puts before an example to write a near copy of it (and reads past when answering)."""
 """The sentence an in-depth rewrite adds to ask for more reasoning steps."""
 
 
@@ -98,6 +100,8 @@ class WorldTeacher:
     # --- answering ------------------------------------------------------------------------------
 
     def find(self, question: str) -> TaskExample | None:
+        for prefix in NEAR_COPY_PREFIXES:
+            question = question.removeprefix(prefix)
         return self.tasks.get(_question_key(question))
 
     def answer(self, messages: list[dict[str, str]], rng: random.Random) -> str:
@@ -146,7 +150,7 @@ class WorldTeacher:
             if draw < s.malformed:
                 lines.append(rng.choice([f"{i}. Instruction:", f"{i}. {self.new_task(rng.choice(families), rng)}"]))
             elif draw < s.malformed + s.near_copy and examples:
-                lines.append(f"{i}. Instruction: {rng.choice(['Please, ', 'Now: ', ''])}{rng.choice(examples)}")
+                lines.append(f"{i}. Instruction: {rng.choice([*NEAR_COPY_PREFIXES, ''])}{rng.choice(examples)}")
             else:
                 lines.append(f"{i}. Instruction: {self.new_task(rng.choice(families), rng)}")
         return "\n".join(lines)
