@@ -146,6 +146,9 @@ COMMANDS = (
      "RLHF against reward models or functions with a KL penalty: PPO, RLOO or GRPO, with reward-hacking diagnostics."),
     ("dpo", "DPOConfig", "posttrain.recipes.dpo:dpo",
      "Preference optimization without a reward model: DPO, cDPO, IPO, SimPO, ORPO, KTO; iterative rounds."),
+    ("label", "LabelConfig", "posttrain.synth.label:label",
+     "AI feedback (RLAIF): a judge model (the world's, a local model or any OpenAI-compatible server) labels "
+     "preference pairs in both orders; soft labels, ties, agreement with existing labels and gold."),
     ("synth", "SynthConfig", "posttrain.synth.run:synth",
      "Make instruction data with a teacher: posttrain synth <self-instruct|evol-instruct|self-chat|distill|gatt> "
      "[key=value ...]; the teacher is the world's simulated one, a local model, or any OpenAI-compatible server."),

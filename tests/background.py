@@ -10,6 +10,8 @@ writes ``<root>/<job>/``, then ``<root>/<job>.done``, or ``<root>/<job>.failed``
 
 - ``world_sft``: configs/sft/world.yaml on the shipped base model (the starting point of the reward
   model, DPO, PPO and live-server tests), with held-out exact match in ``eval/``;
+- ``rlaif_world``: the simulated annotators' pairs and the same pairs labelled by the world's judge
+  (``posttrain label``), and a reward model on each from the world SFT model (tests/test_label.py);
 - ``synth_world``: the data sets of tests/test_synth.py's world comparisons, made by the simulated
   teacher, and the six SFT runs on them (``runs/<name>/``).
 """
@@ -99,8 +101,55 @@ def synth_world(root: Path) -> None:
     sft_on(root / "direct" / "distill.jsonl", runs / "direct", 60, SUMS)
 
 
-JOBS = {"world_sft": world_sft, "synth_world": synth_world}
-"""Every background job, by the name of the fixture that returns its folder."""
+def world_sft_folder(root: Path) -> Path:
+    """The world SFT run a job starts from: POSTTRAIN_DEV_SFT, or this background's world_sft job."""
+    import os
+
+    return Path(os.environ.get("POSTTRAIN_DEV_SFT") or root / "world_sft")
+
+
+def train_reward(sft: Path, run: Path, data: Path) -> None:
+    from posttrain.config import load_config
+    from posttrain.recipes.config import RewardConfig
+    from posttrain.recipes.reward import reward
+
+    reward(load_config(RewardConfig, REPO / "configs" / "reward" / "world.yaml", [
+        f"model.name_or_path={sft / 'final'}", f"train.run_dir={run}", "train.progress=false",
+        "train.tensorboard=false", "train.save_every=0", "train.eval_every=0", "train.epochs=2",
+        f"data.train=[{data}]", "data.eval=[world:preferences]", "world.eval_examples=32", "norm_prompts=48"]))
+
+
+def rlaif_world(root: Path, sft: Path | None = None) -> None:
+    """The simulated annotators' pairs (64 prompts per trained family, 2 pairs each), the same pairs
+    labelled by the world's judge (posttrain label), and a reward model from the world SFT model on each."""
+    from posttrain.config import load_config
+    from posttrain.data.writers import write_jsonl
+    from posttrain.recipes.config import LabelConfig
+    from posttrain.synth.label import label
+    from posttrain.world.source import world_records
+
+    cfg = load_config(LabelConfig, None, [f"inputs=[{root / 'human.jsonl'}]", f"output={root / 'rlaif.jsonl'}",
+                                          f"cache_dir={root / 'cache'}", "progress=false", f"date={DATE}",
+                                          "world.examples=64"])
+    write_jsonl(world_records("world:preferences", cfg.world, "train"), root / "human.jsonl")
+    label(cfg)
+    sft = sft or world_sft_folder(root.parent)
+    train_reward(sft, root / "runs" / "human", root / "human.jsonl")
+    train_reward(sft, root / "runs" / "rlaif", root / "rlaif.jsonl")
+
+
+JOBS = {"world_sft": world_sft, "rlaif_world": rlaif_world, "synth_world": synth_world}
+"""Every background job, by the name of the fixture that returns its folder, in the order they run."""
+NEEDS = {"rlaif_world": "world_sft"}
+"""Jobs that start from another job's result."""
+
+
+def with_needs(jobs: list[str]) -> list[str]:
+    """``jobs`` and the jobs they start from, in :data:`JOBS` order."""
+    import os
+
+    wanted = set(jobs) | {NEEDS[j] for j in jobs if j in NEEDS and not os.environ.get("POSTTRAIN_DEV_SFT")}
+    return [j for j in JOBS if j in wanted]
 
 
 def needs_base_model() -> str | None:

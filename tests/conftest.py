@@ -83,6 +83,12 @@ def synth_world(request, tmp_path_factory):
     return background_result(request, tmp_path_factory, "synth_world")
 
 
+@pytest.fixture(scope="session")
+def rlaif_world(request, tmp_path_factory, world_sft):
+    """Reward models on the simulated annotators' labels and on the world judge's (tests/test_label.py)."""
+    return background_result(request, tmp_path_factory, "rlaif_world")
+
+
 def background_result(request, tmp_path_factory, job: str) -> Path:
     """The folder of a background job: from the session's background process, else made here."""
     why = background.needs_base_model()
@@ -92,7 +98,8 @@ def background_result(request, tmp_path_factory, job: str) -> Path:
     if runner is not None and job in runner.jobs:
         return runner.result(job)
     out = tmp_path_factory.mktemp(job)
-    background.JOBS[job](out)
+    needs = {"sft": request.getfixturevalue(background.NEEDS[job])} if job in background.NEEDS else {}
+    background.JOBS[job](out, **needs)
     return out
 
 
@@ -111,7 +118,8 @@ def pytest_collection_modifyitems(session, config, items):
     import torch
 
     torch.set_num_threads(1)
-    config._posttrain_background = background.Background(Path(tempfile.mkdtemp(prefix="posttrain-bg-")), jobs)
+    config._posttrain_background = background.Background(Path(tempfile.mkdtemp(prefix="posttrain-bg-")),
+                                                          background.with_needs(jobs))
 
 
 def pytest_unconfigure(config):

@@ -11,7 +11,7 @@ from typing import Any, ClassVar, Literal
 
 from posttrain.data.config import DataConfig
 from posttrain.models.config import ModelConfig
-from posttrain.synth.config import SynthConfig  # noqa: F401  (the synth command's config, registered by the CLI)
+from posttrain.synth.config import SynthConfig, TeacherConfig  # noqa: F401  (SynthConfig: the synth command's)
 from posttrain.training.config import TrainConfig
 
 
@@ -371,6 +371,40 @@ class WorldPreferenceConfig(WorldConfig):
     """Gold points the annotators add per word of a response (verbosity bias)."""
     annotator_seed: int = 0
     """Seed of the annotators' draws (the held-out pairs use the next seed)."""
+
+
+def _judge_defaults() -> TeacherConfig:
+    return TeacherConfig(temperature=0.0, max_tokens=16)
+
+
+@dataclass
+class LabelConfig:
+    """`posttrain label`: AI feedback (RLAIF): a judge model labels preference pairs, asked in both orders."""
+
+    inputs: list[str] = field(default_factory=lambda: ["world:preferences"])
+    """Pairs to label: preference records, or rankings (every pair they imply), in any layout posttrain reads, or world:preferences. Labels they already have are only compared with the judge's (and with gold, in the world)."""
+    split: Literal["train", "heldout"] = "train"
+    """The split world:preferences reads."""
+    output: str = "runs/label/labels.jsonl"
+    """The preference JSONL to write; the report goes beside it (<name>.report.json)."""
+    cache_dir: str = "runs/synth/cache"
+    """Every verdict is kept here: a rerun, or a run resumed after a crash, asks the judge nothing twice."""
+    judge: TeacherConfig = field(default_factory=_judge_defaults)
+    """The judge: the world's simulated one (kind=world), a local HF folder, or any OpenAI-compatible server (see `posttrain synth --help` for every teacher field)."""
+    template: str = ""
+    """The judge prompt, with {conversation}, {a} and {b}; empty: posttrain.synth.prompts.JUDGE (asks for one letter, A or B)."""
+    votes: int = 1
+    """Verdicts per order (use a judge temperature above 0 for more than one); the soft label p_chosen is the share of all 2 x votes verdicts that pick the chosen response."""
+    ties: Literal["drop", "keep"] = "drop"
+    """Pairs whose verdicts split evenly (with one vote: the two orders disagree, the judge's position bias): drop them (counted), or keep them with p_chosen 0.5 in their input order."""
+    license: str = ""
+    """License of the labels; empty: the judge's (judge.license)."""
+    date: str = ""
+    """Date stamped into each record's provenance (YYYY-MM-DD); empty: today."""
+    progress: bool = True
+    """Show a progress bar while the judge works."""
+    world: WorldPreferenceConfig = field(default_factory=WorldPreferenceConfig)
+    """The embedded world, where inputs name world:preferences (and the world judge's world)."""
 
 
 @dataclass

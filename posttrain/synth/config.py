@@ -35,6 +35,10 @@ class WorldTeacherStyle:
     """Share of list items it writes out of format (the similarity and format filters must catch these)."""
     evol_fail: float = 0.1
     """Share of rewrites that fail the way WizardLM's do: an unchanged prompt, or a copy of the rewriting prompt's words."""
+    judge_noise: float = 0.15
+    """As a judge: Bradley-Terry temperature on the gold difference of the two responses (the simulated human annotators' default is 0.1)."""
+    position_bias: float = 0.1
+    """As a judge: gold points it adds to whichever response it is shown first (LLM judges favour a position; asking both orders cancels it)."""
 
 
 @dataclass

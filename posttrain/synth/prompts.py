@@ -144,3 +144,38 @@ REASONING_CUES = ("step by step", "recall the facts")
 def strategy_prompt(strategy: str) -> str:
     """The system prompt a distill.strategy names ('' for none; any other text is used as it is)."""
     return STRATEGIES.get(strategy, strategy)
+
+
+# --- pairwise judging (RLAIF: Bai et al. 2022; Lee et al. 2023), asked in both orders -------------
+
+JUDGE_MARK = "[Response A]"
+JUDGE = (
+    "Compare two responses to the conversation below. Which one is better: correct, helpful, harmless, concise, "
+    "and following every instruction the conversation gives?\n\n"
+    "[Conversation]\n{conversation}\n\n[Response A]\n{a}\n\n[Response B]\n{b}\n\n"
+    "Answer with one letter: A or B.")
+_ROLE_LINE = re.compile(r"^(System|User|Assistant): ", re.M)
+
+
+def render_conversation(messages: list[dict[str, str]]) -> str:
+    """``Role: text`` blocks, one per message (newlines inside a message kept)."""
+    return "\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
+def parse_conversation(text: str) -> list[dict[str, str]]:
+    """The messages :func:`render_conversation` wrote."""
+    cuts = list(_ROLE_LINE.finditer(text))
+    return [{"role": m.group(1).lower(), "content": text[m.end(): cuts[k + 1].start() - 1 if k + 1 < len(cuts) else None]}
+            for k, m in enumerate(cuts)]
+
+
+def judged_parts(text: str) -> tuple[list[dict[str, str]], str, str] | None:
+    """(conversation, response A, response B) of a judge prompt made from :data:`JUDGE`, or None."""
+    match = re.search(r"\[Conversation\]\n(.*)\n\n\[Response A\]\n(.*)\n\n\[Response B\]\n(.*)\n\nAnswer with", text, re.S)
+    return (parse_conversation(match.group(1)), match.group(2), match.group(3)) if match else None
+
+
+def verdict(text: str) -> int | None:
+    """0 when a judge's reply picks response A, 1 for B, None when it picks neither clearly."""
+    words = re.findall(r"\b(?:Response )?([AB])\b", text.strip())
+    return {"A": 0, "B": 1}[words[0]] if words and len(set(words)) == 1 else None

@@ -57,7 +57,8 @@ class SynthReport:
         """A rich table: one row per stage, the drop reasons spelled out."""
         from rich.table import Table
 
-        table = Table(title=f"synth {self.method}: {self.records} records from {self.teacher}")
+        command = "label" if self.method == "label" else f"synth {self.method}"
+        table = Table(title=f"{command}: {self.records} records from {self.teacher}")
         for column in ("stage", "generated", "kept", "dropped (reason: count)"):
             table.add_column(column, justify="right" if column in ("generated", "kept") else "left")
         for s in self.stages.values():

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from functools import cached_property, lru_cache
 from typing import Iterator, Sequence
@@ -37,6 +38,7 @@ from posttrain.synth import prompts as P
 from posttrain.synth.config import WorldTeacherStyle
 from posttrain.synth.teachers import Completion, Request
 from posttrain.world import entities as E
+from posttrain.world.gold import gold_reward
 from posttrain.world.tasks import FAMILIES, FAMILY_SPECS, REFUSAL, RULES, TaskExample, make_tasks, split_keys
 
 UNKNOWN = "I am not sure what you are asking."
@@ -95,6 +97,8 @@ class WorldTeacher:
             return "Equal" if _question_key(first) == _question_key(second) else "Not Equal"
         if P.SELF_CHAT_USER_MARK in system:
             return self.play_user(P.topic_of(system), last, rng)
+        if P.JUDGE_MARK in last and (parts := P.judged_parts(last)):
+            return self.judge(*parts, rng)
         return self.answer(messages, rng)
 
     # --- answering ------------------------------------------------------------------------------
@@ -126,6 +130,18 @@ class WorldTeacher:
         if rule and rng.random() < (s.rule_near if near else s.rule_far):
             text = RULES[rule].apply(text)
         return text
+
+    # --- judging -------------------------------------------------------------------------------
+
+    def judge(self, conversation: list[dict[str, str]], first: str, second: str, rng: random.Random) -> str:
+        """"A" or "B": a Bradley-Terry draw on the two responses' gold totals (``judge_noise``), the first
+        shown favoured by ``position_bias``; a conversation that is no world task gets no verdict."""
+        example = conversation_index(self.seed).get(P.render_conversation(conversation))
+        if example is None:
+            return "I cannot tell which response is better."
+        s = self.style
+        delta = gold_reward(example, first).total - gold_reward(example, second).total + s.position_bias
+        return "A" if rng.random() < 1.0 / (1.0 + math.exp(-delta / s.judge_noise)) else "B"
 
     # --- writing tasks ----------------------------------------------------------------------------
 
@@ -195,6 +211,18 @@ def task_index(seed: int) -> dict[str, TaskExample]:
         for split, keys in split_keys(family, world, seed).items():
             for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates):
                 index.setdefault(_question_key(example.question), example)
+    return index
+
+
+@lru_cache(maxsize=4)
+def conversation_index(seed: int) -> dict[str, TaskExample]:
+    """Every task of every family (chat_rule too) and split, by its prompt as a judge prompt shows it."""
+    world = E.make_world(seed)
+    index: dict[str, TaskExample] = {}
+    for family, spec in FAMILY_SPECS.items():
+        for split, keys in split_keys(family, world, seed).items():
+            for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates):
+                index.setdefault(P.render_conversation(example.messages), example)
     return index
 
 
