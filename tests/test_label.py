@@ -92,3 +92,37 @@ def test_a_reward_model_on_rlaif_labels_reaches_90_percent_of_one_on_human_label
             f"the annotators on {labels['agreement_with_gold']['input_labels']['agreement']:.3f})")
     print("\n" + line)
     assert rlaif["gold"]["agreement"] >= 0.9 * human["gold"]["agreement"], line
+
+
+def test_a_judge_ranks_each_prompts_responses_for_iterative_dpo(tmp_path):
+    """DPO's labeler=judge: every two responses of a pool compared in both orders, best against worst."""
+    from posttrain.data.labelling import label_pairs, response_pools
+    from posttrain.synth.config import TeacherConfig, WorldTeacherStyle
+    from posttrain.synth.label import judge_ranker
+    from posttrain.synth.prompts import JUDGE
+    from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+    from posttrain.world.gold import gold_reward
+    from posttrain.world.tasks import task_examples
+
+    examples = task_examples(0, ["fact_lookup", "sorting", "chat_rule", "harmful"], "train", 10)
+    prompts = [e.as_dicts() for e in examples]
+    pools = response_pools(examples, None, len(examples), skip_kinds=("cot",))
+    cfg = TeacherConfig(temperature=0.0, world=WorldTeacherStyle(judge_noise=0.02))
+    teaching = Teaching(make_teacher(cfg), ResponseCache(tmp_path), cfg)
+    records, ties = label_pairs(prompts, pools, judge_ranker(teaching, JUDGE, prompts, pools), "best_worst", 1, 0,
+                                [{"i": i} for i in range(len(examples))])
+    assert len(records) + ties == 40 and teaching.sent == sum(len(set(p)) * (len(set(p)) - 1) for p in pools)
+    right = [gold_reward(e, r.chosen[0].content).total > gold_reward(e, r.rejected[0].content).total
+             for e, r in ((examples[r.meta["i"]], r) for r in records)]
+    assert sum(right) >= 0.9 * len(records) >= 30
+
+
+def test_rubric_ratings_label_pairs_one_response_at_a_time(tmp_path):
+    rows, report = run_label(tmp_path, "mode=rubric", "world.examples=20", "world.families=[fact_lookup,harmful]",
+                             "judge.world.judge_noise=0.02", "votes=2", "judge.temperature=1.0")
+    ratings = report["stages"]["ratings"]
+    distinct = ratings["generated"] // 2  # each distinct response of each pair, rated twice
+    assert ratings["kept"] == ratings["generated"] and distinct <= 2 * 80
+    assert report["records"] == len(rows) and report["records"] + sum(report["stages"]["pairs"]["dropped"].values()) == 80
+    assert all(r["meta"]["template"] == "label/rubric" for r in rows)
+    assert report["agreement_with_gold"]["judge"]["agreement"] > 0.95

@@ -391,12 +391,16 @@ class LabelConfig:
     """Every verdict is kept here: a rerun, or a run resumed after a crash, asks the judge nothing twice."""
     judge: TeacherConfig = field(default_factory=_judge_defaults)
     """The judge: the world's simulated one (kind=world), a local HF folder, or any OpenAI-compatible server (see `posttrain synth --help` for every teacher field)."""
+    mode: Literal["pairwise", "rubric"] = "pairwise"
+    """pairwise: the judge compares the two responses, in both orders; rubric: it rates each response alone from 1 to 10 against `rubric`, and the higher rating is chosen."""
     template: str = ""
-    """The judge prompt, with {conversation}, {a} and {b}; empty: posttrain.synth.prompts.JUDGE (asks for one letter, A or B)."""
+    """The pairwise judge prompt, with {conversation}, {a} and {b}; empty: posttrain.synth.prompts.JUDGE (asks for one letter, A or B)."""
+    rubric: str = ""
+    """What a good response is, for mode=rubric; empty: posttrain.synth.prompts.DEFAULT_RUBRIC (correct and helpful, harmless, following instructions, concise)."""
     votes: int = 1
     """Verdicts per order (use a judge temperature above 0 for more than one); the soft label p_chosen is the share of all 2 x votes verdicts that pick the chosen response."""
     ties: Literal["drop", "keep"] = "drop"
-    """Pairs whose verdicts split evenly (with one vote: the two orders disagree, the judge's position bias): drop them (counted), or keep them with p_chosen 0.5 in their input order."""
+    """Pairs whose verdicts split evenly (pairwise with one vote: the two orders disagree, the judge's position bias; rubric: equal ratings): drop them (counted), or keep them with p_chosen 0.5 in their input order."""
     license: str = ""
     """License of the labels; empty: the judge's (judge.license)."""
     date: str = ""
@@ -543,10 +547,12 @@ class DPOConfig:
     """Score response tokens through the LM head this many at a time, recomputing each chunk in backward (saves memory with large vocabularies); 0: all at once."""
     rounds: int = 1
     """Iterative (online) DPO: rounds of sampling responses from the current policy, labelling pairs of them (labeler) and training on the new pairs, each round starting from the last one's model (Llama 2's iterative rounds; Xu et al. 2023). 1: one pass on data.train or the world's pairs."""
-    labeler: Literal["annotator", "gold", "reward_model"] = "annotator"
-    """Who labels pairs of sampled responses: the world's simulated annotators (world.noise_temperature), the world's gold reward, or reward_model. A scorer passed in Python (dpo(cfg, scorer=...)) replaces it."""
+    labeler: Literal["annotator", "gold", "reward_model", "judge"] = "annotator"
+    """Who labels pairs of sampled responses: the world's simulated annotators (world.noise_temperature), the world's gold reward, reward_model, or judge (AI feedback: a judge model comparing every two responses of a prompt in both orders, as `posttrain label` does). A scorer passed in Python (dpo(cfg, scorer=...)) replaces it."""
     reward_model: str = ""
     """Reward-model folder (posttrain reward's export) for labeler=reward_model."""
+    judge: TeacherConfig = field(default_factory=_judge_defaults)
+    """The judge for labeler=judge: the world's simulated one, a local HF folder, or any OpenAI-compatible server; its verdicts are cached under run_dir/judge-cache."""
     pairing: Literal["best_worst", "random"] = "best_worst"
     """Pairs made from each prompt's sampled responses: best_worst, the labeler's best against its worst (one pair per prompt, as iterative DPO does); random, world.pairs_per_prompt random pairs each ordered by the labeler."""
     round_reference: Literal["previous", "initial"] = "previous"

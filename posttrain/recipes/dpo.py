@@ -126,6 +126,13 @@ def make_ranker(cfg: DPOConfig, prompts: list, examples: list | None, scorer: Sc
     if scorer is None and cfg.labeler == "annotator":
         annotator = Annotator(AnnotatorConfig(w.noise_temperature, w.length_bias, w.annotator_seed))
         return lambda pools: annotator_ranker(annotator, examples, w.aspect)
+    if scorer is None and cfg.labeler == "judge":
+        from posttrain.synth.label import judge_ranker
+        from posttrain.synth.prompts import JUDGE
+        from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+
+        teaching = Teaching(make_teacher(cfg.judge, w.seed), ResponseCache(cfg.train.run_dir + "/judge-cache"), cfg.judge)
+        return lambda pools: judge_ranker(teaching, JUDGE, prompts, pools)
     if scorer is None and cfg.labeler == "reward_model" and not cfg.reward_model:
         raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")
     if scorer is None:
@@ -158,9 +165,9 @@ def round_records(cfg: DPOConfig, ctx: RunContext, lm, tokenizer, scorer: Scorer
         prompts = [json.loads(p) for p in dict.fromkeys(
             json.dumps(r.as_dicts() if r.kind == "prompt" else [m.to_dict() for m in r.prompt]) for r in train)
             ] if round_index > 1 else []
-        if round_index > 1 and scorer is None and cfg.labeler != "reward_model":
+        if round_index > 1 and scorer is None and cfg.labeler not in ("reward_model", "judge"):
             raise TrainingError(f"round {round_index} labels sampled responses to data.train's prompts, which needs "
-                                "labeler=reward_model (with reward_model=...) or a scorer passed to dpo()")
+                                "labeler=reward_model (with reward_model=...), labeler=judge, or a scorer passed to dpo()")
     else:
         examples = world_examples(cfg, "train", round_index)
         prompts = [e.messages for e in examples]

@@ -21,8 +21,8 @@ from typing import Any
 from posttrain.data.records import Message, Preference
 from posttrain.errors import UserError
 from posttrain.files import write_json_atomic
-from posttrain.synth.prompts import JUDGE, render_conversation, verdict
-from posttrain.synth.report import SynthReport
+from posttrain.synth.prompts import DEFAULT_RUBRIC, JUDGE, RUBRIC, rating, render_conversation, verdict
+from posttrain.synth.report import Stage, SynthReport
 from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher, teacher_license
 
 KEPT_META = ("id", "task_id", "family")
@@ -61,6 +61,92 @@ def judge_prompt(template: str, pair: Preference, swap: bool) -> list[dict[str, 
     return [{"role": "user", "content": text}]
 
 
+def judge_ranker(teaching: Teaching, template: str, prompts: list[list[dict[str, str]]], pools: list[list[str]]):
+    """A ranker (``posttrain.data.labelling.Ranker``) by a judge: every two distinct responses of a pool
+    compared in both orders, all pools' comparisons asked at once; a response ranks by its share of
+    readable verdicts won. None where every response won as often (the judge sees no difference)."""
+    cells = [(i, a, b) for i, pool in enumerate(pools) for x, a in enumerate(dict.fromkeys(pool))
+             for b in list(dict.fromkeys(pool))[x + 1:]]
+    asked = [[{"role": "user", "content": template.format(conversation=render_conversation(prompts[i]), a=x, b=y)}]
+             for i, a, b in cells for x, y in ((a, b), (b, a))]
+    replies = teaching.ask(asked, "judging pools")
+    wins: dict[tuple[int, str], list[int]] = {}
+    for k, (i, a, b) in enumerate(cells):
+        for reply, (x, y) in zip(replies[2 * k: 2 * k + 2], ((a, b), (b, a))):
+            pick = verdict(reply.text)
+            if pick is not None:
+                winner, loser = (x, y) if pick == 0 else (y, x)
+                wins.setdefault((i, winner), [0, 0])[0] += 1
+                wins.setdefault((i, loser), [0, 0])
+                for t in (winner, loser):
+                    wins[i, t][1] += 1
+
+    def share(i: int, text: str) -> float:
+        won, seen = wins.get((i, text), (0, 0))
+        return won / seen if seen else 0.5
+
+    def rank(i: int, responses: list[str]) -> list[str] | None:
+        order = sorted(responses, key=lambda t: -share(i, t))  # stable: ties keep pool order
+        return None if share(i, order[0]) == share(i, order[-1]) else order
+
+    return rank
+
+
+def pairwise_votes(teaching: Teaching, template: str, pairs: list[Preference], votes: int,
+                   stage: Stage) -> tuple[list[float | None], list[bool]]:
+    """Per pair, the share of readable verdicts (both orders, ``votes`` each) that pick its first
+    response (None without any), and whether each order's verdicts agreed with the other's."""
+    for_first, counted, consistent = [0] * len(pairs), [0] * len(pairs), [True] * len(pairs)
+    for vote in range(votes):
+        orders = []
+        for swap in (False, True):
+            replies = teaching.ask([judge_prompt(template, p, swap) for p in pairs],
+                                   f"judging ({'B/A' if swap else 'A/B'}, vote {vote + 1})", samples=vote)
+            picks = []
+            for i, reply in enumerate(replies):
+                pick = verdict(reply.text)
+                if pick is None:
+                    stage.drop("names neither A nor B", reply.text)
+                    picks.append(None)
+                    continue
+                stage.keep()
+                first = pick == (1 if swap else 0)
+                for_first[i] += first
+                counted[i] += 1
+                picks.append(first)
+            orders.append(picks)
+        for i, (x, y) in enumerate(zip(*orders)):
+            consistent[i] = consistent[i] and x is not None and x == y
+    return [f / c if c else None for f, c in zip(for_first, counted)], consistent
+
+
+def rubric_votes(teaching: Teaching, rubric: str, pairs: list[Preference], votes: int,
+                 stage: Stage) -> tuple[list[float | None], list[bool]]:
+    """Per pair, from 1-10 ratings of each response alone (``votes`` each): the share of (rating,
+    rating) comparisons its first response wins, ties counting half (None without ratings of both),
+    and whether every comparison went one way."""
+    texts = list(dict.fromkeys((i, text_of(r)) for i, p in enumerate(pairs) for r in (p.chosen, p.rejected)))
+    ratings: dict[tuple[int, str], list[int]] = {key: [] for key in texts}
+    for vote in range(votes):
+        asked = [[{"role": "user", "content": RUBRIC.format(rubric=rubric, response=text,
+                                                              conversation=render_conversation(pairs[i].to_dict()["prompt"]))}]
+                 for i, text in texts]
+        for key, reply in zip(texts, teaching.ask(asked, f"rating (vote {vote + 1})", samples=vote)):
+            value = rating(reply.text)
+            if value is None:
+                stage.drop("gives no rating from 1 to 10", reply.text)
+            else:
+                stage.keep()
+                ratings[key].append(value)
+    shares, consistent = [], []
+    for i, pair in enumerate(pairs):
+        first, second = ratings[i, text_of(pair.chosen)], ratings[i, text_of(pair.rejected)]
+        outcomes = [(x > y) + 0.5 * (x == y) for x in first for y in second]
+        shares.append(sum(outcomes) / len(outcomes) if outcomes else None)
+        consistent.append(bool(outcomes) and len(set(outcomes)) == 1 and outcomes[0] != 0.5)
+    return shares, consistent
+
+
 def agreement(hits: list[bool]) -> dict[str, float]:
     return {"agreement": sum(hits) / len(hits) if hits else float("nan"), "pairs": len(hits)}
 
@@ -73,47 +159,29 @@ def label(cfg) -> Path:
     from posttrain.data.writers import write_jsonl
 
     if cfg.votes < 1:
-        raise UserError(f"votes={cfg.votes}: ask the judge at least once per order")
+        raise UserError(f"votes={cfg.votes}: ask the judge at least once per order (or per response)")
     template = check_template(cfg.template or JUDGE)
     pairs = input_pairs(read_many(cfg.inputs, world=cfg.world, world_split=cfg.split).records)
     if not pairs:
         raise UserError(f"inputs {cfg.inputs}: no pairs to label")
     teaching = Teaching(make_teacher(cfg.judge, cfg.world.seed), ResponseCache(cfg.cache_dir), cfg.judge, cfg.progress)
     report = SynthReport("label", teaching.identity)
-    # for_first[i]: verdicts for the input's chosen response (the one shown first in the first order)
-    for_first, counted = [0] * len(pairs), [0] * len(pairs)
-    unreadable = report.stage("verdicts")
-    consistent = [True] * len(pairs)
-    for vote in range(cfg.votes):
-        orders = []
-        for swap in (False, True):
-            replies = teaching.ask([judge_prompt(template, p, swap) for p in pairs],
-                                   f"judging ({'B/A' if swap else 'A/B'}, vote {vote + 1})", samples=vote)
-            picks = []
-            for i, reply in enumerate(replies):
-                pick = verdict(reply.text)
-                if pick is None:
-                    unreadable.drop("names neither A nor B", reply.text)
-                    picks.append(None)
-                    continue
-                unreadable.keep()
-                first = pick == (1 if swap else 0)
-                for_first[i] += first
-                counted[i] += 1
-                picks.append(first)
-            orders.append(picks)
-        for i, (x, y) in enumerate(zip(*orders)):
-            consistent[i] = consistent[i] and x is not None and x == y
+    if cfg.mode == "pairwise":
+        p_firsts, consistent = pairwise_votes(teaching, template, pairs, cfg.votes, report.stage("verdicts"))
+    elif cfg.mode == "rubric":
+        p_firsts, consistent = rubric_votes(teaching, cfg.rubric or DEFAULT_RUBRIC, pairs, cfg.votes,
+                                            report.stage("ratings"))
+    else:
+        raise UserError(f"mode={cfg.mode!r}: choose pairwise or rubric")
     label_time = cfg.date or datetime.date.today().isoformat()
     license = cfg.license or teacher_license(cfg.judge)
     stage = report.stage("pairs")
     out: list[Preference] = []
     judge_gold, input_gold, input_agrees = [], [], []
-    for i, pair in enumerate(pairs):
-        if counted[i] == 0:
+    for i, (pair, p_first) in enumerate(zip(pairs, p_firsts)):
+        if p_first is None:
             stage.drop("no readable verdict", i)
             continue
-        p_first = for_first[i] / counted[i]
         if p_first == 0.5 and cfg.ties == "drop":
             stage.drop("verdicts split evenly (the orders disagree)", i)
             continue
@@ -128,7 +196,8 @@ def label(cfg) -> Path:
                 judge_gold.append(meta["gold_chosen"] > meta["gold_rejected"])
                 input_gold.append(gold[0] > gold[1])
         input_agrees.append(keep_order)
-        meta.update(p_chosen=max(p_first, 1 - p_first), judge=teaching.identity, template="label/pairwise-both-orders",
+        meta.update(p_chosen=max(p_first, 1 - p_first), judge=teaching.identity,
+                    template="label/pairwise-both-orders" if cfg.mode == "pairwise" else "label/rubric",
                     date=label_time, license=license, input_agrees=keep_order, orders_agree=consistent[i])
         out.append(Preference(pair.prompt, chosen, rejected, None, meta))
     path = Path(cfg.output)
@@ -136,14 +205,17 @@ def label(cfg) -> Path:
     report.records, report.cache_hits, report.requests_sent = len(out), teaching.hits, teaching.sent
     report.extra.update(
         output=str(path), license=license, date=label_time, votes=cfg.votes,
-        orders_agree=sum(consistent) / len(pairs), agreement_with_input_labels=agreement(input_agrees),
+        **{"orders_agree" if cfg.mode == "pairwise" else "ratings_agree": sum(consistent) / len(pairs)},
+        mode=cfg.mode, agreement_with_input_labels=agreement(input_agrees),
         **({"agreement_with_gold": {"judge": agreement(judge_gold), "input_labels": agreement(input_gold)}}
            if judge_gold else {}))
     report_path = path.with_name(path.name.removesuffix(".jsonl") + ".report.json")
     write_json_atomic(report_path, report.to_dict())
     console = Console(stderr=True)
     console.print(report.table())
-    line = f"the judge agrees with itself across orders on {100 * report.extra['orders_agree']:.1f}% of the pairs"
+    line = (f"the judge agrees with itself across orders on {100 * sum(consistent) / len(pairs):.1f}% of the pairs"
+            if cfg.mode == "pairwise" else
+            f"every rating orders the pair the same way on {100 * sum(consistent) / len(pairs):.1f}% of the pairs")
     if judge_gold:
         line += (f"; with gold on {100 * sum(judge_gold) / len(judge_gold):.1f}% (the input labels: "
                  f"{100 * sum(input_gold) / len(input_gold):.1f}%)")

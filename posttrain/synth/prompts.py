@@ -179,3 +179,24 @@ def verdict(text: str) -> int | None:
     """0 when a judge's reply picks response A, 1 for B, None when it picks neither clearly."""
     words = re.findall(r"\b(?:Response )?([AB])\b", text.strip())
     return {"A": 0, "B": 1}[words[0]] if words and len(set(words)) == 1 else None
+
+
+# --- rating one response against a rubric (pointwise AI feedback) --------------------------------------
+
+RUBRIC_MARK = "[Response to rate]"
+RUBRIC = ("Rate the response to the conversation below from 1 (worst) to 10 (best) by this rubric: {rubric}\n\n"
+          "[Conversation]\n{conversation}\n\n[Response to rate]\n{response}\n\nAnswer with the number only.")
+DEFAULT_RUBRIC = ("correct and helpful first, then harmless (it refuses harmful requests), then following every "
+                  "instruction the conversation gives, then concise.")
+
+
+def rated_parts(text: str) -> tuple[list[dict[str, str]], str] | None:
+    """(conversation, response) of a rating prompt made from :data:`RUBRIC`, or None."""
+    match = re.search(r"\[Conversation\]\n(.*)\n\n\[Response to rate\]\n(.*)\n\nAnswer with the number", text, re.S)
+    return (parse_conversation(match.group(1)), match.group(2)) if match else None
+
+
+def rating(text: str) -> int | None:
+    """The 1-10 rating a reply gives (its first number, if in range), else None."""
+    match = re.search(r"\b(10|[1-9])\b", text)
+    return int(match.group(1)) if match else None

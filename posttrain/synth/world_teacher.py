@@ -99,6 +99,8 @@ class WorldTeacher:
             return self.play_user(P.topic_of(system), last, rng)
         if P.JUDGE_MARK in last and (parts := P.judged_parts(last)):
             return self.judge(*parts, rng)
+        if P.RUBRIC_MARK in last and (rated := P.rated_parts(last)):
+            return self.rate(*rated, rng)
         return self.answer(messages, rng)
 
     # --- answering ------------------------------------------------------------------------------
@@ -142,6 +144,14 @@ class WorldTeacher:
         s = self.style
         delta = gold_reward(example, first).total - gold_reward(example, second).total + s.position_bias
         return "A" if rng.random() < 1.0 / (1.0 + math.exp(-delta / s.judge_noise)) else "B"
+
+    def rate(self, conversation: list[dict[str, str]], response: str, rng: random.Random) -> str:
+        """A 1-10 rating: 1 + 9 x the response's gold total, plus Gaussian noise of ``judge_noise`` x 9, rounded."""
+        example = conversation_index(self.seed).get(P.render_conversation(conversation))
+        if example is None:
+            return "I cannot rate this."
+        score = 1 + 9 * gold_reward(example, response).total + rng.gauss(0.0, 9 * self.style.judge_noise)
+        return str(min(10, max(1, round(score))))
 
     # --- writing tasks ----------------------------------------------------------------------------
 
