@@ -360,3 +360,27 @@ def test_without_held_out_data_nothing_empty_is_logged(tiny_model_dir, pairs_dir
     assert rows and all(set(r) - {"step"} for r in rows)  # no row that holds only its step
     assert not [line for line in capsys.readouterr().out.splitlines() if line.strip().endswith(":")
                 and line.strip().startswith("step ")]
+
+
+def test_iterative_rounds_label_fresh_samples_with_a_judge_behind_an_openai_server(tiny_model_dir, pairs_dir, tmp_path):
+    """labeler=judge: a judge model served over HTTP (here one that prefers the shorter response) compares
+    every two samples of a prompt in both orders; round 2 trains on its best-against-worst pairs."""
+    from chat_server import chat_server  # tests/chat_server.py
+
+    from posttrain.synth.prompts import judged_parts
+
+    asked = []
+
+    def shorter(messages):
+        _, a, b = judged_parts(messages[-1]["content"])
+        asked.append((a, b))
+        return 200, "A" if len(a) < len(b) else "B"
+
+    run_dir = tmp_path / "judged"
+    with chat_server(shorter) as url:
+        run(*args(tiny_model_dir, pairs_dir, run_dir, "rounds=2", "train.max_steps=2", "train.eval_every=0",
+                  "world.samples_per_prompt=3", "world.pairs_per_prompt=1", "world.sample_max_tokens=8", "kl_prompts=0",
+                  "labeler=judge", "judge.kind=openai", f"judge.base_url={url}", "judge.model=judge"))
+    round2 = [json.loads(line) for line in (run_dir / "round-2" / "pairs.jsonl").read_text().splitlines()]
+    assert asked and round2 and all(len(p["chosen"][0]["content"]) < len(p["rejected"][0]["content"]) for p in round2)
+    assert {(b, a) for a, b in asked} == set(asked)  # each comparison in both orders

@@ -225,37 +225,18 @@ def test_local_teacher_answers_as_posttrain_generation_does(tmp_path):
 def test_openai_teacher_retries_rate_limits_and_server_errors_then_gives_up_with_a_clear_error():
     """A real HTTP server that answers 429, then 503, then a chat completion: the official client's
     backoff carries the request through; with fewer retries than failures the job stops, saying why."""
-    import http.server
-    import threading
+    from chat_server import chat_server  # tests/chat_server.py
 
     from posttrain.synth.config import TeacherConfig
     from posttrain.synth.teachers import OpenAITeacher, Request, Sampling, TeacherError
 
     statuses: list[int] = []
 
-    class Flaky(http.server.BaseHTTPRequestHandler):
-        def do_POST(self):
-            self.rfile.read(int(self.headers["content-length"]))
-            status = (429, 503, 200)[min(len(statuses) % 3, 2)]
-            statuses.append(status)
-            body = {"error": {"message": "slow down"}} if status != 200 else {
-                "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-                "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "hi"}}]}
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("content-type", "application/json")
-            self.send_header("retry-after-ms", "10")
-            self.send_header("content-length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def flaky(messages):
+        statuses.append((429, 503, 200)[min(len(statuses) % 3, 2)])
+        return statuses[-1], "hi" if statuses[-1] == 200 else "slow down"
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    with chat_server(flaky) as url:
         request = Request.chat([{"role": "user", "content": "hello"}], Sampling())
         teacher = OpenAITeacher(TeacherConfig(kind="openai", model="m", base_url=url, max_retries=2))
         assert [c.text for _, c in teacher.generate([request])] == ["hi"]
@@ -265,8 +246,6 @@ def test_openai_teacher_retries_rate_limits_and_server_errors_then_gives_up_with
         with pytest.raises(TeacherError, match="after 1 retries"):
             list(impatient.generate([request]))
         assert statuses == [429, 503]
-    finally:
-        server.shutdown()
 
 
 # --- a live OpenAI-compatible server, killed mid-run ----------------------------------------------------
