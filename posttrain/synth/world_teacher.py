@@ -19,7 +19,10 @@ every family, in every phrasing, with its right answer, its worked solution and 
   reasoning, in breadth it writes a new task of the same family; ``evol_fail`` of the rewrites fail
   the way the paper's do (unchanged, or copying "#Rewritten Prompt#"); it can also judge two prompts
   equal or not;
-- a self-chat user turn: it asks about the topic entity, one fact at a time, then writes [END].
+- a self-chat user turn: it asks about the topic entity, one fact at a time, then writes [END];
+- a judge prompt (:data:`~posttrain.synth.prompts.JUDGE`, RLAIF): it picks A or B by a Bradley-Terry
+  draw on the two responses' gold totals (``judge_noise``), favouring the one shown first by
+  ``position_bias``; a rating prompt (:data:`~posttrain.synth.prompts.RUBRIC`): 1 + 9 x gold, plus noise.
 
 Every random choice is seeded by the request (messages, sampling, sample index), so the same
 request always gets the same text, as a cache would give it.
