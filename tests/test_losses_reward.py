@@ -130,3 +130,21 @@ def test_ranking_errors_and_config_mappings():
     for fn in RANKING_LOSSES.values():
         loss, metrics = fn(torch.tensor([[1.0, 0.0, -1.0]]), None)
         assert loss.item() > 0 and metrics["accuracy"].item() == 1.0
+
+
+def test_soft_bradley_terry_by_hand():
+    from posttrain.losses.reward import soft_bradley_terry_loss
+
+    chosen, rejected = torch.tensor([2.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 1.0])
+    p = torch.tensor([0.9, 0.5, 1.0])
+    loss, metrics = soft_bradley_terry_loss(chosen, rejected, p)
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = -(0.9 * math.log(sig(1)) + 0.1 * math.log(sig(-1)) + 0.5 * math.log(sig(-1)) + 0.5 * math.log(sig(1))
+                 + math.log(sig(0))) / 3
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert metrics["accuracy"].item() == pytest.approx(1 / 3)
+    hard, _ = bradley_terry_loss(chosen, rejected)
+    assert soft_bradley_terry_loss(chosen, rejected, torch.ones(3))[0].item() == pytest.approx(hard.item(), rel=1e-6)
+    d = torch.tensor([0.7], requires_grad=True)  # p = 0.5 pulls the rewards together
+    soft_bradley_terry_loss(d, torch.zeros(1), torch.tensor([0.5]))[0].backward()
+    assert d.grad.item() > 0

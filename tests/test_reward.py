@@ -213,3 +213,24 @@ def test_lora_run_trains_the_head_and_exports_a_merged_plain_model(tiny_model_di
     prompts = [[m.to_dict() for m in _prompt(i)] for i in range(8)]
     scores = scorer.score(prompts, [_answers(i)[0] for i in range(8)])
     assert scores.std() > 0
+
+
+def test_soft_labels_train_toward_the_labellers_probability(tiny_model_dir, prefs, tmp_path):
+    """loss=soft_bradley_terry reads each pair's meta.p_chosen: on pairs labelled 50/50 the reward gap
+    stays near 0, where the same pairs with hard labels open it."""
+    from posttrain.data.readers import read_records
+
+    pairs = read_records(prefs / "pairs.jsonl").records
+    unsure = tmp_path / "unsure.jsonl"
+    write_jsonl([Preference(p.prompt, p.chosen, p.rejected, None, {"p_chosen": 0.5}) for p in pairs], unsure)
+    gaps = {}
+    for loss in ("bradley_terry", "soft_bradley_terry"):
+        run_dir = tmp_path / loss
+        _reward(*_args(tiny_model_dir, [unsure], run_dir, f"loss={loss}", "train.eval_every=0", "normalize=none",
+                       "train.max_steps=12"))
+        gaps[loss] = _metric(run_dir, "margin")[12]
+    assert abs(gaps["soft_bradley_terry"]) < 0.25 * gaps["bradley_terry"], gaps
+    bad = tmp_path / "bad.jsonl"
+    write_jsonl([Preference(pairs[0].prompt, pairs[0].chosen, pairs[0].rejected, None, {"p_chosen": 3})] * 40, bad)
+    with pytest.raises(TrainingError, match="not a probability"):
+        _reward(*_args(tiny_model_dir, [bad], tmp_path / "bad", "loss=soft_bradley_terry"))

@@ -28,6 +28,8 @@ class Comparison:
     """The annotator's 1-4 preference strength of a pair, if given."""
     response_masks: list[list[bool]] | None = None
     """Per sequence, True on its response's tokens (read by the likelihood feature)."""
+    p_chosen: float | None = None
+    """A soft label of a pair: the labeller's probability that the first response is better (``posttrain label``'s share of verdicts), if given."""
 
 
 @dataclass
@@ -40,9 +42,12 @@ class ComparisonBatch:
     """(B, K) bool: True on the K_b real responses of comparison b (row-major order = sequence order)."""
     strength: torch.Tensor
     """(B,) long strengths 1-4, 0 where unknown."""
+    p_chosen: torch.Tensor | None = None
+    """(B,) soft labels, 1 where unknown (None when no comparison has one)."""
 
     def to(self, device) -> "ComparisonBatch":
-        return ComparisonBatch(self.sequences.to(device), self.mask.to(device), self.strength.to(device))
+        p = None if self.p_chosen is None else self.p_chosen.to(device)
+        return ComparisonBatch(self.sequences.to(device), self.mask.to(device), self.strength.to(device), p)
 
 
 def collate_comparisons(comparisons: list[Comparison], pad_id: int, packing: bool,
@@ -51,12 +56,15 @@ def collate_comparisons(comparisons: list[Comparison], pad_id: int, packing: boo
     k = max(len(c.sequences) for c in comparisons)
     mask = torch.tensor([[i < len(c.sequences) for i in range(k)] for c in comparisons])
     strength = torch.tensor([c.strength or 0 for c in comparisons], dtype=torch.long)
+    p_chosen = None
+    if any(c.p_chosen is not None for c in comparisons):
+        p_chosen = torch.tensor([1.0 if c.p_chosen is None else c.p_chosen for c in comparisons])
     if packing:  # one row, no padding, each prompt once: the batch costs its distinct tokens
         masks = [c.response_masks for c in comparisons] if responses else None
-        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons], masks), mask, strength)
+        return ComparisonBatch(pack_shared_prefix([c.sequences for c in comparisons], masks), mask, strength, p_chosen)
     examples = [Example(ids, c.response_masks[k] if responses else [True] * len(ids))
                 for c in comparisons for k, ids in enumerate(c.sequences)]
-    return ComparisonBatch(pad_collate(examples, pad_id), mask, strength)
+    return ComparisonBatch(pad_collate(examples, pad_id), mask, strength, p_chosen)
 
 
 def comparison_records(records: list, ranking: bool) -> list:

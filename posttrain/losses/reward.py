@@ -44,9 +44,14 @@ def center_penalty(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor)
 
 
 def _pairwise(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, margin: torch.Tensor | float,
-              center_coef: float) -> tuple[torch.Tensor, dict]:
+              center_coef: float, p_chosen: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     diff = rewards_chosen - rewards_rejected
-    loss = -F.logsigmoid(diff - margin).mean()
+    logits = diff - margin
+    if p_chosen is None:
+        loss = -F.logsigmoid(logits).mean()
+    else:  # cross-entropy against the soft label
+        p = p_chosen.to(diff.dtype)
+        loss = -(p * F.logsigmoid(logits) + (1 - p) * F.logsigmoid(-logits)).mean()
     metrics = {
         "accuracy": (diff > 0).float().mean().detach(),
         "margin": diff.mean().detach(),
@@ -70,6 +75,20 @@ def bradley_terry_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Ten
     (means), and center_penalty when ``center_coef`` is not 0.
     """
     return _pairwise(rewards_chosen, rewards_rejected, 0.0, center_coef)
+
+
+def soft_bradley_terry_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, p_chosen: torch.Tensor,
+                            center_coef: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Bradley-Terry on soft labels: the cross-entropy of sigmoid(r_w - r_l) against ``p_chosen``,
+    the labeller's probability that the chosen response is better (an AI judge's share of verdicts,
+    RLAIF; Lee et al. 2023 train on the judge's probabilities):
+
+        -[p log sigmoid(r_w - r_l) + (1 - p) log sigmoid(r_l - r_w)]
+
+    p = 1 is :func:`bradley_terry_loss`; p = 0.5 is minimized by equal rewards. Shapes: (B,), (B,),
+    (B,) -> scalar mean over pairs; metrics as :func:`bradley_terry_loss`.
+    """
+    return _pairwise(rewards_chosen, rewards_rejected, 0.0, center_coef, p_chosen)
 
 
 def margin_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, strength: torch.Tensor,
@@ -163,8 +182,9 @@ def plackett_luce_loss(rewards: torch.Tensor, mask: torch.Tensor | None = None) 
     return loss, _ranking_metrics(rewards, mask)
 
 
-PAIRWISE_LOSSES = {"bradley_terry": bradley_terry_loss, "margin": margin_loss}
-"""Pairwise reward losses by config name; ``margin`` also needs ``strength``."""
+PAIRWISE_LOSSES = {"bradley_terry": bradley_terry_loss, "soft_bradley_terry": soft_bradley_terry_loss,
+                   "margin": margin_loss}
+"""Pairwise reward losses by config name; ``margin`` also needs ``strength``, ``soft_bradley_terry`` ``p_chosen``."""
 
 RANKING_LOSSES = {"all_pairs": ranking_all_pairs_loss, "plackett_luce": plackett_luce_loss}
 """K-wise ranking losses by config name, all called as ``fn(rewards, mask)``."""

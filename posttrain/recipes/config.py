@@ -419,8 +419,8 @@ class RewardConfig:
     """Preference records (prompt, chosen, rejected, optional strength 1-4) and/or rankings (prompt, responses best first), or world:preferences (the world's candidate responses labelled by its simulated annotators, see world; alone, or with train empty, also rankings and the model's samples as world says)."""
     train: TrainConfig = field(default_factory=lambda: TrainConfig(run_dir="runs/reward", lr=5e-5, max_steps=-1, epochs=1))
     """Optimization, schedule, checkpoints and logging; a micro-batch is train.batch_size pairs (or rankings), all their responses scored in one forward."""
-    loss: Literal["bradley_terry", "margin", "all_pairs", "plackett_luce"] = "bradley_terry"
-    """bradley_terry: -log sigmoid(r_w - r_l); margin: minus Llama 2's margin for the pair's strength; all_pairs: InstructGPT's K-wise loss over every pair of a ranking; plackett_luce: likelihood of the whole ranking."""
+    loss: Literal["bradley_terry", "soft_bradley_terry", "margin", "all_pairs", "plackett_luce"] = "bradley_terry"
+    """bradley_terry: -log sigmoid(r_w - r_l); soft_bradley_terry: its cross-entropy against each pair's soft label meta.p_chosen (posttrain label's share of the judge's verdicts; 1 where a pair has none); margin: minus Llama 2's margin for the pair's strength; all_pairs: InstructGPT's K-wise loss over every pair of a ranking; plackett_luce: likelihood of the whole ranking."""
     margin_table: Literal["small", "large"] = "small"
     """Llama 2's margins by strength 1-4 for the margin loss: small (0, 1/3, 2/3, 1) or large (0, 1, 2, 3)."""
     center_coef: float = 0.0

@@ -108,7 +108,11 @@ def tokenize_comparisons(tokenizer, records: list, cfg: RewardConfig, ctx: RunCo
                 continue
             cut += 1
             seqs, masks = [s[-limit:] for s in seqs], [m[-limit:] for m in masks]
-        out.append(Comparison(seqs, getattr(record, "strength", None), masks))
+        p_chosen = record.meta.get("p_chosen") if cfg.loss == "soft_bradley_terry" else None
+        if p_chosen is not None and not (isinstance(p_chosen, (int, float)) and 0.0 <= p_chosen <= 1.0):
+            raise TrainingError(f"{location_of(record, index)}: meta.p_chosen={p_chosen!r} is not a probability; "
+                                f"loss=soft_bradley_terry reads it as the chance the chosen response is better")
+        out.append(Comparison(seqs, getattr(record, "strength", None), masks, p_chosen))
     if cut or dropped:
         ctx.print(f"{what}: {len(records)} comparisons; {cut} cut to data.max_length={limit} from the left "
                   f"(prompt start), {dropped} dropped as longer than it")

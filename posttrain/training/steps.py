@@ -25,6 +25,7 @@ from posttrain.data.packing import PackedBatch
 from posttrain.data.preference import PreferenceBatch, UnpairedBatch
 from posttrain.losses.dpo import PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
+                                     soft_bradley_terry_loss,
                                      margin_loss)
 from posttrain.models.logps import sequence_inputs
 
@@ -80,7 +81,8 @@ def reward_grid(model: torch.nn.Module, batch: ComparisonBatch) -> torch.Tensor:
 
 def comparison_loss_fn(loss: str, margin_table: str = "small", center_coef: float = 0.0):
     """(model, batch) -> (loss summed over the batch's comparisons, metrics summed likewise): ``loss`` is
-    bradley_terry, margin (Llama 2's ``margin_table``) or a ranking loss of :data:`RANKING_LOSSES`."""
+    bradley_terry, soft_bradley_terry (on each pair's soft label), margin (Llama 2's ``margin_table``) or a
+    ranking loss of :data:`RANKING_LOSSES`."""
 
     def loss_fn(model, batch: ComparisonBatch):
         grid = reward_grid(model, batch)
@@ -90,6 +92,9 @@ def comparison_loss_fn(loss: str, margin_table: str = "small", center_coef: floa
                                          center_coef)
         elif loss == "bradley_terry":
             value, metrics = bradley_terry_loss(grid[:, 0], grid[:, 1], center_coef)
+        elif loss == "soft_bradley_terry":
+            p = batch.p_chosen if batch.p_chosen is not None else torch.ones(n, device=grid.device)
+            value, metrics = soft_bradley_terry_loss(grid[:, 0], grid[:, 1], p, center_coef)
         else:
             value, metrics = RANKING_LOSSES[loss](grid, batch.mask)
         return value * n, {k: v * n for k, v in metrics.items()}
