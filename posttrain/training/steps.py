@@ -25,8 +25,7 @@ from posttrain.data.packing import PackedBatch
 from posttrain.data.preference import PreferenceBatch, UnpairedBatch
 from posttrain.losses.dpo import PairLogps, PreferenceLoss, UnpairedLogps, chosen_nll, kto_reference_point
 from posttrain.losses.reward import (LLAMA2_MARGIN_LARGE, LLAMA2_MARGIN_SMALL, RANKING_LOSSES, bradley_terry_loss,
-                                     soft_bradley_terry_loss,
-                                     margin_loss)
+                                     margin_loss, soft_bradley_terry_loss)
 from posttrain.models.logps import sequence_inputs
 
 # --- pretraining ---------------------------------------------------------------------------
