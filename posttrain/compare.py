@@ -171,6 +171,12 @@ def make_judge(cfg: "CompareConfig", prompts: PromptSet) -> "Judge | None":
             raise CompareError("judge=gold scores the embedded world's tasks only; use prompts=world, or "
                                "judge=reward_model / llm with judge_model=<folder>, or judge=none")
         return GoldJudge(prompts.examples)
+    if kind == "teacher":
+        from posttrain.synth.label import TeacherJudge
+        from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+
+        cache = ResponseCache(Path(cfg.run_dir) / "judge-cache")
+        return TeacherJudge(Teaching(make_teacher(cfg.judge_teacher), cache, cfg.judge_teacher))
     if not cfg.judge_model:
         what = "a reward model" if kind == "reward_model" else "a causal LM"
         raise CompareError(f"judge={kind} needs judge_model=<folder> ({what})")

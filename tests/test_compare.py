@@ -106,3 +106,18 @@ def test_model_names_and_spread():
     with pytest.raises(Exception, match="one per model"):
         model_names(["a", "b"], ["one"])
     assert spread(10, 4) == [3, 3, 2, 2] and sum(spread(7, 3)) == 7
+
+
+def test_compare_with_a_judge_behind_the_teacher_interface(tiny_model_dir, other_model_dir, tmp_path):
+    """judge=teacher: any chat model asked both orders (here the world's judge, without position bias, so
+    where the gold reward cannot tell the answers apart, each order is a coin flip), cached in run_dir."""
+    run_dir = tmp_path / "cmp"
+    result = runner.invoke(app, ["compare", f"models=[{tiny_model_dir},{other_model_dir}]", "names=[first,second]",
+                                 "n=12", "max_new_tokens=6", "families=[arithmetic,reverse,harmful,chat_rule]",
+                                 f"run_dir={run_dir}", "judge=teacher", "judge_teacher.world.position_bias=0"])
+    assert result.exit_code == 0, result.output
+    data = json.loads((run_dir / "compare.json").read_text(encoding="utf-8"))
+    assert data["settings"]["judge"].startswith("judge:world-teacher") and len(data["rows"]) == 12
+    assert all(r["verdicts"]["second"] in (0.0, 0.5, 1.0) for r in data["rows"])
+    asked = sum(1 if r["answers"]["first"] == r["answers"]["second"] else 2 for r in data["rows"])
+    assert len(list((run_dir / "judge-cache").glob("*/*.json"))) == asked  # both orders (one when the answers match)

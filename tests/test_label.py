@@ -126,3 +126,22 @@ def test_rubric_ratings_label_pairs_one_response_at_a_time(tmp_path):
     assert report["records"] == len(rows) and report["records"] + sum(report["stages"]["pairs"]["dropped"].values()) == 80
     assert all(r["meta"]["template"] == "label/rubric" for r in rows)
     assert report["agreement_with_gold"]["judge"]["agreement"] > 0.95
+
+
+def test_a_teacher_judge_gives_win_rate_verdicts_in_both_orders(tmp_path):
+    """posttrain compare's judge=teacher: the verdict is the share of both orders that pick answer A."""
+    from posttrain.synth.config import TeacherConfig, WorldTeacherStyle
+    from posttrain.synth.label import TeacherJudge
+    from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+    from posttrain.world.tasks import task_examples
+
+    examples = task_examples(0, ["fact_lookup", "sorting", "harmful"], "heldout", 10)
+    wrong = [e.meta["compliance"] if e.harmful else e.meta["wrong_answers"][0] for e in examples]
+    exact = TeacherConfig(temperature=0.0, world=WorldTeacherStyle(judge_noise=0.001, position_bias=0.0))
+    judge = TeacherJudge(Teaching(make_teacher(exact), ResponseCache(tmp_path / "a"), exact))
+    prompts = [e.as_dicts() for e in examples]
+    assert judge.compare(prompts, [e.answer for e in examples], wrong) == [1.0] * 30
+    assert judge.compare(prompts, wrong, [e.answer for e in examples]) == [0.0] * 30
+    biased = TeacherConfig(temperature=0.0, world=WorldTeacherStyle(judge_noise=0.001, position_bias=5.0))
+    judge = TeacherJudge(Teaching(make_teacher(biased), ResponseCache(tmp_path / "b"), biased))
+    assert judge.compare(prompts, [e.answer for e in examples], wrong) == [0.5] * 30  # the orders disagree

@@ -15,6 +15,11 @@ from posttrain.synth.config import SynthConfig, TeacherConfig  # noqa: F401  (Sy
 from posttrain.training.config import TrainConfig
 
 
+def _judge_defaults() -> TeacherConfig:
+    """A judge's sampling: greedy, and a short reply (one letter, or a rating)."""
+    return TeacherConfig(temperature=0.0, max_tokens=16)
+
+
 @dataclass
 class DemoConfig:
     run_dir: str = "runs/demo"
@@ -275,8 +280,10 @@ class CompareConfig:
     """0: greedy answers; > 0: sampled at this temperature (seeded)."""
     batch_size: int = 16
     """Prompts per generation (and judge) batch; greedy answers do not depend on it."""
-    judge: Literal["auto", "gold", "reward_model", "llm", "none"] = "auto"
-    """Who says which answer is better: gold (the world's gold reward), reward_model or llm (judge_model folder), none; auto: gold for world prompts, none for a file."""
+    judge: Literal["auto", "gold", "reward_model", "llm", "teacher", "none"] = "auto"
+    """Who says which answer is better: gold (the world's gold reward), reward_model or llm (judge_model folder), teacher (any chat model through judge_teacher: an OpenAI-compatible server or API, a local folder, the world's judge; asked both orders), none; auto: gold for world prompts, none for a file."""
+    judge_teacher: TeacherConfig = field(default_factory=_judge_defaults)
+    """judge=teacher: the judge model (kind, model, base_url, ...; see `posttrain synth --help`); its verdicts are cached under run_dir/judge-cache."""
     judge_model: str = ""
     """Reward-model folder (judge=reward_model) or causal-LM folder (judge=llm)."""
     judge_template: str = ""
@@ -371,10 +378,6 @@ class WorldPreferenceConfig(WorldConfig):
     """Gold points the annotators add per word of a response (verbosity bias)."""
     annotator_seed: int = 0
     """Seed of the annotators' draws (the held-out pairs use the next seed)."""
-
-
-def _judge_defaults() -> TeacherConfig:
-    return TeacherConfig(temperature=0.0, max_tokens=16)
 
 
 @dataclass

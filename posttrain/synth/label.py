@@ -147,6 +147,30 @@ def rubric_votes(teaching: Teaching, rubric: str, pairs: list[Preference], votes
     return shares, consistent
 
 
+class TeacherJudge:
+    """A judge (``posttrain.evaluation.winrate.Judge``) behind the teacher interface: any chat model, an API
+    included, asked :data:`~posttrain.synth.prompts.JUDGE` in both orders; a verdict is the share of readable
+    replies that pick answer A (0.5 when neither order could be read), so a position bias cancels out."""
+
+    def __init__(self, teaching: Teaching, template: str = JUDGE):
+        self.teaching, self.template = teaching, check_template(template)
+        self.name = f"judge:{teaching.identity}"
+        self.unreadable = 0
+
+    def compare(self, prompts, answers_a, answers_b) -> list[float]:
+        conversations = [[m if isinstance(m, dict) else m.to_dict() for m in p] for p in prompts]
+        asked = [[{"role": "user", "content": self.template.format(conversation=render_conversation(c), a=x, b=y)}]
+                 for c, a, b in zip(conversations, answers_a, answers_b) for x, y in ((a, b), (b, a))]
+        replies = self.teaching.ask(asked, "judging")
+        out = []
+        for k in range(len(conversations)):
+            picks = [verdict(replies[2 * k].text), verdict(replies[2 * k + 1].text)]
+            for_a = [p == 0 for p in picks[:1] if p is not None] + [p == 1 for p in picks[1:] if p is not None]
+            self.unreadable += 2 - len(for_a)
+            out.append(sum(for_a) / len(for_a) if for_a else 0.5)
+        return out
+
+
 def agreement(hits: list[bool]) -> dict[str, float]:
     return {"agreement": sum(hits) / len(hits) if hits else float("nan"), "pairs": len(hits)}
 

@@ -146,7 +146,8 @@ class WorldTeacher:
             return "I cannot tell which response is better."
         s = self.style
         delta = gold_reward(example, first).total - gold_reward(example, second).total + s.position_bias
-        return "A" if rng.random() < 1.0 / (1.0 + math.exp(-delta / s.judge_noise)) else "B"
+        z = max(-700.0, min(700.0, delta / s.judge_noise))  # exp overflows past ~709
+        return "A" if rng.random() < 1.0 / (1.0 + math.exp(-z)) else "B"
 
     def rate(self, conversation: list[dict[str, str]], response: str, rng: random.Random) -> str:
         """A 1-10 rating: 1 + 9 x the response's gold total, plus Gaussian noise of ``judge_noise`` x 9, rounded."""
