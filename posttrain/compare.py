@@ -173,10 +173,9 @@ def make_judge(cfg: "CompareConfig", prompts: PromptSet) -> "Judge | None":
         return GoldJudge(prompts.examples)
     if kind == "teacher":
         from posttrain.synth.label import TeacherJudge
-        from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+        from posttrain.synth.teachers import cached_teacher
 
-        cache = ResponseCache(Path(cfg.run_dir) / "judge-cache")
-        return TeacherJudge(Teaching(make_teacher(cfg.judge_teacher), cache, cfg.judge_teacher))
+        return TeacherJudge(cached_teacher(cfg.judge_teacher, Path(cfg.run_dir) / "judge-cache"))
     if not cfg.judge_model:
         what = "a reward model" if kind == "reward_model" else "a causal LM"
         raise CompareError(f"judge={kind} needs judge_model=<folder> ({what})")

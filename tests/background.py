@@ -31,6 +31,10 @@ WORLD_SFT_EVAL_N = 100
 DATE = "2026-12-07"
 SINGLE_TURN = ("fact_lookup", "arithmetic", "multistep_arithmetic", "reverse", "sorting", "summarization", "harmful")
 """The trained families whose prompts are one instruction: self-instruct's (chat_rule is multi-turn, GAtt's)."""
+TRAIN_FAMILIES = (*SINGLE_TURN[:-1], "chat_rule", SINGLE_TURN[-1])
+"""posttrain.world.tasks.TRAIN_FAMILIES, spelled out (this module imports nothing of posttrain at the top)."""
+SI_SIZE = 416
+"""Self-instruct instructions kept, and gold demonstrations: 52 per trained family."""
 SUMS = ("arithmetic", "multistep_arithmetic")
 EVAL_N = 200
 """Held-out examples per family in every world evaluation of tests/test_synth.py."""
@@ -79,10 +83,11 @@ def synth_world(root: Path) -> None:
     from posttrain.world.tasks import task_examples
 
     cache, runs = root / "cache", root / "runs"
-    # self-instruct: 10 seed tasks per family, the paper's ROUGE-L filter at 0.7; as many gold demonstrations
-    rows, _ = run_synth(root / "si", "self-instruct", "world.examples=10", f"world.families=[{','.join(SINGLE_TURN)}]",
-                        "self_instruct.instructions=420", cache=cache)
-    gold = task_examples(0, SINGLE_TURN, "train", len(rows) // len(SINGLE_TURN))
+    # self-instruct: 10 seed tasks per trained family (chat_rule's are multi-turn: self-instruct skips them), the
+    # paper's ROUGE-L filter at 0.7; as many gold demonstrations, spread over every trained family
+    rows, _ = run_synth(root / "si", "self-instruct", "world.examples=10", f"world.families=[{','.join(TRAIN_FAMILIES)}]",
+                        f"self_instruct.instructions={SI_SIZE}", cache=cache)
+    gold = task_examples(0, TRAIN_FAMILIES, "train", len(rows) // len(TRAIN_FAMILIES))
     write_jsonl_atomic(root / "gold" / "gold.jsonl",
                        ({"messages": [*e.as_dicts(), {"role": "assistant", "content": e.answer}]} for e in gold))
     # GAtt against plain multi-turn data: the same dialogues, the same teacher
@@ -93,8 +98,8 @@ def synth_world(root: Path) -> None:
     sums = ["world.examples=150", f"world.families=[{','.join(SUMS)}]"]
     run_synth(root / "erased", "distill", *sums, "distill.strategy=step_by_step", cache=cache)
     run_synth(root / "direct", "distill", *sums, cache=cache)
-    sft_on(root / "si" / "self-instruct.jsonl", runs / "si", 150, SINGLE_TURN)
-    sft_on(root / "gold" / "gold.jsonl", runs / "gold", 150, SINGLE_TURN)
+    sft_on(root / "si" / "self-instruct.jsonl", runs / "si", 150, TRAIN_FAMILIES)
+    sft_on(root / "gold" / "gold.jsonl", runs / "gold", 150, TRAIN_FAMILIES)
     sft_on(root / "ghost" / "gatt.jsonl", runs / "ghost", 60)
     sft_on(root / "plain" / "gatt.jsonl", runs / "plain", 60)
     sft_on(root / "erased" / "distill.jsonl", runs / "erased", 60, SUMS)

@@ -2,10 +2,8 @@
 
     python -m torch.distributed.run --standalone --nproc_per_node 2 tests/distributed_driver.py jobs.json
 
-``jobs.json`` is a list of ``{"recipe": "reward" | "dpo" | "ppo" | "sft", "args": [key=value, ...]}``
-(and optionally ``"config": path.yaml``); each job is run as ``posttrain <recipe> --config path.yaml
-key=value ...`` would run it. Run without torchrun, it is one plain process (tests/test_synth.py
-trains its models in two of them side by side). One launch for all of them
+``jobs.json`` is a list of ``{"recipe": "reward" | "dpo" | "ppo" | "sft", "args": [key=value, ...]}``;
+each job is run as ``posttrain <recipe> key=value ...`` would run it. One launch for all of them
 pays the cost of starting the processes and importing transformers once (tests/test_distributed.py).
 Also holds the reward functions those tests' PPO runs use (``distributed_driver:short_answers``).
 """
@@ -26,7 +24,7 @@ def letter_count(prompts, responses):
     return [float(r.count("a")) for r in responses]
 
 
-def run_job(recipe: str, args: list[str], config: str | None = None):
+def run_job(recipe: str, args: list[str]):
     from posttrain.config import load_config
     from posttrain.recipes import config as configs
 
@@ -44,7 +42,7 @@ def run_job(recipe: str, args: list[str], config: str | None = None):
         cls = configs.SFTConfig
     else:
         raise ValueError(f"unknown recipe {recipe!r}")
-    return run(load_config(cls, config, list(args)))
+    return run(load_config(cls, None, list(args)))
 
 
 def main(path: str) -> None:
@@ -52,7 +50,7 @@ def main(path: str) -> None:
 
     torch.set_num_threads(1)
     for job in json.loads(open(path, encoding="utf-8").read()):
-        run_job(job["recipe"], job["args"], job.get("config"))
+        run_job(job["recipe"], job["args"])
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ killed mid-run, and what each method's data teaches a model of the world."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import socket
@@ -15,15 +14,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from background import DATE, EVAL_N, SINGLE_TURN, SUMS, run_synth  # tests/background.py
+from background import DATE, EVAL_N, SI_SIZE, SINGLE_TURN, SUMS, run_synth  # tests/background.py
 
 from posttrain.config import load_config
+from posttrain.evaluation.scoring import difference_se
 from posttrain.synth.config import METHODS, SynthConfig
-
-
-def difference_se(p: float, n: int, q: float, m: int) -> float:
-    return math.sqrt(p * (1 - p) / n + q * (1 - q) / m)
-
 
 # --- the pieces ---------------------------------------------------------------------------------
 
@@ -318,17 +313,41 @@ def exact_match(run: Path) -> dict[str, float]:
     return {f: cell["zero_shot"]["accuracy"] for f, cell in results.items()}
 
 
-def test_sft_on_self_instruct_data_reaches_80_percent_of_gold_demonstrations(synth_world):
-    """10 seed tasks per family, the simulated teacher, the paper's ROUGE-L filter at 0.7; against the
-    same number of gold demonstrations of the same families, trained and scored the same way."""
+def self_instruct_scores(synth_world) -> tuple[dict, dict, str]:
+    from posttrain.world.tasks import TRAIN_FAMILIES
+
     report = json.loads((synth_world / "si" / "self-instruct.report.json").read_text())
-    assert report["records"] == 420 and report["seed_tasks"] == 70
+    assert report["records"] == SI_SIZE and report["seed_tasks"] == 70  # chat_rule's 10 seeds are multi-turn
+    assert report["seeds_skipped_multi_turn"] == 10
     assert report["stages"]["instructions"]["dropped"]["ROUGE-L >= 0.7 with a kept instruction"] > 0
     synthetic, demonstrated = exact_match(synth_world / "runs" / "si"), exact_match(synth_world / "runs" / "gold")
-    mean = lambda scores: sum(scores[f] for f in SINGLE_TURN) / len(SINGLE_TURN)  # noqa: E731
-    table = "\n".join(f"{f:22s} self-instruct {synthetic[f]:.3f}  gold {demonstrated[f]:.3f}" for f in SINGLE_TURN)
-    print(f"\n{table}\nmean: self-instruct {mean(synthetic):.3f}, gold {mean(demonstrated):.3f}")
-    assert mean(synthetic) >= 0.8 * mean(demonstrated), table
+    table = "\n".join(f"{f:22s} self-instruct {synthetic[f]:.3f}  gold {demonstrated[f]:.3f}" for f in TRAIN_FAMILIES)
+    print(f"\n{table}\nmeans over {SINGLE_TURN}: self-instruct {mean(synthetic, SINGLE_TURN):.3f}, gold "
+          f"{mean(demonstrated, SINGLE_TURN):.3f}; over every trained family: {mean(synthetic, TRAIN_FAMILIES):.3f}, "
+          f"{mean(demonstrated, TRAIN_FAMILIES):.3f}")
+    return synthetic, demonstrated, table
+
+
+def mean(scores: dict, families) -> float:
+    return sum(scores[f] for f in families) / len(families)
+
+
+def test_sft_on_self_instruct_data_reaches_80_percent_of_gold_on_the_single_turn_families(synth_world):
+    """10 seed tasks per family, the simulated teacher, the paper's ROUGE-L filter at 0.7; against as many gold
+    demonstrations of every trained family, trained and scored the same way; on the families whose tasks are
+    one instruction, the kind self-instruct writes."""
+    synthetic, demonstrated, table = self_instruct_scores(synth_world)
+    assert mean(synthetic, SINGLE_TURN) >= 0.8 * mean(demonstrated, SINGLE_TURN), table
+
+
+def test_sft_on_self_instruct_data_reaches_80_percent_of_gold_on_every_trained_family(synth_world):
+    """The issue's measure: averaged over every trained family, chat_rule included (self-instruct writes it no
+    data: 0% there against gold's 24%). 80.9% of gold on 2026-12-08, at the bar: the single-turn test beside
+    it has more room."""
+    from posttrain.world.tasks import TRAIN_FAMILIES
+
+    synthetic, demonstrated, table = self_instruct_scores(synth_world)
+    assert mean(synthetic, TRAIN_FAMILIES) >= 0.8 * mean(demonstrated, TRAIN_FAMILIES), table
 
 
 def compliance(model: Path, n: int = 250) -> float:

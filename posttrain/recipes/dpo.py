@@ -129,9 +129,9 @@ def make_ranker(cfg: DPOConfig, prompts: list, examples: list | None, scorer: Sc
     if scorer is None and cfg.labeler == "judge":
         from posttrain.synth.label import judge_ranker
         from posttrain.synth.prompts import JUDGE
-        from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher
+        from posttrain.synth.teachers import cached_teacher
 
-        teaching = Teaching(make_teacher(cfg.judge, w.seed), ResponseCache(cfg.train.run_dir + "/judge-cache"), cfg.judge)
+        teaching = cached_teacher(cfg.judge, f"{cfg.train.run_dir}/judge-cache", w.seed)
         return lambda pools: judge_ranker(teaching, JUDGE, prompts, pools)
     if scorer is None and cfg.labeler == "reward_model" and not cfg.reward_model:
         raise TrainingError("labeler=reward_model needs reward_model=<folder of a trained reward model>")

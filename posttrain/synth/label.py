@@ -23,7 +23,7 @@ from posttrain.errors import UserError
 from posttrain.files import write_json_atomic
 from posttrain.synth.prompts import DEFAULT_RUBRIC, JUDGE, RUBRIC, rating, render_conversation, verdict
 from posttrain.synth.report import Stage, SynthReport
-from posttrain.synth.teachers import ResponseCache, Teaching, make_teacher, teacher_license
+from posttrain.synth.teachers import Teaching, cached_teacher, teacher_license
 
 KEPT_META = ("id", "task_id", "family")
 """Fields of an input record's meta that stay true whatever the judge says (the rest describe its old label)."""
@@ -53,12 +53,14 @@ def check_template(template: str) -> str:
     return template
 
 
+def judge_messages(template: str, conversation: list[dict[str, str]], a: str, b: str) -> list[dict[str, str]]:
+    """The chat request asking a judge whether answer ``a`` or ``b`` to ``conversation`` is better."""
+    return [{"role": "user", "content": template.format(conversation=render_conversation(conversation), a=a, b=b)}]
+
+
 def judge_prompt(template: str, pair: Preference, swap: bool) -> list[dict[str, str]]:
     a, b = text_of(pair.chosen), text_of(pair.rejected)
-    if swap:
-        a, b = b, a
-    text = template.format(conversation=render_conversation(pair.to_dict()["prompt"]), a=a, b=b)
-    return [{"role": "user", "content": text}]
+    return judge_messages(template, pair.to_dict()["prompt"], *((b, a) if swap else (a, b)))
 
 
 def judge_ranker(teaching: Teaching, template: str, prompts: list[list[dict[str, str]]], pools: list[list[str]]):
@@ -67,8 +69,7 @@ def judge_ranker(teaching: Teaching, template: str, prompts: list[list[dict[str,
     readable verdicts won. None where every response won as often (the judge sees no difference)."""
     cells = [(i, a, b) for i, pool in enumerate(pools) for x, a in enumerate(dict.fromkeys(pool))
              for b in list(dict.fromkeys(pool))[x + 1:]]
-    asked = [[{"role": "user", "content": template.format(conversation=render_conversation(prompts[i]), a=x, b=y)}]
-             for i, a, b in cells for x, y in ((a, b), (b, a))]
+    asked = [judge_messages(template, prompts[i], x, y) for i, a, b in cells for x, y in ((a, b), (b, a))]
     replies = teaching.ask(asked, "judging pools")
     wins: dict[tuple[int, str], list[int]] = {}
     for k, (i, a, b) in enumerate(cells):
@@ -159,7 +160,7 @@ class TeacherJudge:
 
     def compare(self, prompts, answers_a, answers_b) -> list[float]:
         conversations = [[m if isinstance(m, dict) else m.to_dict() for m in p] for p in prompts]
-        asked = [[{"role": "user", "content": self.template.format(conversation=render_conversation(c), a=x, b=y)}]
+        asked = [judge_messages(self.template, c, x, y)
                  for c, a, b in zip(conversations, answers_a, answers_b) for x, y in ((a, b), (b, a))]
         replies = self.teaching.ask(asked, "judging")
         out = []
@@ -188,7 +189,7 @@ def label(cfg) -> Path:
     pairs = input_pairs(read_many(cfg.inputs, world=cfg.world, world_split=cfg.split).records)
     if not pairs:
         raise UserError(f"inputs {cfg.inputs}: no pairs to label")
-    teaching = Teaching(make_teacher(cfg.judge, cfg.world.seed), ResponseCache(cfg.cache_dir), cfg.judge, cfg.progress)
+    teaching = cached_teacher(cfg.judge, cfg.cache_dir, cfg.world.seed, cfg.progress)
     report = SynthReport("label", teaching.identity)
     if cfg.mode == "pairwise":
         p_firsts, consistent = pairwise_votes(teaching, template, pairs, cfg.votes, report.stage("verdicts"))

@@ -25,7 +25,7 @@ from posttrain.synth.gatt import gatt
 from posttrain.synth.report import SynthReport
 from posttrain.synth.self_chat import self_chat
 from posttrain.synth.self_instruct import self_instruct
-from posttrain.synth.teachers import ResponseCache, TeacherError, Teaching, make_teacher, teacher_license
+from posttrain.synth.teachers import TeacherError, cached_teacher, teacher_license
 
 RUNNERS = {"self-instruct": self_instruct, "evol-instruct": evol_instruct, "self-chat": self_chat,
            "distill": distill, "gatt": gatt}
@@ -46,8 +46,8 @@ def synth(cfg: SynthConfig) -> Path:
 
     console = Console(stderr=True)
     seeds = read_seeds(cfg) if cfg.method != "self-chat" else []
-    cache = ResponseCache(cfg.cache_dir)
-    teaching = Teaching(make_teacher(cfg.teacher, cfg.world.seed), cache, cfg.teacher, cfg.progress)
+    teaching = cached_teacher(cfg.teacher, cfg.cache_dir, cfg.world.seed, cfg.progress)
+    cache = teaching.cache
     report = SynthReport(cfg.method, teaching.identity)
     stamp = Provenance(cfg, teaching.identity, cfg.license or teacher_license(cfg.teacher))
     try:

@@ -235,6 +235,11 @@ class Teaching:
         return out  # type: ignore[return-value]
 
 
+def cached_teacher(cfg: TeacherConfig, cache_dir: str | Path, world_seed: int = 0, progress: bool = False) -> Teaching:
+    """The teacher ``cfg`` names with its responses cached under ``cache_dir``."""
+    return Teaching(make_teacher(cfg, world_seed), ResponseCache(cache_dir), cfg, progress)
+
+
 class _progress:
     """A rich progress bar (or nothing) that counts answered requests."""
 

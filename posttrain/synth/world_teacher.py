@@ -42,7 +42,7 @@ from posttrain.synth.config import WorldTeacherStyle
 from posttrain.synth.teachers import Completion, Request
 from posttrain.world import entities as E
 from posttrain.world.gold import gold_reward
-from posttrain.world.tasks import FAMILIES, FAMILY_SPECS, REFUSAL, RULES, TaskExample, make_tasks, split_keys
+from posttrain.world.tasks import FAMILY_SPECS, REFUSAL, RULES, TaskExample, make_tasks, split_keys
 
 UNKNOWN = "I am not sure what you are asking."
 """The teacher's reply to a question that is no task of the world."""
@@ -213,30 +213,31 @@ class WorldTeacher:
 
 
 @lru_cache(maxsize=4)
-def task_index(seed: int) -> dict[str, TaskExample]:
-    """Every task of every family and split of the world of ``seed``, by its question (chat_rule asks
-    fact_lookup's questions under a rule, so it has no entries of its own)."""
+def every_task(seed: int) -> tuple[TaskExample, ...]:
+    """Every task of every family and split of the world of ``seed``, in every phrasing."""
     world = E.make_world(seed)
+    return tuple(example for family, spec in FAMILY_SPECS.items()
+                 for split, keys in split_keys(family, world, seed).items()
+                 for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates))
+
+
+@lru_cache(maxsize=4)
+def task_index(seed: int) -> dict[str, TaskExample]:
+    """The tasks by their question (chat_rule asks fact_lookup's questions under a rule, so it has no
+    entries of its own)."""
     index: dict[str, TaskExample] = {}
-    for family in FAMILIES:
-        if family == "chat_rule":
-            continue
-        spec = FAMILY_SPECS[family]
-        for split, keys in split_keys(family, world, seed).items():
-            for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates):
-                index.setdefault(_question_key(example.question), example)
+    for example in every_task(seed):
+        if example.family != "chat_rule":
+            index.setdefault(_question_key(example.question), example)
     return index
 
 
 @lru_cache(maxsize=4)
 def conversation_index(seed: int) -> dict[str, TaskExample]:
-    """Every task of every family (chat_rule too) and split, by its prompt as a judge prompt shows it."""
-    world = E.make_world(seed)
+    """The tasks (chat_rule too) by their prompt as a judge prompt shows it."""
     index: dict[str, TaskExample] = {}
-    for family, spec in FAMILY_SPECS.items():
-        for split, keys in split_keys(family, world, seed).items():
-            for example in make_tasks(world, seed, family, split, len(keys) * spec.num_templates):
-                index.setdefault(P.render_conversation(example.messages), example)
+    for example in every_task(seed):
+        index.setdefault(P.render_conversation(example.messages), example)
     return index
 
 
